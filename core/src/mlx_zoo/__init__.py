@@ -1,0 +1,35 @@
+"""mlx-zoo: a plugin-based model zoo for MLX.
+
+The core defines the contracts (:mod:`mlx_zoo.hookspecs`) and does the shared work -- finding the
+plugin for a checkpoint's model_type, loading and checking weights, RoPE, KV caches and
+generation; each architecture ships as its own plugin distribution.
+
+    >>> import mlx_zoo
+    >>> model, config = mlx_zoo.load("Qwen/Qwen2.5-0.5B")   # with mlx-qwen2 installed
+"""
+
+from .cache import (ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, load_prompt_cache,
+                    make_prompt_cache, save_prompt_cache)
+from .config import BaseModelArgs, RopeScaling, normalize_config, read_config
+from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZooError,
+                     PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
+                     SafetensorsError, TokenizerError, WeightMismatchError, WeightsError)
+from .hookspecs import SPEC_VERSION, Architecture, Model, hookimpl
+from .layers import SwitchGLU, SwitchLinear, attention, mask_for
+from .loading import ModelNotFoundError, load, resolve_model_dir, save
+from .registry import list_plugins, register, unregister
+from .rope import RoPE, get_rope
+from .weights import quantize_model as quantize
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "Architecture", "BaseModelArgs", "CacheFileError", "ChunkedKVCache", "ConfigError",
+    "GenerationArgumentError", "KVCache", "MlxZooError", "Model", "ModelNotFoundError",
+    "PluginConflictError", "PluginError", "PluginLoadError", "PluginNotFoundError",
+    "QuantizedKVCache", "RoPE", "RopeScaling", "RotatingKVCache", "SPEC_VERSION",
+    "SafetensorsError", "SwitchGLU", "SwitchLinear", "TokenizerError", "WeightMismatchError",
+    "WeightsError", "attention", "get_rope", "hookimpl", "list_plugins", "load",
+    "load_prompt_cache", "make_prompt_cache", "mask_for", "normalize_config", "quantize",
+    "read_config", "register", "resolve_model_dir", "save", "save_prompt_cache", "unregister",
+]

@@ -1,0 +1,128 @@
+"""The exception hierarchy: one class per kind of bad input.
+
+Every error a user can provoke with a bad checkpoint, a bad config or a broken plugin is an
+:class:`MlxZooError`, and its message names the file, the key and what was expected, so that the
+fix is obvious without a traceback. Catch :class:`MlxZooError` to handle all of them.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+class MlxZooError(Exception):
+    """Base class of every error raised on bad input."""
+
+
+# -- config.json -------------------------------------------------------------------------------
+
+
+class ConfigError(MlxZooError):
+    """config.json is missing, not JSON, or a field is absent or of the wrong type."""
+
+    def __init__(self, path: Path | str | None, message: str, key: str | None = None):
+        self.path = Path(path) if path is not None else None
+        self.key = key
+        where = str(self.path) if self.path is not None else "<config>"
+        if key is not None:
+            where += f", key {key!r}"
+        super().__init__(f"{where}: {message}")
+
+
+# -- plugins -----------------------------------------------------------------------------------
+
+
+class PluginError(MlxZooError):
+    """Base class of the errors about finding and importing plugins."""
+
+
+class PluginNotFoundError(PluginError):
+    """No installed (or registered) plugin serves the checkpoint's model_type."""
+
+    def __init__(self, model_type: str, installed: list[str], hint: str | None = None,
+                 path: Path | str | None = None):
+        self.model_type = model_type
+        self.installed = installed
+        where = f"{path}: " if path is not None else ""
+        msg = f"{where}no plugin provides model_type {model_type!r}."
+        if hint:
+            msg += f" Install it with: pip install {hint}."
+        msg += " Installed model types: " + (", ".join(sorted(installed)) if installed else "none") + "."
+        super().__init__(msg)
+
+
+class PluginConflictError(PluginError):
+    """Two or more installed distributions claim the same model_type and none was chosen."""
+
+    def __init__(self, model_type: str, distributions: list[str]):
+        self.model_type = model_type
+        self.distributions = distributions
+        names = " and ".join(sorted(distributions))
+        super().__init__(
+            f"model_type {model_type!r} is claimed by {names}. Choose one with "
+            f"load(..., plugin='{sorted(distributions)[0]}') or the environment variable "
+            f"MLX_ZOO_PREFER='{model_type}={sorted(distributions)[0]}', or uninstall the other."
+        )
+
+
+class PluginLoadError(PluginError):
+    """A plugin is installed but fails to import, or one of its hooks raised.
+
+    Distinct from :class:`PluginNotFoundError`: the plugin exists but is broken. The original
+    exception is chained as ``__cause__``.
+    """
+
+    def __init__(self, distribution: str, what: str, cause: BaseException):
+        self.distribution = distribution
+        super().__init__(f"plugin {distribution!r} is broken: {what} raised "
+                         f"{type(cause).__name__}: {cause}")
+
+
+# -- weights -----------------------------------------------------------------------------------
+
+
+class WeightsError(MlxZooError):
+    """Base class of the errors about safetensors files and their contents."""
+
+
+class SafetensorsError(WeightsError):
+    """A safetensors file or index is missing, truncated, malformed or points outside the model."""
+
+    def __init__(self, path: Path | str, message: str, key: str | None = None):
+        self.path = Path(path)
+        self.key = key
+        where = str(path) + (f", tensor {key!r}" if key is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
+class WeightMismatchError(WeightsError):
+    """The checkpoint's tensors do not match the model's parameters (strict check)."""
+
+    def __init__(self, path: Path | str, missing: list[str], unexpected: list[str],
+                 shape_mismatches: list[tuple[str, tuple, tuple]]):
+        self.missing = missing
+        self.unexpected = unexpected
+        self.shape_mismatches = shape_mismatches
+        lines = [f"{path}: the weights do not match the model."]
+        if missing:
+            lines.append(f"  missing ({len(missing)}): " + ", ".join(missing))
+        if unexpected:
+            lines.append(f"  unexpected ({len(unexpected)}): " + ", ".join(unexpected))
+        for key, got, want in shape_mismatches:
+            lines.append(f"  shape of {key!r}: checkpoint has {got}, model expects {want}")
+        super().__init__("\n".join(lines))
+
+
+# -- prompt caches and tokenizers --------------------------------------------------------------
+
+
+class CacheFileError(MlxZooError):
+    """A saved prompt cache cannot be read back (unknown cache class, bad metadata)."""
+
+
+class TokenizerError(MlxZooError):
+    """The checkpoint's tokenizer cannot be loaded without running code shipped with the model."""
+
+
+class GenerationArgumentError(MlxZooError, ValueError):
+    """An invalid sampling or generation argument (temperature < 0, top_p outside (0, 1], ...)."""

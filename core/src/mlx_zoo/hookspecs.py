@@ -1,0 +1,142 @@
+"""Hook specifications: the contract between the mlx-zoo core and its plugins.
+
+A plugin is a module (found through the ``mlx_zoo.models`` entry-point group, or passed to
+:func:`mlx_zoo.register`) that implements some of the hooks below with :data:`hookimpl`.
+There are three extension points:
+
+* **models** -- :func:`register_models` returns the :class:`Architecture` of each model_type the
+  plugin serves: its config dataclass and its Model class. The Model follows :class:`Model`;
+  the optional capabilities (``sanitize``, ``shard``, ``make_cache``, ``quantize_predicate``)
+  are described by :class:`Sanitizes`, :class:`Shards`, :class:`MakesCache` and
+  :class:`QuantizePredicate`.
+* **caches** -- :func:`register_cache_classes` names the plugin's own KV-cache classes, so that a
+  prompt cache saved to disk is rebuilt with the right class (looked up by that name, never by
+  ``globals()``).
+* **RoPE** -- :func:`register_rope_variants` adds rotary-embedding variants to the one registry
+  keyed by Hugging Face's ``rope_scaling["rope_type"]`` (see :mod:`mlx_zoo.rope`).
+
+The spec is versioned by :data:`SPEC_VERSION`; a change that breaks plugins bumps it.
+
+Example plugin (``src/mlx_myarch/__init__.py``)::
+
+    from mlx_zoo import Architecture, hookimpl
+    from .myarch import Model, ModelArgs
+
+    @hookimpl
+    def register_models():
+        return [Architecture("myarch", ModelArgs, Model)]
+
+with, in its ``pyproject.toml``::
+
+    [project.entry-points."mlx_zoo.models"]
+    myarch = "mlx_myarch"
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+
+import pluggy
+
+if TYPE_CHECKING:  # pragma: no cover
+    import mlx.core as mx
+    import mlx.nn as nn
+
+PROJECT_NAME = "mlx_zoo"
+"""The pluggy project name: hook implementations are marked ``@hookimpl`` of this project."""
+
+SPEC_VERSION = 1
+"""Version of this contract. Bumped when a hook or the Model protocol changes incompatibly."""
+
+ENTRY_POINT_GROUP = "mlx_zoo.models"
+"""Entry-point group: entry name = model_type, value = the plugin module holding the hooks."""
+
+hookspec = pluggy.HookspecMarker(PROJECT_NAME)
+hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
+
+
+# -- the model contract ------------------------------------------------------------------------
+
+
+@runtime_checkable
+class Model(Protocol):
+    """What every model class must provide.
+
+    ``Model(args)`` builds the module from its config dataclass; calling it maps token ids
+    ``(batch, length)`` to logits ``(batch, length, vocab)``, reading and extending ``cache`` (a
+    list with one entry per layer, from :meth:`MakesCache.make_cache` or one
+    :class:`~mlx_zoo.cache.KVCache` per element of ``layers``).
+    """
+
+    layers: list
+
+    def __call__(self, inputs: "mx.array", cache: list | None = None) -> "mx.array": ...
+
+
+@runtime_checkable
+class Sanitizes(Protocol):
+    """Optional: maps checkpoint tensor names and layouts to this model's parameters
+    (drops rotary ``inv_freq`` buffers, splits fused projections, stacks experts, ...)."""
+
+    def sanitize(self, weights: dict[str, "mx.array"]) -> dict[str, "mx.array"]: ...
+
+
+@runtime_checkable
+class Shards(Protocol):
+    """Optional: splits the model's linear layers across the ranks of a distributed group
+    (tensor parallelism), in place."""
+
+    def shard(self, group: Any = None) -> None: ...
+
+
+@runtime_checkable
+class MakesCache(Protocol):
+    """Optional: the model decides the cache of each layer (sliding-window, chunked, shared
+    across layers, ...). Without it the core gives one ``KVCache`` per layer."""
+
+    def make_cache(self) -> list: ...
+
+
+@runtime_checkable
+class QuantizePredicate(Protocol):
+    """Optional: which layers may be quantized. Returns ``False`` to keep a layer in full
+    precision, ``True`` to quantize it with the defaults, or a dict of ``group_size``/``bits``."""
+
+    def quantize_predicate(self, path: str, module: "nn.Module") -> bool | dict: ...
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One model_type served by a plugin.
+
+    ``config_class`` is a dataclass with a ``from_dict(dict, path=None)`` classmethod -- derive it
+    from :class:`mlx_zoo.BaseModelArgs` -- and ``model_class(config)`` builds a :class:`Model`.
+    """
+
+    model_type: str
+    config_class: type
+    model_class: Callable[..., Model]
+
+
+# -- hook specifications -----------------------------------------------------------------------
+
+
+@hookspec
+def register_models() -> list[Architecture]:
+    """Return the architectures (model_types) this plugin serves."""
+
+
+@hookspec
+def register_rope_variants() -> dict[str, type]:
+    """Return RoPE variants to add to the registry: ``{rope_type: class}``.
+
+    Each class is built as ``cls(dims, *, base, traditional, scaling, max_position_embeddings)``
+    and called as ``rope(x, offset)``; derive it from :class:`mlx_zoo.rope.RoPE`.
+    """
+
+
+@hookspec
+def register_cache_classes() -> dict[str, type]:
+    """Return this plugin's KV-cache classes by a namespaced name, e.g.
+    ``{"mlx_myarch.SharedKVCache": SharedKVCache}``, so saved prompt caches can be reloaded."""

@@ -1,0 +1,164 @@
+"""Building blocks shared by plugins: attention over any cache, and the mixture-of-experts
+"switch" layers whose experts are stacked so that routing is one gathered matmul.
+
+Plugins reach these through :mod:`mlx_zoo` rather than writing their own, so a fix or a faster
+kernel here serves every architecture.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import Mask, QuantizedKVCache
+
+
+def attention(queries: mx.array, keys: Any, values: Any, *, scale: float, mask: Mask = None,
+              cache: Any = None) -> mx.array:
+    """Scaled dot-product attention of ``(B, heads, Lq, D)`` queries over the keys/values
+    returned by a cache; grouped-query attention needs no tiling of keys/values.
+
+    ``mask`` is ``None``, ``"causal"`` or a boolean array (True = may attend) broadcastable to
+    ``(B, heads, Lq, Lk)``. Keys/values from a :class:`~mlx_zoo.cache.QuantizedKVCache` are read
+    with quantized matmuls.
+    """
+    if isinstance(cache, QuantizedKVCache):
+        return _quantized_attention(queries, keys, values, scale=scale, mask=mask,
+                                    group_size=cache.group_size, bits=cache.bits)
+    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+
+
+def _quantized_attention(queries, keys, values, *, scale, mask, group_size, bits) -> mx.array:
+    batch, heads, n_q, dim = queries.shape
+    kv_heads = keys[0].shape[1]
+    repeats = heads // kv_heads
+    q = (queries * scale).reshape(batch, kv_heads, repeats, n_q, dim)
+    k = tuple(a[:, :, None] for a in keys)
+    v = tuple(a[:, :, None] for a in values)
+    scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits)
+    if isinstance(mask, str):
+        n_k = scores.shape[-1]
+        mask = mx.arange(n_k - n_q, n_k)[:, None] >= mx.arange(n_k)[None]
+    if mask is not None:
+        scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+    weights = mx.softmax(scores, axis=-1, precise=True)
+    out = mx.quantized_matmul(weights, *v, transpose=False, group_size=group_size, bits=bits)
+    return out.reshape(batch, heads, n_q, -1)
+
+
+def mask_for(cache: Any, n: int) -> Mask:
+    """The mask for ``n`` new queries: the cache's own (sliding window, chunks), else causal."""
+    if cache is None:
+        return None if n == 1 else "causal"
+    return cache.make_mask(n)
+
+
+# -- mixture of experts ------------------------------------------------------------------------
+
+SORT_THRESHOLD = 64
+"""Routed (token, expert) pairs above which they are sorted by expert before the gathered matmul,
+so that each expert's weights are read once per run of tokens instead of once per token."""
+
+
+class SwitchLinear(nn.Module):
+    """``num_experts`` linear layers stacked into one ``(experts, out, in)`` weight; each token is
+    multiplied by the experts its router picked, in one ``mx.gather_mm``."""
+
+    def __init__(self, input_dims: int, output_dims: int, num_experts: int, bias: bool = False):
+        super().__init__()
+        bound = math.sqrt(1 / input_dims)
+        self.weight = mx.random.uniform(-bound, bound, (num_experts, output_dims, input_dims))
+        if bias:
+            self.bias = mx.zeros((num_experts, output_dims))
+
+    @property
+    def num_experts(self) -> int:
+        return self.weight.shape[0]
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+        out = mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=indices,
+                           sorted_indices=sorted_indices)
+        if "bias" in self:
+            out = out + mx.expand_dims(self.bias[indices], -2)
+        return out
+
+    def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine",
+                     **_: Any) -> "QuantizedSwitchLinear":
+        return QuantizedSwitchLinear.from_switch_linear(self, group_size, bits, mode)
+
+
+class QuantizedSwitchLinear(nn.Module):
+    """:class:`SwitchLinear` with quantized experts, applied with ``mx.gather_qmm``."""
+
+    def __init__(self, input_dims: int, output_dims: int, num_experts: int, bias: bool = False,
+                 group_size: int = 64, bits: int = 4, mode: str = "affine"):
+        super().__init__()
+        self.group_size, self.bits, self.mode = group_size, bits, mode
+        weight = mx.zeros((num_experts, output_dims, input_dims))
+        self.weight, self.scales, *rest = mx.quantize(weight, group_size, bits, mode=mode)
+        if rest and rest[0] is not None:
+            self.biases = rest[0]
+        if bias:
+            self.bias = mx.zeros((num_experts, output_dims))
+        self.freeze()
+
+    @classmethod
+    def from_switch_linear(cls, layer: SwitchLinear, group_size: int, bits: int,
+                           mode: str = "affine") -> "QuantizedSwitchLinear":
+        experts, out_dims, in_dims = layer.weight.shape
+        q = cls(in_dims, out_dims, experts, "bias" in layer, group_size, bits, mode)
+        q.weight, q.scales, *rest = mx.quantize(layer.weight, group_size, bits, mode=mode)
+        if rest and rest[0] is not None:
+            q.biases = rest[0]
+        if "bias" in layer:
+            q.bias = layer.bias
+        return q
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
+        out = mx.gather_qmm(x, self["weight"], self["scales"], self.get("biases"),
+                            rhs_indices=indices, transpose=True, group_size=self.group_size,
+                            bits=self.bits, mode=self.mode, sorted_indices=sorted_indices)
+        if "bias" in self:
+            out = out + mx.expand_dims(self.bias[indices], -2)
+        return out
+
+
+def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+    top_k = indices.shape[-1]
+    flat = indices.flatten()
+    order = mx.argsort(flat)
+    inverse = mx.argsort(order)
+    return x.flatten(0, -3)[order // top_k], flat[order], inverse
+
+
+class SwitchGLU(nn.Module):
+    """A gated MLP per expert, ``down(act(gate(x)) * up(x))`` (SwiGLU with the default SiLU),
+    applied to the ``top_k`` experts chosen for each token.
+
+    ``x``: ``(..., hidden)``; ``indices``: ``(..., top_k)`` expert ids. Returns
+    ``(..., top_k, hidden)``: each chosen expert's output, for the caller to weight and sum.
+    """
+
+    def __init__(self, input_dims: int, hidden_dims: int, num_experts: int,
+                 activation=nn.silu, bias: bool = False):
+        super().__init__()
+        self.gate_proj = SwitchLinear(input_dims, hidden_dims, num_experts, bias)
+        self.up_proj = SwitchLinear(input_dims, hidden_dims, num_experts, bias)
+        self.down_proj = SwitchLinear(hidden_dims, input_dims, num_experts, bias)
+        self.activation = activation
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        x = mx.expand_dims(x, (-2, -3))  # (..., 1, 1, hidden): one row per gathered matmul
+        do_sort = indices.size >= SORT_THRESHOLD
+        idx = indices
+        if do_sort:
+            x, idx, inverse = _sort_by_expert(x, indices)
+        hidden = self.activation(self.gate_proj(x, idx, do_sort)) * self.up_proj(x, idx, do_sort)
+        out = self.down_proj(hidden, idx, do_sort)
+        if do_sort:
+            out = out[inverse].reshape(*indices.shape, -1)
+            return out
+        return out.squeeze(-2)

@@ -1,0 +1,120 @@
+"""``load`` and ``save``: from a directory or Hugging Face repo to a ready MLX model, and back.
+
+Data flow of :func:`load`::
+
+    path or repo id -> local directory (huggingface_hub snapshot: config, safetensors, tokenizer)
+    config.json     -> normalised dict (mlx_zoo.config) -> model_type
+    model_type      -> the one plugin serving it (mlx_zoo.registry) -> config dataclass, Model
+    *.safetensors   -> validated, read -> plugin sanitize -> quantized layers where the config
+                       says so -> strict key/shape check -> dtype -> model.load_weights
+
+No file of the model directory other than JSON and safetensors is read; ``.py`` files shipped
+with a checkpoint are never imported or executed.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten, tree_map
+
+from . import registry
+from .config import CONFIG_FILE, read_config
+from .errors import MlxZooError
+from .hookspecs import Sanitizes
+from .weights import (QUANTIZATION_KEY, apply_quantization, check_weights, load_safetensors,
+                      save_weights)
+
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken",
+                     "*.txt"]
+"""Files fetched from the Hub: configs, weights and tokenizer files -- never code."""
+
+
+class ModelNotFoundError(MlxZooError):
+    """Neither a local directory nor a Hugging Face repo that could be fetched."""
+
+
+def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None) -> Path:
+    """A local model directory for a path, or a Hub repo id fetched with ``snapshot_download``
+    (only :data:`DOWNLOAD_PATTERNS`; honours the HF cache and ``HF_HUB_OFFLINE``)."""
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_repo)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise ModelNotFoundError(f"{text}: no such model directory (and not a Hugging Face repo "
+                                 "id of the form 'org/name')")
+    import huggingface_hub  # imported only when a repo id is given
+
+    try:
+        return Path(huggingface_hub.snapshot_download(text, revision=revision,
+                                                      allow_patterns=DOWNLOAD_PATTERNS))
+    except Exception as e:
+        raise ModelNotFoundError(f"{text}: not a local directory, and the Hugging Face repo could "
+                                 f"not be fetched ({type(e).__name__}: {e})") from e
+
+
+def _as_dtype(dtype: str | mx.Dtype) -> mx.Dtype:
+    if isinstance(dtype, mx.Dtype):
+        return dtype
+    try:
+        value = getattr(mx, dtype)
+    except AttributeError:
+        value = None
+    if not isinstance(value, mx.Dtype) or not mx.issubdtype(value, mx.floating):
+        raise ValueError(f"dtype {dtype!r} is not a floating-point MLX dtype "
+                         "(float32, float16, bfloat16)")
+    return value
+
+
+def load(path_or_repo: str | Path, *, revision: str | None = None,
+         dtype: str | mx.Dtype | None = None, lazy: bool = False, plugin: str | None = None,
+         ) -> tuple[nn.Module, Any]:
+    """Load a checkpoint; returns ``(model, config)``, config being the plugin's dataclass.
+
+    ``dtype`` casts floating-point weights; ``lazy`` skips evaluating them (they are read on first
+    use); ``plugin`` picks the distribution when several claim the checkpoint's model_type.
+    """
+    model_dir = resolve_model_dir(path_or_repo, revision)
+    raw = read_config(model_dir)
+    config_path = model_dir / CONFIG_FILE
+    arch = registry.resolve(raw["model_type"], plugin=plugin, path=config_path)
+    config = arch.config_class.from_dict(raw, config_path)
+    model = arch.model_class(config)
+
+    weights = load_safetensors(model_dir)
+    if isinstance(model, Sanitizes):
+        weights = model.sanitize(weights)
+    quantization = raw.get(QUANTIZATION_KEY)
+    if quantization:
+        apply_quantization(model, quantization, weights)
+    check_weights(model, weights, model_dir)
+    if dtype is not None:
+        target = _as_dtype(dtype)
+        weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
+                   for k, v in weights.items()}
+    model.load_weights(list(weights.items()), strict=False)
+    if not lazy:
+        mx.eval(model.parameters())
+    model.eval()
+    return model, config
+
+
+def save(model: nn.Module, config: Any, path: str | Path, *,
+         max_shard_bytes: int | None = None) -> Path:
+    """Write ``model``'s weights (sharded safetensors) and ``config.json`` to ``path``, in the
+    layout :func:`load` and mlx-lm read back. ``config`` is the dataclass from :func:`load` (or a
+    dict); quantized models keep their ``quantization`` entry."""
+    path = Path(path)
+    weights = dict(tree_flatten(model.parameters()))
+    kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
+    save_weights(path, weights, **kwargs)
+    data = config if isinstance(config, dict) else config.to_dict()
+    data = tree_map(lambda x: x, data)  # a copy
+    (path / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n",
+                                    encoding="utf-8")
+    return path

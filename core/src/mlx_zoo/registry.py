@@ -1,0 +1,292 @@
+"""Finding plugins: entry-point discovery by model_type, the plugin manager, conflicts, and the
+allow/block list.
+
+Discovery reads entry-point *metadata* only (``importlib.metadata``); a plugin module is imported
+the first time a checkpoint of one of its model_types is loaded, so loading a Qwen2 checkpoint
+imports ``mlx_qwen2`` and nothing else.
+
+Environment variables:
+
+``MLX_ZOO_PLUGINS``
+    Comma-separated allow/block list of distribution names. ``-name`` blocks a distribution;
+    plain names, if any, are the only ones allowed. E.g. ``MLX_ZOO_PLUGINS=-mlx-broken`` switches
+    one plugin off without uninstalling it; ``MLX_ZOO_PLUGINS=mlx-qwen2`` allows only that one.
+``MLX_ZOO_PREFER``
+    Resolves conflicts, as ``model_type=distribution`` pairs separated by commas, when several
+    installed distributions claim one model_type.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from dataclasses import dataclass
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from . import hookspecs
+from .errors import PluginConflictError, PluginLoadError, PluginNotFoundError
+from .hookspecs import Architecture
+
+PLUGINS_ENV = "MLX_ZOO_PLUGINS"
+PREFER_ENV = "MLX_ZOO_PREFER"
+IN_PROCESS = "<registered in process>"
+
+KNOWN_PACKAGES = {
+    "qwen2": "mlx-qwen2",
+    "hunyuan": "mlx-hunyuan",
+    "hunyuan_v1_dense": "mlx-hunyuan",
+    "hunyuan_v1_moe": "mlx-hunyuan",
+    "llama4": "mlx-llama4",
+    "llama4_text": "mlx-llama4",
+}
+"""Where to find the project's own plugins: used only in the "install ..." hint of an error."""
+
+
+@dataclass(frozen=True)
+class PluginEntry:
+    """One installed ``mlx_zoo.models`` entry point: a model_type and who serves it."""
+
+    model_type: str
+    distribution: str
+    version: str
+    module: str
+
+
+_manager: pluggy.PluginManager | None = None
+_in_process: dict[str, Architecture] = {}  # model_type -> architecture, from register()
+
+
+def plugin_manager() -> pluggy.PluginManager:
+    """The process-wide plugin manager (project ``mlx_zoo``)."""
+    global _manager
+    if _manager is None:
+        _manager = pluggy.PluginManager(hookspecs.PROJECT_NAME)
+        _manager.add_hookspecs(hookspecs)
+    return _manager
+
+
+def canonical_name(name: str) -> str:
+    """PEP 503 normalised distribution name: ``MLX_Qwen2`` -> ``mlx-qwen2``."""
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _plugin_filter() -> tuple[set[str], set[str]]:
+    allowed, blocked = set(), set()
+    for item in os.environ.get(PLUGINS_ENV, "").split(","):
+        item = item.strip()
+        if item.startswith("-"):
+            blocked.add(canonical_name(item[1:]))
+        elif item:
+            allowed.add(canonical_name(item))
+    return allowed, blocked
+
+
+def is_enabled(distribution: str) -> bool:
+    """Whether the allow/block list in ``MLX_ZOO_PLUGINS`` lets ``distribution`` load."""
+    allowed, blocked = _plugin_filter()
+    name = canonical_name(distribution)
+    return name not in blocked and (not allowed or name in allowed)
+
+
+def installed_entries() -> list[PluginEntry]:
+    """Every installed entry point of the ``mlx_zoo.models`` group (metadata only, no import)."""
+    entries = []
+    seen = set()
+    for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+        dist = ep.dist
+        name = canonical_name(dist.name) if dist is not None else ep.value
+        version = dist.version if dist is not None else "?"
+        key = (ep.name, name, ep.value)
+        if key not in seen:
+            seen.add(key)
+            entries.append(PluginEntry(ep.name, name, version, ep.value))
+    return sorted(entries, key=lambda e: (e.model_type, e.distribution))
+
+
+def available_model_types() -> list[str]:
+    """Model types that can be loaded now: registered in process or installed and enabled."""
+    types = set(_in_process)
+    types.update(e.model_type for e in installed_entries() if is_enabled(e.distribution))
+    return sorted(types)
+
+
+def register(plugin: ModuleType | Any, name: str | None = None) -> list[str]:
+    """Register a plugin (a module or object with ``@hookimpl`` functions) in this process --
+    for notebooks and tests, without packaging. Returns the model_types it serves, which then
+    take precedence over installed plugins."""
+    pm = plugin_manager()
+    if not pm.is_registered(plugin):
+        pm.register(plugin, name=name)
+    label = name or getattr(plugin, "__name__", repr(plugin))
+    architectures = _call_models_hook(plugin, label)
+    for arch in architectures:
+        _in_process[arch.model_type] = arch
+    return [a.model_type for a in architectures]
+
+
+def unregister(plugin: ModuleType | Any) -> None:
+    """Undo :func:`register` (and the import-time registration of an entry-point plugin)."""
+    pm = plugin_manager()
+    for model_type, arch in list(_in_process.items()):
+        if any(a is arch for a in _architectures_of(plugin)):
+            del _in_process[model_type]
+    if pm.is_registered(plugin):
+        pm.unregister(plugin)
+
+
+def _architectures_of(plugin: Any) -> list[Architecture]:
+    try:
+        return _call_models_hook(plugin, "?")
+    except PluginLoadError:
+        return []
+
+
+def _impls(hook_name: str, plugin: Any):
+    caller = getattr(plugin_manager().hook, hook_name)
+    return [impl for impl in caller.get_hookimpls() if impl.plugin is plugin]
+
+
+def _call_models_hook(plugin: Any, distribution: str) -> list[Architecture]:
+    architectures: list[Architecture] = []
+    for impl in _impls("register_models", plugin):
+        try:
+            result = impl.function()
+        except Exception as e:
+            raise PluginLoadError(distribution, "its register_models hook", e) from e
+        for arch in result or []:
+            if not isinstance(arch, Architecture):
+                raise PluginLoadError(distribution, "its register_models hook",
+                                      TypeError(f"returned {arch!r}, expected Architecture"))
+            architectures.append(arch)
+    return architectures
+
+
+def call_hook(hook_name: str) -> list[Any]:
+    """Call a hook on every registered plugin, naming the plugin of a hook that raises."""
+    pm = plugin_manager()
+    results = []
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            results.append(impl.function())
+        except Exception as e:
+            raise PluginLoadError(pm.get_name(impl.plugin) or "?", f"its {hook_name} hook", e) from e
+    return results
+
+
+def _preferred(model_type: str) -> str | None:
+    for item in os.environ.get(PREFER_ENV, "").split(","):
+        key, _, value = item.partition("=")
+        if key.strip() == model_type and value.strip():
+            return canonical_name(value.strip())
+    return None
+
+
+def candidates(model_type: str) -> list[PluginEntry]:
+    """Enabled installed entry points for ``model_type``, one per distribution."""
+    by_dist: dict[str, PluginEntry] = {}
+    for entry in installed_entries():
+        if entry.model_type == model_type and is_enabled(entry.distribution):
+            by_dist.setdefault(entry.distribution, entry)
+    return list(by_dist.values())
+
+
+def resolve(model_type: str, plugin: str | None = None, path: Any = None) -> Architecture:
+    """The :class:`Architecture` serving ``model_type``, importing only the plugin that serves it.
+
+    ``plugin`` (a distribution name) picks one when several claim the model_type; so does
+    ``MLX_ZOO_PREFER``. Raises :class:`PluginNotFoundError`, :class:`PluginConflictError` or
+    :class:`PluginLoadError`.
+    """
+    if plugin is None and model_type in _in_process:
+        return _in_process[model_type]
+    entries = candidates(model_type)
+    choice = canonical_name(plugin) if plugin else _preferred(model_type)
+    if choice is not None:
+        entries = [e for e in entries if e.distribution == choice]
+    if not entries:
+        hint = KNOWN_PACKAGES.get(model_type)
+        if choice is not None:
+            hint = choice
+        raise PluginNotFoundError(model_type, available_model_types(), hint, path)
+    if len(entries) > 1:
+        raise PluginConflictError(model_type, [e.distribution for e in entries])
+    return _architecture_from(entries[0])
+
+
+def import_plugin(entry: PluginEntry) -> ModuleType:
+    """Import (once) and register the module of an entry point."""
+    pm = plugin_manager()
+    module = pm.get_plugin(entry.distribution)
+    if module is not None:
+        return module
+    module_name, _, attr = entry.module.partition(":")
+    try:
+        module = importlib.import_module(module_name)
+        if attr:
+            for part in attr.split("."):
+                module = getattr(module, part)
+    except Exception as e:
+        raise PluginLoadError(entry.distribution, f"importing {entry.module!r}", e) from e
+    if pm.is_registered(module):
+        return module
+    try:
+        pm.register(module, name=entry.distribution)
+    except Exception as e:  # pluggy validates hook implementations against the specs
+        raise PluginLoadError(entry.distribution, "registering its hooks", e) from e
+    return module
+
+
+def _architecture_from(entry: PluginEntry) -> Architecture:
+    module = import_plugin(entry)
+    for arch in _call_models_hook(module, entry.distribution):
+        if arch.model_type == entry.model_type:
+            return arch
+    raise PluginLoadError(entry.distribution, "its register_models hook", LookupError(
+        f"the entry point names model_type {entry.model_type!r}, but register_models returns "
+        "no Architecture for it"))
+
+
+@dataclass(frozen=True)
+class PluginStatus:
+    """A row of :func:`list_plugins`."""
+
+    model_type: str
+    distribution: str
+    version: str
+    module: str
+    status: str  # "ok", "conflict", "blocked", "broken" or "unchecked"
+    error: str | None = None
+
+
+def list_plugins(check: bool = False) -> list[PluginStatus]:
+    """What is installed, from entry-point metadata. With ``check=True`` each plugin is also
+    imported and its hooks called, so a broken plugin shows as ``"broken"`` with its error."""
+    rows = []
+    entries = installed_entries()
+    claims: dict[str, set[str]] = {}
+    for e in entries:
+        if is_enabled(e.distribution):
+            claims.setdefault(e.model_type, set()).add(e.distribution)
+    for e in entries:
+        status, error = ("ok" if check else "unchecked"), None
+        if not is_enabled(e.distribution):
+            status = "blocked"
+        else:
+            if check:
+                try:
+                    _architecture_from(e)
+                except PluginLoadError as err:
+                    status, error = "broken", str(err)
+            if status != "broken" and len(claims[e.model_type]) > 1:
+                status = "conflict"
+        rows.append(PluginStatus(e.model_type, e.distribution, e.version, e.module, status, error))
+    for model_type, arch in sorted(_in_process.items()):
+        rows.append(PluginStatus(model_type, IN_PROCESS, "", arch.model_class.__module__, "ok"))
+    return rows
+
+

@@ -1,0 +1,265 @@
+"""Rotary position embeddings (RoPE) and the registry of their scaling variants.
+
+RoPE (Su et al., 2021, https://arxiv.org/abs/2104.09864) rotates each pair of query/key features
+``(x_2i, x_2i+1)`` -- or, in the non-"traditional" layout used by Hugging Face checkpoints, the
+pair ``(x_i, x_i+d/2)`` -- by the angle ``pos * inv_freq_i``, with
+
+    inv_freq_i = 1 / theta ** (2i / d),   i = 0 .. d/2 - 1
+
+so that attention scores depend on relative positions only. The scaling variants below change
+``inv_freq`` (and sometimes multiply cos/sin by an *attention factor*) to stretch a model's
+context. They are keyed by Hugging Face's ``rope_scaling["rope_type"]``:
+
+=========  ==========================================  ==============================
+key        class                                       source
+=========  ==========================================  ==============================
+default    :class:`RoPE`                               RoFormer
+linear     :class:`LinearRoPE`                         Chen et al. 2023 (PI)
+dynamic    :class:`DynamicNTKRoPE`                     bloc97 / transformers
+yarn       :class:`YarnRoPE`                           Peng et al. 2023 (YaRN)
+longrope   :class:`LongRoPE` (alias ``su``)            Ding et al. 2024 (LongRoPE)
+llama3     :class:`Llama3RoPE`                         Meta, Llama 3.1
+=========  ==========================================  ==============================
+
+Plugins add variants through the ``register_rope_variants`` hook; models get RoPE only through
+:func:`get_rope`. Every variant computes its frequencies once, at construction (the two
+length-dependent ones keep one table per regime), and applies them with ``mx.fast.rope``.
+
+``mx.fast.rope(..., freqs=f)`` takes *periods* ``f_i = 1 / inv_freq_i``; the code below keeps that
+convention and calls them ``periods``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Callable
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .config import RopeScaling
+
+
+def default_periods(dims: int, base: float) -> mx.array:
+    """``theta ** (2i / d)`` for i = 0 .. d/2 - 1: the reciprocal of RoPE's inverse frequencies."""
+    return base ** (mx.arange(0, dims, 2, dtype=mx.float32) / dims)
+
+
+class RoPE(nn.Module):
+    """Plain RoPE: ``inv_freq_i = theta ** (-2i/d)`` (https://arxiv.org/abs/2104.09864).
+
+    Subclasses override :meth:`periods` (computed once here) and may set ``attention_factor``,
+    the factor by which cos and sin -- equivalently, the rotated features -- are multiplied.
+    """
+
+    def __init__(self, dims: int, *, base: float, traditional: bool = False,
+                 scaling: RopeScaling | None = None, max_position_embeddings: int | None = None):
+        super().__init__()
+        self.dims = dims
+        self.base = base
+        self.traditional = traditional
+        self._scaling: RopeScaling = dict(scaling or {})  # type: ignore[assignment]
+        self.max_position_embeddings = max_position_embeddings
+        self.attention_factor = 1.0
+        self._periods = self.periods()
+
+    def periods(self) -> mx.array:
+        return default_periods(self.dims, self.base)
+
+    def periods_for_length(self, length: int) -> mx.array:
+        """The periods to use when the sequence so far spans ``length`` positions."""
+        return self._periods
+
+    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+        if self.attention_factor != 1.0:
+            x = x * self.attention_factor
+        periods = self.periods_for_length(int(offset) + x.shape[-2])
+        return mx.fast.rope(x, self.dims, traditional=self.traditional, base=None, scale=1.0,
+                            offset=offset, freqs=periods)
+
+    def _require(self, key: str):
+        if key not in self._scaling:
+            raise ValueError(f"rope_scaling of type {self._scaling.get('rope_type')!r} requires "
+                             f"{key!r}; got {dict(self._scaling)}")
+        return self._scaling[key]  # type: ignore[literal-required]
+
+    def _original_max_positions(self) -> int:
+        """Pre-training context: ``original_max_position_embeddings``, else the model's maximum."""
+        value = self._scaling.get("original_max_position_embeddings") or self.max_position_embeddings
+        if value is None:
+            raise ValueError("this RoPE scaling needs original_max_position_embeddings or "
+                             "max_position_embeddings in config.json")
+        return int(value)
+
+
+class LinearRoPE(RoPE):
+    """Position interpolation (Chen et al. 2023, https://arxiv.org/abs/2306.15595).
+
+    Positions are divided by ``factor``: ``inv_freq_i = theta ** (-2i/d) / factor``.
+    """
+
+    def periods(self) -> mx.array:
+        return default_periods(self.dims, self.base) * float(self._require("factor"))
+
+
+class DynamicNTKRoPE(RoPE):
+    """Dynamic NTK-aware scaling (bloc97, https://www.reddit.com/r/LocalLLaMA/comments/14mrgpr/;
+    as implemented in transformers' ``_compute_dynamic_ntk_parameters``).
+
+    Up to ``max_position_embeddings`` (L) positions it is plain RoPE. Beyond, for a sequence of
+    ``n`` positions the base grows so that the lowest frequency stretches over the longer context:
+
+        theta' = theta * (factor * n / L - (factor - 1)) ** (d / (d - 2))
+    """
+
+    def periods_for_length(self, length: int) -> mx.array:
+        limit = self.max_position_embeddings
+        if limit is None or length <= limit:
+            return self._periods
+        factor = float(self._require("factor"))
+        growth = (factor * length / limit - (factor - 1)) ** (self.dims / (self.dims - 2))
+        return default_periods(self.dims, self.base * growth)
+
+
+class YarnRoPE(RoPE):
+    """YaRN (Peng et al. 2023, https://arxiv.org/abs/2309.00071).
+
+    Dimensions that rotate many times within the pre-training context (more than ``beta_fast``
+    rotations) are kept (extrapolated), those rotating fewer than ``beta_slow`` times are
+    interpolated like :class:`LinearRoPE`, with a linear ramp in between. For rotation count ``r``
+    the dimension index is ``d * ln(L / (2 pi r)) / (2 ln theta)`` (L = original context). Cos and
+    sin are multiplied by the attention factor ``0.1 * ln(factor) + 1`` (or, DeepSeek's form,
+    ``mscale(factor, mscale) / mscale(factor, mscale_all_dim)``; or ``attention_factor`` if given).
+    """
+
+    DEFAULT_BETA_FAST = 32.0  # the paper's alpha/beta: rotations bounding the ramp
+    DEFAULT_BETA_SLOW = 1.0
+    MSCALE_COEFFICIENT = 0.1  # the paper's sqrt(1/t) = 0.1 ln(s) + 1
+
+    def periods(self) -> mx.array:
+        factor = float(self._scaling.get("factor") or
+                       self.max_position_embeddings / self._original_max_positions())
+        self.attention_factor = self._attention_factor(factor)
+        low, high = self._correction_range()
+        half = self.dims // 2
+        ramp = mx.clip((mx.arange(half, dtype=mx.float32) - low) / max(high - low, 1e-3), 0, 1)
+        extrapolate = 1 - ramp  # 1 where the dimension keeps its original frequency
+        base_periods = default_periods(self.dims, self.base)
+        inv_freq = (extrapolate / base_periods) + (1 - extrapolate) / (factor * base_periods)
+        return 1.0 / inv_freq
+
+    def _attention_factor(self, factor: float) -> float:
+        if self._scaling.get("attention_factor") is not None:
+            return float(self._scaling["attention_factor"])
+
+        def mscale(scale: float, coefficient: float = 1.0) -> float:
+            return 1.0 if scale <= 1 else self.MSCALE_COEFFICIENT * coefficient * math.log(scale) + 1
+
+        m, m_all = self._scaling.get("mscale"), self._scaling.get("mscale_all_dim")
+        if m and m_all:
+            return mscale(factor, m) / mscale(factor, m_all)
+        return mscale(factor)
+
+    def _correction_range(self) -> tuple[float, float]:
+        context = self._original_max_positions()
+
+        def dim_for_rotations(rotations: float) -> float:
+            return (self.dims * math.log(context / (rotations * 2 * math.pi))) / (2 * math.log(self.base))
+
+        low = dim_for_rotations(float(self._scaling.get("beta_fast") or self.DEFAULT_BETA_FAST))
+        high = dim_for_rotations(float(self._scaling.get("beta_slow") or self.DEFAULT_BETA_SLOW))
+        if self._scaling.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        return max(low, 0), min(high, self.dims - 1)
+
+
+class LongRoPE(RoPE):
+    """LongRoPE / "su" scaling (Ding et al. 2024, https://arxiv.org/abs/2402.13753), as in Phi-3.
+
+    Each dimension has its own rescale: ``inv_freq_i = theta ** (-2i/d) / f_i`` with ``f =
+    short_factor`` while the sequence fits the original context L, ``long_factor`` beyond it. Cos
+    and sin are multiplied by ``sqrt(1 + ln(s) / ln(L))``, s = max_position_embeddings / L (or
+    ``factor``, or ``attention_factor`` if given).
+    """
+
+    def periods(self) -> mx.array:
+        base_periods = default_periods(self.dims, self.base)
+        self._original = self._original_max_positions()
+        self._long_periods = base_periods * mx.array(self._require("long_factor"), dtype=mx.float32)
+        factor = self._scaling.get("factor")
+        if factor is None and self.max_position_embeddings:
+            factor = self.max_position_embeddings / self._original
+        if self._scaling.get("attention_factor") is not None:
+            self.attention_factor = float(self._scaling["attention_factor"])
+        elif factor is not None and factor > 1.0:
+            self.attention_factor = math.sqrt(1 + math.log(factor) / math.log(self._original))
+        return base_periods * mx.array(self._require("short_factor"), dtype=mx.float32)
+
+    def periods_for_length(self, length: int) -> mx.array:
+        return self._long_periods if length > self._original else self._periods
+
+
+class Llama3RoPE(RoPE):
+    """Llama 3.1's frequency-dependent scaling (Meta, https://arxiv.org/abs/2407.21783, and
+    https://huggingface.co/meta-llama/Llama-3.1-8B).
+
+    With L the original context, wavelengths ``2 pi / inv_freq`` longer than
+    ``L / low_freq_factor`` are divided by ``factor``, those shorter than ``L / high_freq_factor``
+    are kept, and in between the two are blended by ``s = (L / wavelen - low) / (high - low)``:
+
+        inv_freq' = (1 - s) * inv_freq / factor + s * inv_freq
+    """
+
+    def periods(self) -> mx.array:
+        factor = float(self._require("factor"))
+        low = float(self._require("low_freq_factor"))
+        high = float(self._require("high_freq_factor"))
+        context = float(self._original_max_positions())
+        periods = default_periods(self.dims, self.base)
+        wavelengths = 2 * math.pi * periods
+        smooth = (context / wavelengths - low) / (high - low)
+        blended = 1.0 / ((1 - smooth) / (factor * periods) + smooth / periods)
+        periods = mx.where(wavelengths > context / low, periods * factor, periods)
+        medium = (wavelengths >= context / high) & (wavelengths <= context / low)
+        return mx.where(medium, blended, periods)
+
+
+BUILTIN_VARIANTS: dict[str, type[RoPE]] = {
+    "default": RoPE,
+    "linear": LinearRoPE,
+    "dynamic": DynamicNTKRoPE,
+    "yarn": YarnRoPE,
+    "longrope": LongRoPE,
+    "su": LongRoPE,  # the name Phi-3's first configs used for LongRoPE
+    "llama3": Llama3RoPE,
+}
+
+
+def rope_variants() -> dict[str, type[RoPE]]:
+    """All variants: the built-in ones, then those of the registered plugins (which may override)."""
+    from .registry import call_hook
+
+    variants = dict(BUILTIN_VARIANTS)
+    for contributed in call_hook("register_rope_variants"):
+        variants.update(contributed or {})
+    return variants
+
+
+def get_rope(dims: int, *, base: float, traditional: bool = False,
+             scaling: RopeScaling | None = None, max_position_embeddings: int | None = None,
+             rope_type: str | None = None) -> RoPE:
+    """Build the RoPE module for a model.
+
+    ``scaling`` is config.json's normalised ``rope_scaling`` (see :mod:`mlx_zoo.config`); its
+    ``rope_type`` picks the variant unless ``rope_type`` is given explicitly.
+    """
+    kind = rope_type or (scaling or {}).get("rope_type", "default")
+    variants = rope_variants()
+    if kind not in variants:
+        raise ValueError(f"unknown rope_type {kind!r} in rope_scaling; known: "
+                         f"{', '.join(sorted(variants))}")
+    return variants[kind](dims, base=base, traditional=traditional, scaling=scaling,
+                          max_position_embeddings=max_position_embeddings)
+
+
+RopeFactory = Callable[..., RoPE]

@@ -1,0 +1,16 @@
+"""mlx-qwen2: the Qwen2 / Qwen2.5 architecture for mlx-zoo (model_type ``qwen2``).
+
+The reference plugin: a module with one hook implementation, found by the core through the
+``mlx_zoo.models`` entry point declared in this distribution's pyproject.toml.
+"""
+
+from mlx_zoo import Architecture, hookimpl
+
+from .qwen2 import Model, ModelArgs
+
+__all__ = ["Model", "ModelArgs"]
+
+
+@hookimpl
+def register_models() -> list[Architecture]:
+    return [Architecture("qwen2", ModelArgs, Model)]
