@@ -131,7 +131,10 @@ def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array,
     flat = indices.flatten()
     order = mx.argsort(flat)
     inverse = mx.argsort(order)
-    return x.flatten(0, -3)[order // top_k], flat[order], inverse
+    rows = x.flatten(0, -3)
+    # One input row per token (shared by its top_k experts), or one per (token, expert) pair.
+    per_pair = rows.shape[0] == flat.size
+    return rows[order if per_pair else order // top_k], flat[order], inverse
 
 
 class SwitchGLU(nn.Module):
@@ -150,8 +153,15 @@ class SwitchGLU(nn.Module):
         self.down_proj = SwitchLinear(hidden_dims, input_dims, num_experts, bias)
         self.activation = activation
 
-    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
-        x = mx.expand_dims(x, (-2, -3))  # (..., 1, 1, hidden): one row per gathered matmul
+    def __call__(self, x: mx.array, indices: mx.array,
+                 input_scale: mx.array | None = None) -> mx.array:
+        """``input_scale`` (optional, ``(..., top_k)``, e.g. router weights) multiplies each chosen
+        expert's *input*: expert_k(s_k * x) rather than s_k * expert_k(x) -- not the same, the
+        expert not being linear. Llama 4 routes this way."""
+        if input_scale is None:
+            x = mx.expand_dims(x, (-2, -3))  # (..., 1, 1, hidden): one row per gathered matmul
+        else:  # (..., top_k, 1, hidden): one row per (token, expert) pair
+            x = mx.expand_dims(mx.expand_dims(x, -2) * mx.expand_dims(input_scale, -1), -2)
         do_sort = indices.size >= SORT_THRESHOLD
         idx = indices
         if do_sort:

@@ -133,7 +133,7 @@ def unregister(plugin: ModuleType | Any) -> None:
     """Undo :func:`register` (and the import-time registration of an entry-point plugin)."""
     pm = plugin_manager()
     for model_type, arch in list(_in_process.items()):
-        if any(a is arch for a in _architectures_of(plugin)):
+        if arch in _architectures_of(plugin):
             del _in_process[model_type]
     if pm.is_registered(plugin):
         pm.unregister(plugin)
