@@ -1,0 +1,430 @@
+"""Llama 4 (Meta, 2025): the text model of Llama 4 Scout and Maverick -- a decoder-only
+mixture-of-experts transformer that interleaves chunked local attention with RoPE and global
+attention without positional encoding (NoPE), and dense with MoE feed-forward layers.
+
+Sources:
+  * model card: https://huggingface.co/meta-llama/Llama-4-Scout-17B-16E
+    (and https://huggingface.co/meta-llama/Llama-4-Maverick-17B-128E)
+  * announcement: https://ai.meta.com/blog/llama-4-multimodal-intelligence/
+  * attention temperature scaling: Nakanishi, "Scalable-Softmax Is Superior for Attention",
+    https://arxiv.org/abs/2501.19399
+  * reference implementation checked against: transformers' ``models/llama4/modeling_llama4.py``
+
+The layers, by their config (Scout: 48 layers, 16 experts, every layer MoE; Maverick: 128
+experts, MoE on every second layer):
+
+  * attention, *local* layers (``no_rope_layers[i] == 1``): RoPE in the interleaved layout -- the
+    pairs ``(x_2i, x_2i+1)`` rotate, as transformers' complex-number ``apply_rotary_emb`` does
+    (``traditional=True`` in MLX) -- then, with ``use_qk_norm``, queries and keys L2-normalised
+    (RMS-normalised without a weight); a query sees the keys of its own chunk of
+    ``attention_chunk_size`` positions only (``pos // chunk`` equal, and causal);
+  * attention, *global* (NoPE) layers, every ``no_rope_layer_interval``-th: full causal attention
+    with no positional encoding, queries scaled up with their position ("temperature tuning",
+    :func:`attention_temperature`);
+  * feed-forward: a mixture of experts on every ``interleave_moe_layer_step``-th layer (or those
+    listed in ``moe_layers``), a dense SwiGLU of width ``intermediate_size_mlp`` elsewhere.
+
+MoE routing: router logits -> the top ``num_experts_per_tok`` experts -> sigmoid of their logits
+``s_k`` (sigmoid, not softmax: the weights do not sum to one); the output is
+``shared_expert(x) + sum_k expert_k(s_k * x)`` -- the weight scales the expert's *input*, not its
+output (which differs: the expert is not linear).
+
+Data flow: ids -> embedding -> N x [x + attn(norm(x)); x + ffn(norm(x))] -> norm -> lm_head.
+
+Two checkpoint layouts load (see :meth:`Model.sanitize` and :meth:`ModelArgs.from_dict`):
+``llama4`` (published: nested ``text_config``, ``language_model.``-prefixed weights next to a
+vision tower, which is dropped) and ``llama4_text`` (transformers' ``Llama4ForCausalLM``: flat).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx_zoo import (
+    BaseModelArgs,
+    ChunkedKVCache,
+    ConfigError,
+    KVCache,
+    RopeScaling,
+    SwitchGLU,
+    attention,
+    get_rope,
+    mask_for,
+)
+from mlx_zoo.cache import chunked_causal_mask
+
+CHUNKED_ATTENTION = "chunked_attention"  # layer_types entry: local attention within chunks
+FULL_ATTENTION = "full_attention"  # layer_types entry: global causal attention
+LAYER_TYPES = (CHUNKED_ATTENTION, FULL_ATTENTION)
+SUPPORTED_ACTIVATIONS = ("silu",)  # SwiGLU's gate activation; every Llama 4 checkpoint uses SiLU
+
+
+@dataclass
+class ModelArgs(BaseModelArgs):
+    """The text model's settings: config.json itself (``llama4_text``) or its ``text_config``
+    (``llama4``). Defaults are transformers' ``Llama4TextConfig`` defaults (Scout's values)."""
+
+    model_type: str  # "llama4" (nested text_config + vision tower) or "llama4_text" (flat)
+    hidden_size: int
+    num_hidden_layers: int
+    intermediate_size: int  # width of each routed expert and of the shared expert
+    num_attention_heads: int
+    vocab_size: int
+    intermediate_size_mlp: int = 16384  # width of the dense (non-MoE) SwiGLU layers
+    num_key_value_heads: int | None = None  # < num_attention_heads: grouped-query attention
+    head_dim: int | None = None  # per-head width; default hidden_size // num_attention_heads
+    rms_norm_eps: float = 1e-5  # epsilon of the RMSNorms and of the q/k L2 norm
+    rope_theta: float = 500000.0  # RoPE base theta: inv_freq_i = theta ** (-2i / head_dim)
+    rope_scaling: RopeScaling | None = None  # Scout: "llama3" scaling (mlx_zoo.rope.Llama3RoPE)
+    max_position_embeddings: int = 131072  # context length; some RoPE scalings read it
+    num_local_experts: int = 16  # routed experts per MoE layer
+    num_experts_per_tok: int = 1  # top-k: experts each token is sent to
+    # Indices of the MoE layers. None: every interleave_moe_layer_step-th layer, counting from 1
+    # (layers step-1, 2*step-1, ...); step 1 makes every layer MoE (Scout), 2 every other one.
+    moe_layers: list[int] | None = None
+    interleave_moe_layer_step: int = 1
+    # Per layer, 1 = the layer *uses* RoPE (a local, chunked layer), 0 = NoPE (global) -- the name
+    # says the opposite of the values. None or empty: every no_rope_layer_interval-th layer
+    # (counting from 1) is NoPE, the others use RoPE.
+    no_rope_layers: list[int] | None = None
+    no_rope_layer_interval: int = 4
+    # Per layer, "chunked_attention" or "full_attention" (transformers >= 4.54 writes it). None:
+    # chunked on the RoPE layers, full on the NoPE ones.
+    layer_types: list[str] | None = None
+    attention_chunk_size: int | None = 8192  # positions per chunk of local attention; None: global
+    use_qk_norm: bool = True  # L2-normalise queries and keys (after RoPE) on the RoPE layers
+    # Temperature tuning on the NoPE layers (attention_temperature); published configs write 4 for
+    # "on" (any non-zero value), transformers writes true.
+    attn_temperature_tuning: bool | int = True
+    floor_scale: float = 8192.0  # positions per step of the temperature (its floor's divisor)
+    attn_scale: float = 0.1  # strength of the temperature's logarithmic growth
+    attention_bias: bool = False  # q/k/v/o projections carry a bias
+    hidden_act: str = "silu"  # activation of the SwiGLU gates
+    tie_word_embeddings: bool = False  # logits through the transposed embedding, no lm_head
+
+    def __post_init__(self):
+        if self.num_key_value_heads is None:
+            self.num_key_value_heads = self.num_attention_heads
+        if self.head_dim is None:
+            self.head_dim = self.hidden_size // self.num_attention_heads
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any], path: Path | str | None = None) -> ModelArgs:
+        """Read a flat config, or a nested one (``text_config``), whose text settings are read
+        with the top-level ``model_type``; the original layout is kept for :meth:`to_dict`."""
+        text = config.get("text_config")
+        if text is None:
+            flat = config
+        elif isinstance(text, dict):
+            flat = {**text, "model_type": config.get("model_type")}
+        else:
+            raise ConfigError(path, f"expected an object, got {type(text).__name__}",
+                              key="text_config")
+        args = super().from_dict(flat, path)
+        object.__setattr__(args, "_source", dict(config))
+        args.validate(path)
+        return args
+
+    def to_dict(self) -> dict[str, Any]:
+        """The config.json dictionary, in the layout it was read from (nested or flat)."""
+        flat = super().to_dict()
+        source = getattr(self, "_source", {})
+        if not isinstance(source.get("text_config"), dict):
+            return flat
+        text = dict(source["text_config"])
+        text.update({f.name: flat[f.name] for f in fields(self) if f.name != "model_type"})
+        return {**source, "model_type": self.model_type, "text_config": text}
+
+    def validate(self, path: Path | str | None = None) -> None:
+        """Check the fields that only make sense together; raise :class:`ConfigError`."""
+        n = self.num_hidden_layers
+        if self.hidden_act not in SUPPORTED_ACTIVATIONS:
+            raise ConfigError(path, f"unsupported activation {self.hidden_act!r}; expected one of "
+                              f"{SUPPORTED_ACTIVATIONS}", key="hidden_act")
+        if not 1 <= self.num_experts_per_tok <= self.num_local_experts:
+            raise ConfigError(path, f"expected 1 .. num_local_experts ({self.num_local_experts}),"
+                              f" got {self.num_experts_per_tok}", key="num_experts_per_tok")
+        if self.moe_layers is None and self.interleave_moe_layer_step < 1:
+            raise ConfigError(path, f"expected a positive int, got "
+                              f"{self.interleave_moe_layer_step}", key="interleave_moe_layer_step")
+        if not self.no_rope_layers and self.no_rope_layer_interval < 1:
+            raise ConfigError(path, f"expected a positive int, got {self.no_rope_layer_interval}",
+                              key="no_rope_layer_interval")
+        if self.no_rope_layers and len(self.no_rope_layers) < n:
+            raise ConfigError(path, f"expected one entry (1 = RoPE, 0 = NoPE) per layer, "
+                              f"{n} layers, got {len(self.no_rope_layers)}", key="no_rope_layers")
+        if self.layer_types is not None:
+            if len(self.layer_types) < n or not set(self.layer_types) <= set(LAYER_TYPES):
+                raise ConfigError(path, f"expected {n} entries, each one of {LAYER_TYPES}; got "
+                                  f"{self.layer_types}", key="layer_types")
+        if self.moe_layers is not None and any(not 0 <= i < n for i in self.moe_layers):
+            raise ConfigError(path, f"expected layer indices in 0 .. {n - 1}, got "
+                              f"{self.moe_layers}", key="moe_layers")
+        if self.attention_chunk_size is not None and self.attention_chunk_size < 1:
+            raise ConfigError(path, f"expected a positive int or null, got "
+                              f"{self.attention_chunk_size}", key="attention_chunk_size")
+
+    # -- the per-layer pattern, derived as transformers derives it --------------------------------
+
+    def uses_rope(self, layer: int) -> bool:
+        """Whether ``layer`` applies RoPE (a local layer) rather than none (a global NoPE one)."""
+        if self.no_rope_layers:
+            return bool(self.no_rope_layers[layer])
+        return (layer + 1) % self.no_rope_layer_interval != 0
+
+    def is_moe(self, layer: int) -> bool:
+        if self.moe_layers is not None:
+            return layer in self.moe_layers
+        return (layer + 1) % self.interleave_moe_layer_step == 0
+
+    def is_chunked(self, layer: int) -> bool:
+        """Whether ``layer`` attends within chunks of ``attention_chunk_size`` positions."""
+        if self.attention_chunk_size is None:
+            return False
+        if self.layer_types is not None:
+            return self.layer_types[layer] == CHUNKED_ATTENTION
+        return self.uses_rope(layer)
+
+
+def attention_temperature(positions: mx.array, floor_scale: float, attn_scale: float) -> mx.array:
+    """Llama 4's attention temperature tuning on its NoPE layers, after Scalable-Softmax
+    (https://arxiv.org/abs/2501.19399): the query at position ``p`` (counting from 0) is
+    multiplied by
+
+        1 + attn_scale * log(1 + floor((p + 1) / floor_scale))
+
+    -- exactly 1 for the first ``floor_scale - 1`` positions, then growing logarithmically in
+    steps of ``floor_scale`` positions. Without positional encoding a global layer's softmax over
+    ever more keys flattens out; scaling the logits with log(length) keeps it as sharp as in short
+    contexts."""
+    steps = mx.floor((positions.astype(mx.float32) + 1) / floor_scale)
+    return 1 + attn_scale * mx.log1p(steps)
+
+
+class Attention(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int):
+        super().__init__()
+        dim, self.n_heads, self.n_kv_heads = args.hidden_size, args.num_attention_heads, \
+            args.num_key_value_heads
+        head_dim = args.head_dim
+        self.scale = head_dim**-0.5
+        self.q_proj = nn.Linear(dim, self.n_heads * head_dim, bias=args.attention_bias)
+        self.k_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=args.attention_bias)
+        self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=args.attention_bias)
+        self.o_proj = nn.Linear(self.n_heads * head_dim, dim, bias=args.attention_bias)
+        self.use_rope = args.uses_rope(layer)
+        if self.use_rope:
+            # Interleaved pairs (x_2i, x_2i+1), as Meta's complex-number rotation: traditional.
+            self.rope = get_rope(head_dim, base=args.rope_theta, traditional=True,
+                                 scaling=args.rope_scaling,
+                                 max_position_embeddings=args.max_position_embeddings)
+        self.use_qk_norm = args.use_qk_norm and self.use_rope
+        self.norm_eps = args.rms_norm_eps
+        self.tune_temperature = bool(args.attn_temperature_tuning) and not self.use_rope
+        self.floor_scale, self.attn_scale = args.floor_scale, args.attn_scale
+
+    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        batch, length, _ = x.shape
+        # (B, L, heads * D) -> (B, heads, L, D)
+        q = self.q_proj(x).reshape(batch, length, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        offset = cache.offset if cache is not None else 0
+        if self.use_rope:
+            q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if self.use_qk_norm:  # L2 norm = RMS norm without a learned weight
+            q = mx.fast.rms_norm(q, None, self.norm_eps)
+            k = mx.fast.rms_norm(k, None, self.norm_eps)
+        if self.tune_temperature:
+            positions = mx.arange(offset, offset + length)
+            q = q * attention_temperature(positions, self.floor_scale,
+                                          self.attn_scale)[:, None].astype(q.dtype)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        out = attention(q, k, v, scale=self.scale, mask=mask, cache=cache)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
+
+
+class MLP(nn.Module):
+    """SwiGLU: ``down(silu(gate(x)) * up(x))`` (Shazeer 2020, https://arxiv.org/abs/2002.05202)."""
+
+    def __init__(self, dim: int, hidden_dim: int):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
+        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
+        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class MoE(nn.Module):
+    """Routed SwiGLU experts (stacked, :class:`mlx_zoo.SwitchGLU`) plus an always-on shared one:
+    ``shared_expert(x) + sum over the top-k experts of expert_k(sigmoid(logit_k) * x)``."""
+
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.top_k = args.num_experts_per_tok
+        self.router = nn.Linear(args.hidden_size, args.num_local_experts, bias=False)
+        self.experts = SwitchGLU(args.hidden_size, args.intermediate_size, args.num_local_experts)
+        self.shared_expert = MLP(args.hidden_size, args.intermediate_size)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        logits = self.router(x)
+        chosen = mx.argpartition(-logits, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
+        # sigmoid is monotonic, so picking by logit or by sigmoid(logit) picks the same experts
+        weights = mx.sigmoid(mx.take_along_axis(logits, chosen, axis=-1).astype(mx.float32))
+        routed = self.experts(x, chosen, input_scale=weights.astype(x.dtype))
+        return self.shared_expert(x) + routed.sum(axis=-2)
+
+
+class TransformerBlock(nn.Module):
+    def __init__(self, args: ModelArgs, layer: int):
+        super().__init__()
+        self.self_attn = Attention(args, layer)
+        self.is_moe = args.is_moe(layer)
+        self.feed_forward = MoE(args) if self.is_moe else MLP(args.hidden_size,
+                                                              args.intermediate_size_mlp)
+        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+
+    def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+        return h + self.feed_forward(self.post_attention_layernorm(h))
+
+
+class Llama4TextModel(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
+        self.layers = [TransformerBlock(args, i) for i in range(args.num_hidden_layers)]
+        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        self.chunked = [args.is_chunked(i) for i in range(args.num_hidden_layers)]
+
+    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        h = self.embed_tokens(inputs)
+        cache = cache or [None] * len(self.layers)
+        masks = self._masks(cache, h.shape[1])
+        for layer, layer_cache, chunked in zip(self.layers, cache, self.chunked, strict=True):
+            h = layer(h, masks[chunked], layer_cache)
+        return self.norm(h)
+
+    def _masks(self, cache: list, n: int) -> dict[bool, Any]:
+        """The mask of the chunked (``True``) and of the global (``False``) layers for ``n`` new
+        queries, each from the first cache of its kind (all caches of a kind are in step)."""
+        masks = {}
+        for chunked in (True, False):
+            first = next((c for c, is_chunked in zip(cache, self.chunked, strict=True)
+                          if is_chunked == chunked), None)
+            if first is not None or not chunked:
+                masks[chunked] = mask_for(first, n)
+            else:  # no cache: the whole sequence from position 0
+                masks[chunked] = (None if n == 1 else
+                                  chunked_causal_mask(0, n, 0, self.args.attention_chunk_size))
+        return masks
+
+
+class Model(nn.Module):
+    def __init__(self, args: ModelArgs):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = Llama4TextModel(args)
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        h = self.model(inputs, cache)
+        if self.args.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(h)
+        return self.lm_head(h)
+
+    @property
+    def layers(self) -> list:
+        return self.model.layers
+
+    def make_cache(self) -> list:
+        """A :class:`~mlx_zoo.ChunkedKVCache` (keys of the current chunk only) on the local
+        layers, a full :class:`~mlx_zoo.KVCache` on the global ones."""
+        chunk = self.args.attention_chunk_size
+        return [ChunkedKVCache(chunk) if chunked else KVCache() for chunked in self.model.chunked]
+
+    def quantize_predicate(self, path: str, module: nn.Module) -> bool:
+        """Keep the routers in full precision: a tiny matrix whose rounding could flip which
+        experts a token goes to."""
+        return not path.endswith(ROUTER_SUFFIX)
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Map a checkpoint to this model's parameters (idempotent: our own saves pass through).
+
+        * drops the vision tower and the multimodal projector (``llama4`` layout) and rotary
+          ``inv_freq`` buffers, and strips the ``language_model.`` prefix;
+        * splits transformers' fused ``experts.gate_up_proj`` ``(experts, hidden, 2 * inter)``
+          into :class:`~mlx_zoo.SwitchGLU`'s ``gate_proj``/``up_proj`` ``(experts, inter, hidden)``
+          and transposes ``experts.down_proj`` ``(experts, inter, hidden)`` likewise;
+        * stacks per-expert tensors ``experts.<e>.<proj>.weight`` (unfused exports);
+        * drops an ``lm_head`` copy when the embeddings are tied.
+        """
+        kept = {}
+        for name, value in weights.items():
+            if name.startswith(DROPPED_PREFIXES) or "rotary_emb.inv_freq" in name:
+                continue
+            kept[name.removeprefix(LANGUAGE_MODEL_PREFIX)] = value
+        kept = _split_fused_experts(kept)
+        kept = _stack_per_expert(kept)
+        if self.args.tie_word_embeddings:
+            kept.pop("lm_head.weight", None)
+        return kept
+
+
+LANGUAGE_MODEL_PREFIX = "language_model."  # the text model's weights in the llama4 layout
+DROPPED_PREFIXES = ("vision_model.", "multi_modal_projector.")  # the llama4 image path
+ROUTER_SUFFIX = "feed_forward.router"
+FUSED_GATE_UP = ".experts.gate_up_proj"  # (experts, hidden, 2 * inter): gate then up, x @ W
+FUSED_DOWN = ".experts.down_proj"  # (experts, inter, hidden): x @ W
+PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<expert>\d+)\.(?P<rest>\w+\.\w+)$")
+
+
+def _split_fused_experts(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """transformers' fused expert tensors -> SwitchGLU's stacked ``(experts, out, in)`` weights."""
+    out = {}
+    for name, value in weights.items():
+        if name.endswith(FUSED_GATE_UP):
+            prefix = name.removesuffix(".gate_up_proj")
+            gate, up = mx.split(value, 2, axis=-1)
+            out[f"{prefix}.gate_proj.weight"] = gate.swapaxes(-1, -2)
+            out[f"{prefix}.up_proj.weight"] = up.swapaxes(-1, -2)
+        elif name.endswith(FUSED_DOWN):
+            out[f"{name}.weight"] = value.swapaxes(-1, -2)
+        else:
+            out[name] = value
+    return out
+
+
+def _stack_per_expert(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """``...experts.<e>.gate_proj.weight`` (one tensor per expert) -> one stacked tensor."""
+    groups: dict[str, dict[int, mx.array]] = {}
+    out = {}
+    for name, value in weights.items():
+        match = PER_EXPERT.match(name)
+        if match is None:
+            out[name] = value
+            continue
+        key = f"{match['prefix']}.{match['rest']}"
+        groups.setdefault(key, {})[int(match["expert"])] = value
+    for key, experts in groups.items():
+        if sorted(experts) != list(range(len(experts))):  # a gap: leave them to the strict check,
+            prefix, rest = key.rsplit(".", 2)[0], ".".join(key.rsplit(".", 2)[1:])
+            out.update({f"{prefix}.{e}.{rest}": v for e, v in experts.items()})  # which names them
+            continue
+        out[key] = mx.stack([experts[e] for e in range(len(experts))])
+    return out
+
+
+__all__ = ["Model", "ModelArgs", "attention_temperature"]
