@@ -174,3 +174,24 @@ def test_sanitize_drops_rotary_buffers_and_tied_head():
     weights = {"model.layers.0.self_attn.rotary_emb.inv_freq": mx.zeros(4),
                "lm_head.weight": mx.zeros((VOCAB, 64)), "model.norm.weight": mx.ones(64)}
     assert list(model.sanitize(weights)) == ["model.norm.weight"]
+
+
+def test_mixed_precision_per_layer_overrides_from_mlx_lm(tmp_path):
+    """mlx-lm's mixed recipes write per-layer {"bits", "group_size"} overrides in config.json's
+    quantization entry; each layer loads with its own bit width."""
+    from mlx_lm import convert
+    from mlx_lm.utils import load_model
+
+    write_reference(tmp_path / "hf", tied=False)
+    to_published_dialect(tmp_path / "hf")
+    convert(str(tmp_path / "hf"), mlx_path=str(tmp_path / "mixed"), quantize=True,
+            q_group_size=32, quant_predicate="mixed_3_6")
+    quantization = json.loads((tmp_path / "mixed" / "config.json").read_text())["quantization"]
+    overrides = {k: v["bits"] for k, v in quantization.items() if isinstance(v, dict)}
+    assert set(overrides.values()) == {3, 6}
+    ours, _ = mlx_zoo.load(tmp_path / "mixed")
+    modules = dict(ours.named_modules())
+    assert all(modules[path].bits == bits for path, bits in overrides.items())
+    theirs, _ = load_model(tmp_path / "mixed")
+    ids = prompt()
+    assert rel_err(mlx_logits(ours, ids), mlx_logits(theirs, ids)) < TOLERANCE
