@@ -8,6 +8,9 @@ generation; each architecture ships as its own plugin distribution.
     >>> model, config = mlx_zoo.load("Qwen/Qwen2.5-0.5B")   # with mlx-qwen2 installed
 """
 
+# First, before anything imports mlx.core: importing mlx_zoo.backend binds, on Linux, MLX's
+# cblas_sgemm to OpenBLAS instead of the reference BLAS its CPU wheel ships.
+from . import backend as backend  # noqa: I001 (must stay first)
 from .cache import (ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, load_prompt_cache,
                     make_prompt_cache, save_prompt_cache)
 from .config import BaseModelArgs, RopeScaling, normalize_config, read_config

@@ -22,7 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_map
 
-from . import registry
+from . import backend, registry
 from .config import CONFIG_FILE, read_config
 from .errors import MlxZooError
 from .hookspecs import Sanitizes
@@ -73,11 +73,17 @@ def _as_dtype(dtype: str | mx.Dtype) -> mx.Dtype:
 
 def load(path_or_repo: str | Path, *, revision: str | None = None,
          dtype: str | mx.Dtype | None = None, lazy: bool = False, plugin: str | None = None,
-         ) -> tuple[nn.Module, Any]:
+         dequantize: bool | str = False) -> tuple[nn.Module, Any]:
     """Load a checkpoint; returns ``(model, config)``, config being the plugin's dataclass.
 
     ``dtype`` casts floating-point weights; ``lazy`` skips evaluating them (they are read on first
     use); ``plugin`` picks the distribution when several claim the checkpoint's model_type.
+
+    ``dequantize=True`` loads a quantized checkpoint as dense layers holding the dequantized
+    weights (in ``dtype``, default the dtype of the scales). ``"auto"`` for either option is the
+    fast path of :mod:`mlx_zoo.backend`: on MLX's Linux CPU backend, whose quantized and
+    half-precision matmuls are slow paths, dense float32 when it fits in memory
+    (:func:`~mlx_zoo.backend.fits_in_memory`); elsewhere the checkpoint as stored.
     """
     model_dir = resolve_model_dir(path_or_repo, revision)
     raw = read_config(model_dir)
@@ -93,15 +99,38 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     if quantization:
         apply_quantization(model, quantization, weights)
     check_weights(model, weights, model_dir)
+    dtype, dequantize = _resolve_auto(model_dir, quantization, dtype, dequantize)
     if dtype is not None:
         target = _as_dtype(dtype)
         weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
                    for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=False)
+    if quantization and dequantize:
+        backend.dequantize_model(model, None if dtype is None else _as_dtype(dtype))
+        for key in (QUANTIZATION_KEY, "quantization_config"):  # save() now writes it dense
+            getattr(config, "_source", {}).pop(key, None)
     if not lazy:
         mx.eval(model.parameters())
     model.eval()
     return model, config
+
+
+AUTO = "auto"
+
+
+def _resolve_auto(model_dir: Path, quantization: dict | None, dtype, dequantize):
+    """``dtype``/``dequantize`` with ``"auto"`` resolved by :mod:`mlx_zoo.backend`'s policy."""
+    if dequantize not in (True, False, AUTO):
+        raise ValueError(f"dequantize must be True, False or {AUTO!r}, got {dequantize!r}")
+    if AUTO not in (dtype, dequantize):
+        return dtype, dequantize
+    fast = backend.prefers_dense_float32() and backend.fits_in_memory(
+        backend.dense_nbytes(model_dir, (quantization or {}).get("bits")))
+    if dequantize == AUTO:
+        dequantize = bool(quantization) and fast
+    if dtype == AUTO:
+        dtype = "float32" if fast else None
+    return dtype, dequantize
 
 
 def save(model: nn.Module, config: Any, path: str | Path, *,

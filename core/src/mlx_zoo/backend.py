@@ -1,0 +1,308 @@
+"""MLX's Linux CPU backend: a fast BLAS, and when to compute in dense float32.
+
+MLX's Linux CPU wheel (``mlx-cpu``) links the netlib *reference* BLAS (``mlx_cpu.libs/libblas``):
+its ``cblas_sgemm`` runs a 2048x2048 float32 matmul at ~4-5 GFLOP/s on a 2-core Xeon, where
+OpenBLAS reaches 100-300 GFLOP/s. ``libmlx.so`` asks the dynamic linker for the unversioned
+symbol ``cblas_sgemm`` (and ``cblas_dgemm``, ``cblas_cgemm``, LAPACK's ``*_``); the linker binds
+it to the first library *in the global scope* that defines it. So a BLAS opened with
+``RTLD_GLOBAL`` **before** ``mlx.core`` is imported takes the place of the reference BLAS; one
+opened afterwards does nothing (the bindings are already made -- measured, see
+docs/benchmarks.md). :func:`preload_fast_blas` does this, and ``mlx_zoo/__init__.py`` calls it
+first thing, so ``import mlx_zoo`` (or ``mlx-zoo generate``) before ``import mlx.core`` gives the
+fast path with no environment variable. ``LD_PRELOAD=/path/libopenblas.so.0`` works too, for
+programs that import MLX first.
+
+Which library: the symbol must be named exactly ``cblas_sgemm``. numpy's bundled OpenBLAS and the
+``scipy-openblas32``/``scipy-openblas64`` wheels rename theirs (``scipy_cblas_sgemm[64_]``), so
+they cannot stand in; a system OpenBLAS (Debian/Ubuntu ``libopenblas0-pthread``, Fedora
+``openblas``) or the ``cmeel-openblas`` wheel can. Searched in :func:`find_fast_blas`'s order;
+``MLX_ZOO_BLAS`` names a library file explicitly, or ``reference`` to keep MLX's own.
+
+Even with OpenBLAS, MLX's CPU kernels for 4-bit quantized matmuls and for bfloat16/float16
+matmuls are slow paths (a Qwen2-0.5B shape decodes ~4x slower in bf16 than in float32, and
+~6x slower in 4-bit), so on this backend :func:`prefers_dense_float32` is true and
+``mlx_zoo.load(..., dtype="auto", dequantize="auto")`` computes in dense float32 when
+:func:`fits_in_memory` says the float32 weights fit.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import ctypes.util
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+BLAS_ENV = "MLX_ZOO_BLAS"
+"""Environment variable: a BLAS library file to preload, or ``reference`` (also ``off``,
+``none``) to keep MLX's bundled reference BLAS."""
+
+KEEP_REFERENCE = ("reference", "off", "none", "0")
+
+SYMBOL = "cblas_sgemm"
+"""The symbol libmlx.so needs from a BLAS for float32 matmuls (unversioned, unprefixed)."""
+
+SYSTEM_OPENBLAS = (
+    "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",   # Debian/Ubuntu (alternatives link)
+    "/usr/lib/aarch64-linux-gnu/libopenblas.so.0",
+    "/usr/lib64/libopenblas.so.0",                  # Fedora/RHEL
+    "/usr/lib/libopenblas.so.0",                    # Arch, Alpine
+)
+"""Where distributions put OpenBLAS when ``ctypes.util.find_library`` does not see it."""
+
+MEMORY_FRACTION = 0.6
+"""Share of available memory that dense float32 weights may take for the "auto" load policy:
+the rest is for the KV cache, activations and the half-precision copy held while converting."""
+
+
+@dataclass
+class BlasStatus:
+    """What :func:`preload_fast_blas` did: ``library`` is the file now serving ``cblas_sgemm``
+    for MLX (None: MLX's reference BLAS), ``reason`` says why in words."""
+
+    library: str | None
+    reason: str
+
+    @property
+    def fast(self) -> bool:
+        return self.library is not None
+
+
+_status: BlasStatus | None = None
+
+
+def _is_linux_cpu_wheel() -> bool:
+    """True where MLX ships the reference BLAS: Linux (macOS uses Accelerate)."""
+    return sys.platform.startswith("linux")
+
+
+def _cmeel_openblas() -> list[str]:
+    """``libopenblas.so.0`` of the ``cmeel-openblas`` wheel, if installed (found without
+    importing anything: the wheel has no Python package)."""
+    from importlib import metadata
+
+    try:
+        dist = metadata.distribution("cmeel-openblas")
+    except metadata.PackageNotFoundError:
+        return []
+    return [str(dist.locate_file(f)) for f in dist.files or ()
+            if f.name == "libopenblas.so.0"]
+
+
+def find_fast_blas() -> list[str]:
+    """Candidate BLAS libraries in order: ``$MLX_ZOO_BLAS``, a system OpenBLAS, the
+    ``cmeel-openblas`` wheel. Empty where the environment asks for the reference BLAS."""
+    chosen = os.environ.get(BLAS_ENV, "").strip()
+    if chosen.lower() in KEEP_REFERENCE:
+        return []
+    if chosen:
+        return [chosen]
+    candidates = []
+    found = ctypes.util.find_library("openblas")
+    if found:
+        candidates.append(found)
+    candidates += [p for p in SYSTEM_OPENBLAS if Path(p).exists()]
+    candidates += _cmeel_openblas()
+    return list(dict.fromkeys(candidates))
+
+
+def _preloaded_by_environment() -> str | None:
+    for entry in os.environ.get("LD_PRELOAD", "").replace(":", " ").split():
+        if "blas" in Path(entry).name:
+            return entry
+    return None
+
+
+def preload_fast_blas() -> BlasStatus:
+    """Open a fast BLAS with ``RTLD_GLOBAL`` so that MLX's ``cblas_sgemm`` binds to it. Must run
+    before ``mlx.core`` is imported; safe to call again (returns the first result). Never raises:
+    a library that cannot be opened, or lacks ``cblas_sgemm``, is skipped."""
+    global _status
+    if _status is not None:
+        return _status
+    _status = _preload()
+    log.debug("BLAS for MLX: %s (%s)", _status.library or "reference", _status.reason)
+    return _status
+
+
+def _preload() -> BlasStatus:
+    if not _is_linux_cpu_wheel():
+        return BlasStatus(None, f"not Linux ({sys.platform}): MLX uses the platform's BLAS")
+    preloaded = _preloaded_by_environment()
+    if preloaded:
+        return BlasStatus(preloaded, "LD_PRELOAD")
+    candidates = find_fast_blas()
+    if "mlx.core" in sys.modules:
+        return BlasStatus(None, "mlx.core was imported before mlx_zoo: its BLAS is bound "
+                          "already (import mlx_zoo first, or set LD_PRELOAD)")
+    if not candidates:
+        return BlasStatus(None, f"no OpenBLAS found (install libopenblas0-pthread or "
+                          f"cmeel-openblas, or set {BLAS_ENV})")
+    failures = []
+    for path in candidates:
+        try:
+            lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+        except OSError as e:
+            failures.append(f"{path}: {e}")
+            continue
+        if not hasattr(lib, SYMBOL):
+            failures.append(f"{path}: no {SYMBOL} symbol")
+            continue
+        return BlasStatus(path, "preloaded before mlx.core")
+    return BlasStatus(None, "; ".join(failures))
+
+
+def blas_status() -> BlasStatus:
+    """The BLAS serving MLX's CPU float32 matmuls in this process."""
+    return preload_fast_blas()
+
+
+def is_linux_cpu() -> bool:
+    """True when MLX computes on its Linux CPU backend (no GPU device is the default)."""
+    import mlx.core as mx
+
+    return _is_linux_cpu_wheel() and mx.default_device() == mx.cpu
+
+
+def prefers_dense_float32() -> bool:
+    """Whether dense float32 is the fast way to compute here: on MLX's Linux CPU backend its
+    quantized and half-precision matmul kernels are slow paths next to float32 BLAS."""
+    return is_linux_cpu()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(nbytes: int, fraction: float = MEMORY_FRACTION) -> bool:
+    """Whether ``nbytes`` of weights fit in ``fraction`` of the available memory."""
+    available = available_memory()
+    return available is not None and nbytes <= fraction * available
+
+
+
+# -- dense weights for the CPU fast path ------------------------------------------------------
+
+SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U64": 8, "I32": 4,
+                        "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
+"""Bytes per element of the safetensors dtype names."""
+
+PACKED_BITS = 32
+"""Quantized weights are packed into uint32 words: ``32 / bits`` values per element."""
+
+
+def dense_nbytes(model_dir: Path, bits: int | None, itemsize: int = 4) -> int:
+    """Bytes the checkpoint's weights take as dense arrays of ``itemsize`` bytes (float32 by
+    default), read from the safetensors headers only: a packed quantized ``X.weight`` (uint32,
+    with an ``X.scales`` beside it) holds ``32 / bits`` values per element; its scales and biases
+    disappear once dequantized."""
+    from .weights import read_safetensors_header, weight_files
+
+    entries: dict[str, dict] = {}
+    for path in weight_files(Path(model_dir)):
+        entries.update({k: v for k, v in read_safetensors_header(path).items()
+                        if k != "__metadata__"})
+    total = 0
+    for name, entry in entries.items():
+        count = 1
+        for dim in entry["shape"]:
+            count *= dim
+        stem = name.rsplit(".", 1)[0]
+        quantized = bits and f"{stem}.scales" in entries
+        if quantized and name.endswith(".weight"):
+            total += count * PACKED_BITS // bits * itemsize
+        elif quantized:
+            continue  # scales / biases
+        else:
+            total += count * max(itemsize, SAFETENSORS_ITEMSIZE.get(entry["dtype"], itemsize))
+    return total
+
+
+def _dense_linear(layer, dtype):
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    weight = _dequantized_weight(layer, dtype)
+    out_dims, in_dims = weight.shape
+    dense = nn.Linear(in_dims, out_dims, bias="bias" in layer)
+    dense.weight = weight
+    if "bias" in layer:
+        dense.bias = layer.bias.astype(dtype)
+    mx.eval(dense.parameters())
+    return dense
+
+
+def _dense_embedding(layer, dtype):
+    import mlx.core as mx
+    import mlx.nn as nn
+
+    weight = _dequantized_weight(layer, dtype)
+    dense = nn.Embedding(*weight.shape)
+    dense.weight = weight
+    mx.eval(dense.parameters())
+    return dense
+
+
+def _dense_switch_linear(layer, dtype):
+    import mlx.core as mx
+
+    from .layers import SwitchLinear
+
+    weight = _dequantized_weight(layer, dtype)
+    experts, out_dims, in_dims = weight.shape
+    dense = SwitchLinear(in_dims, out_dims, experts, bias="bias" in layer)
+    dense.weight = weight
+    if "bias" in layer:
+        dense.bias = layer.bias.astype(dtype)
+    mx.eval(dense.parameters())
+    return dense
+
+
+def _dequantized_weight(layer, dtype):
+    import mlx.core as mx
+
+    weight = mx.dequantize(layer["weight"], layer["scales"], layer.get("biases"),
+                           group_size=layer.group_size, bits=layer.bits,
+                           mode=getattr(layer, "mode", "affine"))
+    return weight.astype(dtype or layer["scales"].dtype)
+
+
+def dequantize_model(model, dtype=None) -> int:
+    """Replace every quantized layer of ``model`` (``QuantizedLinear``, ``QuantizedEmbedding``,
+    :class:`~mlx_zoo.layers.QuantizedSwitchLinear`) by its dense counterpart holding the
+    dequantized weights, in ``dtype`` (default: the dtype of its scales). Layer by layer, so
+    that at most one dense copy is in flight. Returns the number of layers replaced."""
+    import mlx.nn as nn
+    from mlx.utils import tree_unflatten
+
+    from .layers import QuantizedSwitchLinear
+
+    converters = ((nn.QuantizedLinear, _dense_linear), (nn.QuantizedEmbedding, _dense_embedding),
+                  (QuantizedSwitchLinear, _dense_switch_linear))
+    replaced = []
+    for path, module in model.named_modules():
+        for cls, convert in converters:
+            if isinstance(module, cls):
+                replaced.append((path, convert(module, dtype)))
+                break
+    if replaced:
+        model.update_modules(tree_unflatten(replaced))
+    return len(replaced)
+
+
+# At import: mlx_zoo/__init__.py imports this module before anything imports mlx.core.
+preload_fast_blas()
