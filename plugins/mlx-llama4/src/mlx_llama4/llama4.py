@@ -98,8 +98,8 @@ class ModelArgs(BaseModelArgs):
     layer_types: list[str] | None = None
     attention_chunk_size: int | None = 8192  # positions per chunk of local attention; None: global
     use_qk_norm: bool = True  # L2-normalise queries and keys (after RoPE) on the RoPE layers
-    # Temperature tuning on the NoPE layers (attention_temperature); published configs write 4 for
-    # "on" (any non-zero value), transformers writes true.
+    # Temperature tuning on the NoPE layers (attention_temperature): on when true or non-zero
+    # (transformers writes a bool; Meta's original configs and mlx-lm use an int, 4).
     attn_temperature_tuning: bool | int = True
     floor_scale: float = 8192.0  # positions per step of the temperature (its floor's divisor)
     attn_scale: float = 0.1  # strength of the temperature's logarithmic growth
