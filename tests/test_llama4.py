@@ -328,3 +328,13 @@ def test_switch_glu_input_scale(tokens):
     expected = mx.stack([mx.stack([expert(int(indices[0, t, k]), x[0, t] * scale[0, t, k])
                                    for k in range(top_k)]) for t in range(tokens)])[None]
     assert rel_err(out, expected) < 1e-5
+
+
+def test_chunk_mask_uses_causal_kernel_within_one_chunk():
+    """Inside one chunk the chunked mask is plain causal (the fast kernel); across, an array."""
+    cache = mlx_zoo.ChunkedKVCache(CHUNK)
+    assert cache.make_mask(CHUNK) == "causal"
+    assert isinstance(cache.make_mask(CHUNK + 1), mx.array)
+    cache.update_and_fetch(*(2 * [mx.zeros((1, 1, CHUNK + 3, 4))]))
+    assert cache.make_mask(CHUNK - 3) == "causal"
+    assert isinstance(cache.make_mask(CHUNK - 2), mx.array)

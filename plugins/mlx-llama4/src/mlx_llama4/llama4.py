@@ -56,7 +56,6 @@ from mlx_zoo import (
     get_rope,
     mask_for,
 )
-from mlx_zoo.cache import chunked_causal_mask
 
 CHUNKED_ATTENTION = "chunked_attention"  # layer_types entry: local attention within chunks
 FULL_ATTENTION = "full_attention"  # layer_types entry: global causal attention
@@ -322,11 +321,9 @@ class Llama4TextModel(nn.Module):
         for chunked in (True, False):
             first = next((c for c, is_chunked in zip(cache, self.chunked, strict=True)
                           if is_chunked == chunked), None)
-            if first is not None or not chunked:
-                masks[chunked] = mask_for(first, n)
-            else:  # no cache: the whole sequence from position 0
-                masks[chunked] = (None if n == 1 else
-                                  chunked_causal_mask(0, n, 0, self.args.attention_chunk_size))
+            if first is None and chunked:  # no cache: an empty one's mask (positions 0 .. n-1)
+                first = ChunkedKVCache(self.args.attention_chunk_size)
+            masks[chunked] = mask_for(first, n)
         return masks
 
 
