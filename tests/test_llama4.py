@@ -338,3 +338,14 @@ def test_chunk_mask_uses_causal_kernel_within_one_chunk():
     cache.update_and_fetch(*(2 * [mx.zeros((1, 1, CHUNK + 3, 4))]))
     assert cache.make_mask(CHUNK - 3) == "causal"
     assert isinstance(cache.make_mask(CHUNK - 2), mx.array)
+
+
+def test_bad_nested_config_names_text_config_key(multimodal_checkpoint, tmp_path):
+    path, _ = multimodal_checkpoint
+    bad = edited_copy(path, tmp_path / "bad", lambda c: c["text_config"].update(hidden_act="gelu"))
+    with pytest.raises(mlx_zoo.ConfigError, match=r"config\.json, key 'text_config\.hidden_act': "
+                       r"unsupported activation 'gelu'"):
+        mlx_zoo.load(bad)
+    bad = edited_copy(path, tmp_path / "bad2", lambda c: c["text_config"].update(hidden_size="x"))
+    with pytest.raises(mlx_zoo.ConfigError, match=r"key 'text_config\.hidden_size': expected int"):
+        mlx_zoo.load(bad)

@@ -124,9 +124,14 @@ class ModelArgs(BaseModelArgs):
         else:
             raise ConfigError(path, f"expected an object, got {type(text).__name__}",
                               key="text_config")
-        args = super().from_dict(flat, path)
+        try:
+            args = super().from_dict(flat, path)
+            args.validate(path)
+        except ConfigError as error:
+            if text is None or error.key is None:
+                raise
+            raise _within_text_config(error) from error
         object.__setattr__(args, "_source", dict(config))
-        args.validate(path)
         return args
 
     def to_dict(self) -> dict[str, Any]:
@@ -188,6 +193,13 @@ class ModelArgs(BaseModelArgs):
         if self.layer_types is not None:
             return self.layer_types[layer] == CHUNKED_ATTENTION
         return self.uses_rope(layer)
+
+
+def _within_text_config(error: ConfigError) -> ConfigError:
+    """The same error, its key named as it sits in a nested config (``text_config.<key>``)."""
+    prefix = str(ConfigError(error.path, "", key=error.key))  # "<file>, key '<key>': "
+    message = str(error).removeprefix(prefix)
+    return ConfigError(error.path, message, key=f"text_config.{error.key}")
 
 
 def attention_temperature(positions: mx.array, floor_scale: float, attn_scale: float) -> mx.array:
