@@ -78,14 +78,20 @@ def edited_copy(src: Path, dst: Path, edit) -> Path:
 
 
 @pytest.fixture(scope="module", params=list(VARIANTS))
-def checkpoint(request, tmp_path_factory):
-    """(directory, reference logits) of a Llama4ForCausalLM checkpoint (``llama4_text``)."""
+def reference(request):
+    """The transformers Llama4ForCausalLM, sharpened."""
     torch.manual_seed(0)
     model = transformers.Llama4ForCausalLM(text_config(request.param)).eval()
     sharpen(model)
-    path = tmp_path_factory.mktemp(f"llama4_{request.param}")
-    model.save_pretrained(path)
-    return path, torch_logits(model, prompt())
+    return model
+
+
+@pytest.fixture(scope="module")
+def checkpoint(reference, tmp_path_factory):
+    """(directory, reference logits) of a Llama4ForCausalLM checkpoint (``llama4_text``)."""
+    path = tmp_path_factory.mktemp("llama4")
+    reference.save_pretrained(path)
+    return path, torch_logits(reference, prompt())
 
 
 @pytest.fixture(scope="module")
@@ -147,6 +153,21 @@ def test_rope_layout_matters(checkpoint):
 def test_incremental_decoding_matches_full_forward(loaded, steps):
     model, _, full = loaded
     assert rel_err(incremental_logits(model, prompt(), steps), full) < TOLERANCE
+
+
+def test_greedy_generation_matches_transformers_generate(reference, loaded):
+    """mlx_zoo.generate_step (prefill in pieces of 7, then one token at a time through the
+    chunked caches) picks the same 30 tokens as transformers' own cached greedy generate, across
+    the chunk boundaries at 32 and 48."""
+    model, _, _ = loaded
+    ids, new_tokens = prompt()[:1, :21], 30
+    with torch.no_grad():
+        ref = reference.generate(torch.from_numpy(ids), max_new_tokens=new_tokens,
+                                 do_sample=False, eos_token_id=None)[0, ids.shape[1]:].tolist()
+    ours = [token for token, _ in mlx_zoo.generate_step(ids[0].tolist(), model,
+                                                         max_tokens=new_tokens,
+                                                         prefill_step_size=7)]
+    assert ours == ref
 
 
 def test_incremental_decoding_needs_the_cache(loaded):
