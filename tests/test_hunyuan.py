@@ -179,6 +179,26 @@ def test_v1_logits_and_decoding_match_transformers(tmp_path, kind):
     assert rel_err(steps, expected) < TOLERANCE
 
 
+def to_published_dialect(path: Path) -> None:
+    """Rewrite a transformers-5 config.json (``rope_parameters``) the way HunYuan's published
+    configs read: top-level ``rope_theta``, ``rope_scaling = {"type": "dynamic", "alpha", ...}``."""
+    cfg = json.loads((path / "config.json").read_text())
+    params = cfg.pop("rope_parameters")
+    cfg["rope_theta"] = params.pop("rope_theta")
+    cfg["rope_scaling"] = {"type": params.pop("rope_type"), **params}
+    (path / "config.json").write_text(json.dumps(cfg))
+
+
+@pytest.mark.parametrize("kind", ["dense", "moe"])
+def test_v1_published_dialect(tmp_path, kind):
+    ref = write_v1(tmp_path, kind, seed=2)
+    to_published_dialect(tmp_path)
+    model, config = mlx_zoo.load(tmp_path)
+    assert config.rope_type == "ntk_alpha"
+    ids = prompt(2)
+    assert rel_err(mlx_logits(model, ids), torch_logits(ref, ids)) < TOLERANCE
+
+
 def test_v1_tied_embeddings_and_bias(tmp_path):
     ref = write_v1(tmp_path, "dense", tie_word_embeddings=True, attention_bias=True, seed=3)
     model, config = mlx_zoo.load(tmp_path)
@@ -242,6 +262,21 @@ def test_cla_cache_holds_kv_for_one_layer_per_run(tmp_path):
     per_layer_bytes = 2 * ids.size * config.num_key_value_heads * config.head_dim * 4  # k + v
     assert all(c.offset == LENGTH for c in cache)
     assert sum(c.nbytes for c in cache) == per_layer_bytes * layers // config.cla_share_factor
+
+
+def test_cla_prompt_cache_saves_and_reloads(tmp_path):
+    """The per-run cache list round-trips through save/load_prompt_cache and decoding goes on
+    from it as from the live cache."""
+    ref = write_hunyuan(tmp_path / "ckpt")
+    model, _ = mlx_zoo.load(tmp_path / "ckpt")
+    ids = prompt(6)
+    cache = mlx_zoo.make_prompt_cache(model)
+    first = mlx_logits(model, ids[:, :PREFILL], cache)
+    mlx_zoo.save_prompt_cache(tmp_path / "prompt.safetensors", cache)
+    reloaded = mlx_zoo.load_prompt_cache(tmp_path / "prompt.safetensors")
+    assert len(reloaded) == len(cache) and reloaded[0].offset == PREFILL
+    rest = [mlx_logits(model, ids[:, i:i + 1], reloaded) for i in range(PREFILL, LENGTH)]
+    assert rel_err(np.concatenate([first, *rest], axis=1), ref.logits(ids)) < TOLERANCE
 
 
 def test_cla_with_quantized_kv_cache_decodes(tmp_path):

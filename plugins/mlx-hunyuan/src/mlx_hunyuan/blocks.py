@@ -16,16 +16,17 @@ Attention, for ``L`` new tokens at positions ``offset .. offset + L - 1``::
     k, v = cache.update_and_fetch(k, v)             # all positions so far
     out = o_proj(softmax(q k^T / sqrt(head_dim) + causal mask) v)
 
-Cross-Layer Attention (CLA; Brandon et al. 2024, https://arxiv.org/abs/2405.12981, used by
-Hunyuan-Large, https://arxiv.org/abs/2411.02265 sec. 2.2): layers are grouped in runs of
-``cla_share_factor``; the first layer of a run projects keys/values, the others have no
-``k_proj``/``v_proj`` and attend to the first layer's keys/values. What is shared is the
-*rotated, not yet normalised* key (Tencent's code shares the raw projection and each layer
+Cross-Layer Attention (CLA; Brandon et al. 2024, https://arxiv.org/abs/2405.12981, used with
+GQA by Hunyuan-Large to compress the KV cache, https://arxiv.org/abs/2411.02265): layers are
+grouped in runs of ``cla_share_factor``; the first layer of a run projects keys/values, the
+others have no ``k_proj``/``v_proj`` and attend to the first layer's keys/values. What is shared
+is the *rotated, not yet normalised* key (Tencent's code shares the raw projection and each layer
 applies the same RoPE and then its *own* ``key_layernorm``). So with CLA the cache of a run
-stores the rotated keys before normalisation, once for the whole run, and every layer of the
-run applies its own ``key_layernorm`` to what it fetches; without CLA keys are normalised before
-they are cached, as usual. The model's cache list therefore has one entry per run: a CLA model
-stores keys/values for only ``1 / cla_share_factor`` of its layers.
+stores the rotated keys before normalisation, once for the whole run, and every layer of the run
+applies its own ``key_layernorm`` to what it fetches (one RMSNorm over the cached keys per layer
+and step: the price of storing them once); without CLA keys are normalised before they are
+cached, as usual. The model's cache list therefore has one entry per run: a CLA model stores
+keys/values for only ``1 / cla_share_factor`` of its layers.
 """
 
 from __future__ import annotations
@@ -95,8 +96,8 @@ class HunYuanArgs(BaseModelArgs):
     rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 2048  # context length; only factor-based "dynamic" RoPE reads it
     attention_bias: bool = False  # q/k/v/o projections carry a bias
-    # RMSNorm over each query/key head after RoPE ("query_layernorm"/"key_layernorm"); keeps the
-    # attention logits bounded (Hunyuan-Large report, sec. 2.2)
+    # RMSNorm over each query/key head after RoPE ("query_layernorm"/"key_layernorm"); bounds
+    # the attention logits (QK-norm, Dehghani et al. 2023, https://arxiv.org/abs/2302.05442)
     use_qk_norm: bool = True
     tie_word_embeddings: bool = False  # logits through the transposed embedding; no lm_head
 
@@ -224,6 +225,7 @@ class Attention(nn.Module):
     def __call__(self, x: mx.array, mask: Any, offset: int, cache: Any = None,
                  shared_kv: KeysValues | None = None) -> tuple[mx.array, KeysValues]:
         batch, length, _ = x.shape
+        # queries: project, split into heads, rotate at their positions, then normalise
         queries = self.rope(self._heads(self.q_proj(x), self.n_heads), offset=offset)
         if self.use_qk_norm:
             queries = self.query_layernorm(queries)
@@ -235,7 +237,7 @@ class Attention(nn.Module):
             keys = self.key_layernorm(keys)
             cache = None  # plain arrays from here on, whatever the cache stores
         out = attention(queries, keys, values, scale=self.scale, mask=mask, cache=cache)
-        out = out.transpose(0, 2, 1, 3).reshape(batch, length, -1)
+        out = out.transpose(0, 2, 1, 3).reshape(batch, length, -1)  # heads back into features
         return self.o_proj(out), shared_kv
 
 
@@ -271,7 +273,7 @@ class Router(nn.Module):
 class MoE(nn.Module):
     """Mixture of experts: softmax router, top-k experts per token (stacked in one
     :class:`mlx_zoo.SwitchGLU`), weighted sum, plus the shared MLP every token goes through
-    (``use_mixed_mlp_moe``; "shared expert" in the Hunyuan-Large report, sec. 2.1)."""
+    (``use_mixed_mlp_moe``; the "shared expert" of the Hunyuan-Large report)."""
 
     def __init__(self, dim: int, plan: MoEPlan):
         super().__init__()
@@ -315,8 +317,10 @@ class DecoderLayer(nn.Module):
 
     def __call__(self, x: mx.array, mask: Any, offset: int, cache: Any,
                  shared_kv: KeysValues | None) -> tuple[mx.array, KeysValues]:
+        # attention sublayer (pre-norm, residual); hands on the keys/values for its CLA run
         r, shared_kv = self.self_attn(self.input_layernorm(x), mask, offset, cache, shared_kv)
         h = x + r
+        # MLP sublayer: dense SwiGLU or mixture of experts (pre-norm, residual)
         return h + self.mlp(self.post_attention_layernorm(h)), shared_kv
 
 

@@ -15,8 +15,9 @@ SwiGLU, RMSNorm) with:
 * NTK-alpha RoPE, ``rope_scaling = {"type": "dynamic", "alpha": ...}`` (:mod:`mlx_hunyuan.rope`).
 
 Sources:
-  * Hunyuan-Large technical report, https://arxiv.org/abs/2411.02265 (CLA: sec. 2.2; shared and
-    routed experts, top-1 routing: sec. 2.1) and https://github.com/Tencent/Tencent-Hunyuan-Large
+  * Hunyuan-Large technical report, https://arxiv.org/abs/2411.02265 (model structure: GQA + CLA
+    KV-cache compression, one shared expert plus routed experts with top-1 routing) and
+    https://github.com/Tencent/Tencent-Hunyuan-Large
   * Hunyuan-A13B model card and modeling code, https://huggingface.co/tencent/Hunyuan-A13B-Instruct
     (top-8 routing, one shared expert per layer, no CLA)
   * Cross-Layer Attention, Brandon et al. 2024, https://arxiv.org/abs/2405.12981
