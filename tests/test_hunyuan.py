@@ -199,6 +199,21 @@ def test_v1_published_dialect(tmp_path, kind):
     assert rel_err(mlx_logits(model, ids), torch_logits(ref, ids)) < TOLERANCE
 
 
+def test_mlx_lm_reads_what_save_writes_for_dense_v1(tmp_path):
+    """mlx_zoo.save writes the published dialect (top-level rope_theta, rope_scaling with
+    ``type``), which mlx-lm's hunyuan_v1_dense requires; it then computes the same logits."""
+    from mlx_lm.utils import load_model
+
+    ref = write_v1(tmp_path / "hf", "dense", tie_word_embeddings=True)
+    model, config = mlx_zoo.load(tmp_path / "hf")
+    mlx_zoo.save(model, config, tmp_path / "zoo")
+    saved = json.loads((tmp_path / "zoo" / "config.json").read_text())
+    assert saved["rope_scaling"]["type"] == "dynamic" and saved["rope_scaling"]["alpha"] == ALPHA
+    theirs, _ = load_model(tmp_path / "zoo")
+    ids = prompt()
+    assert rel_err(mlx_logits(theirs, ids), torch_logits(ref, ids)) < TOLERANCE
+
+
 def test_v1_tied_embeddings_and_bias(tmp_path):
     ref = write_v1(tmp_path, "dense", tie_word_embeddings=True, attention_bias=True, seed=3)
     model, config = mlx_zoo.load(tmp_path)
@@ -442,6 +457,45 @@ def test_4bit_quantized_copy_saves_loads_and_runs(tmp_path, fmt):
     dequantized, _ = mlx_zoo.load(tmp_path / "q4", dequantize=True)
     copy_into_torch(ref, dequantized)
     assert rel_err(out, reference_logits(ref, ids)) < TOLERANCE
+
+
+SHARD_SCRIPT = """
+import sys
+import mlx.core as mx, numpy as np, mlx_zoo
+group = mx.distributed.init()
+ids = mx.array([[5, 9, 1, 33, 7, 2, 64, 11, 3, 90]])
+for path in sys.argv[1:]:
+    model, _ = mlx_zoo.load(path)
+    full = np.array(model(ids))
+    model.shard(group)
+    cache = mlx_zoo.make_prompt_cache(model)
+    pieces = [np.array(model(ids[:, :6], cache)), np.array(model(ids[:, 6:], cache))]
+    sharded = np.concatenate(pieces, axis=1)
+    heads = model.layers[0].self_attn.n_heads
+    err = float(np.abs(sharded - full).max() / np.abs(full).max())
+    print(f"rank={group.rank()} size={group.size()} heads={heads} err={err:.2e}")
+"""
+
+
+def test_two_way_tensor_parallel_matches_single_process(tmp_path):
+    """shard() over two processes (MLX's ring backend on loopback), with cached decoding:
+    Tencent's format (CLA, MoE + shared MLP) and transformers' MoE format."""
+    write_hunyuan(tmp_path / "hunyuan")
+    write_v1(tmp_path / "moe", "moe", attention_bias=True)
+    script = tmp_path / "shard_check.py"
+    script.write_text(SHARD_SCRIPT)
+    launcher = Path(sys.executable).parent / "mlx.launch"
+    if not launcher.exists():
+        pytest.skip("mlx.launch not installed")
+    out = subprocess.run([str(launcher), "-n", "2", "--backend", "ring", "--python",
+                          sys.executable, str(script), str(tmp_path / "hunyuan"),
+                          str(tmp_path / "moe")], capture_output=True, text=True, timeout=180)
+    lines = [line for line in out.stdout.splitlines() if line.startswith("rank=")]
+    assert len(lines) == 4, out.stdout + out.stderr
+    for line in lines:
+        fields = dict(item.split("=") for item in line.split())
+        assert fields["size"] == "2" and fields["heads"] == "2"  # 4 heads over 2 ranks
+        assert float(fields["err"]) < TOLERANCE
 
 
 # -- bad input ---------------------------------------------------------------------------------

@@ -283,6 +283,20 @@ class MoE(nn.Module):
         self.switch_mlp = SwitchGLU(dim, plan.expert_width, plan.num_experts)
         if plan.shared_width:
             self.shared_mlp = MLP(dim, plan.shared_width)
+        self.sharding_group = None  # set by shard(): sum the ranks' partial outputs
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Split every expert's and the shared MLP's hidden units across ``group`` (router
+        replicated, so all ranks route alike); each rank's output is a partial sum, added up
+        across ranks with one all-reduce per layer."""
+        from mlx.nn.layers.distributed import shard_inplace
+
+        mlps = [self.switch_mlp] + ([self.shared_mlp] if "shared_mlp" in self else [])
+        for mlp in mlps:
+            shard_inplace(mlp.gate_proj, "all-to-sharded", group=group)
+            shard_inplace(mlp.up_proj, "all-to-sharded", group=group)
+            shard_inplace(mlp.down_proj, "sharded-to-all", group=group)
+        self.sharding_group = group
 
     def __call__(self, x: mx.array) -> mx.array:
         # 1. router probabilities over all experts; 2. the top_k experts of each token
@@ -297,6 +311,8 @@ class MoE(nn.Module):
         y = (self.switch_mlp(x, experts) * weights[..., None]).sum(axis=-2).astype(x.dtype)
         if "shared_mlp" in self:
             y = y + self.shared_mlp(x)
+        if self.sharding_group is not None:
+            y = mx.distributed.all_sum(y, group=self.sharding_group)
         return y
 
 
@@ -386,6 +402,35 @@ class HunYuanForCausalLM(nn.Module):
         every layer; with CLA the layers reusing a run's keys/values read their run's cache and
         store nothing of their own, so the list has ``num_layers / cla_share_factor`` entries."""
         return [KVCache() for _ in range(self.model.num_cache_slots)]
+
+    def shard(self, group: mx.distributed.Group | None = None) -> None:
+        """Megatron-style tensor parallelism over ``group`` (Shoeybi et al. 2019,
+        https://arxiv.org/abs/1909.08053), in place: q/k/v and gate/up split by output features
+        (each rank computes its own heads / hidden units), o_proj and down by input features
+        (partial results summed across ranks): one all-reduce after attention and one after the
+        MLP or mixture of experts. Query/key norms act per head and need no change; CLA layers
+        reuse the keys/values of their rank's own heads. Needs head counts divisible by the
+        group size."""
+        from mlx.nn.layers.distributed import shard_linear
+
+        group = group or mx.distributed.init()
+        ranks = group.size()
+        for layer in self.layers:
+            attn = layer.self_attn
+            projections = ("q_proj", "k_proj", "v_proj") if attn.computes_kv else ("q_proj",)
+            for name in projections:
+                setattr(attn, name, shard_linear(getattr(attn, name), "all-to-sharded",
+                                                 group=group))
+            attn.o_proj = shard_linear(attn.o_proj, "sharded-to-all", group=group)
+            attn.n_heads //= ranks
+            attn.n_kv_heads //= ranks
+            mlp = layer.mlp
+            if isinstance(mlp, MoE):
+                mlp.shard(group)
+                continue
+            mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
+            mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
+            mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
 
     def quantize_predicate(self, path: str, module: nn.Module) -> bool:
         """Everything but the expert routers (``mlp.gate.wg``): they are small, and a routing
