@@ -17,11 +17,15 @@ from .config import BaseModelArgs, RopeScaling, normalize_config, read_config
 from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZooError,
                      PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
                      SafetensorsError, TokenizerError, WeightMismatchError, WeightsError)
+from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
+                       stream_generate)
 from .hookspecs import SPEC_VERSION, Architecture, Model, hookimpl
 from .layers import SwitchGLU, SwitchLinear, attention, mask_for
 from .loading import ModelNotFoundError, load, resolve_model_dir, save
 from .registry import list_plugins, register, unregister
 from .rope import RoPE, get_rope
+from .sample import make_logits_processors, make_sampler
+from .tokenizer import Tokenizer, load_tokenizer
 from .weights import quantize_model as quantize
 
 __version__ = "0.1.0"
@@ -35,4 +39,6 @@ __all__ = [
     "WeightsError", "attention", "get_rope", "hookimpl", "list_plugins", "load",
     "load_prompt_cache", "make_prompt_cache", "mask_for", "normalize_config", "quantize",
     "read_config", "register", "resolve_model_dir", "save", "save_prompt_cache", "unregister",
+    "GenerationResponse", "GenerationResult", "Tokenizer", "generate", "generate_step",
+    "load_tokenizer", "make_logits_processors", "make_sampler", "stream_generate",
 ]

@@ -63,6 +63,129 @@ COMMANDS["list"] = ("list installed model types and their plugins", _add_list, c
 COMMANDS["info"] = ("describe a checkpoint", _add_info, cmd_info)
 
 
+# -- generate / chat ---------------------------------------------------------------------------
+
+DEFAULT_MODEL = "demo:qwen2"  # a demo checkpoint shipped with mlx-zoo: runs offline
+DEFAULT_PROMPT = "hello"
+CHAT_HELP = ("Type a message and press Enter; 'r' resets the conversation, 'q' (or end of "
+             "input) quits.")
+
+
+def _add_sampling(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default=DEFAULT_MODEL,
+                   help="model directory, Hugging Face repo id, or demo:NAME "
+                        "(default: %(default)s)")
+    p.add_argument("--max-tokens", "-m", type=int, default=256, help="most tokens to generate")
+    p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
+    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
+    p.add_argument("--top-k", type=int, default=0, help="sample from the k likeliest (0: off)")
+    p.add_argument("--min-p", type=float, default=0.0,
+                   help="drop tokens below min-p x the top probability (0: off)")
+    p.add_argument("--repetition-penalty", type=float, default=None,
+                   help="penalise recently seen tokens (> 1 discourages repeats)")
+    p.add_argument("--repetition-context-size", type=int, default=20,
+                   help="tokens the repetition penalty looks back at")
+    p.add_argument("--seed", type=int, default=None, help="random seed: reproducible sampling")
+    p.add_argument("--system", default=None, help="system prompt (through the chat template)")
+    p.add_argument("--plugin", help="distribution to use when several claim the model_type")
+
+
+def _add_generate(p: argparse.ArgumentParser) -> None:
+    _add_sampling(p)
+    p.add_argument("--prompt", "-p", default=DEFAULT_PROMPT,
+                   help="the prompt ('-' reads it from standard input)")
+    p.add_argument("--chat-template", action=argparse.BooleanOptionalAction, default=None,
+                   help="wrap the prompt in the tokenizer's chat template (default: when it "
+                        "has one)")
+    p.add_argument("--stop", action="append", default=None,
+                   help="stop when this text is generated (repeatable)")
+    p.add_argument("--prefill-step-size", type=int, default=2048,
+                   help="prompt tokens processed at once")
+
+
+def _add_chat(p: argparse.ArgumentParser) -> None:
+    _add_sampling(p)
+
+
+def _load_for_generation(args: argparse.Namespace):
+    import mlx_zoo
+
+    model, _ = mlx_zoo.load(args.model, plugin=args.plugin)
+    return model, mlx_zoo.load_tokenizer(args.model)
+
+
+def _sampling_kwargs(args: argparse.Namespace) -> dict:
+    return dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
+                min_p=args.min_p, repetition_penalty=args.repetition_penalty,
+                repetition_context_size=args.repetition_context_size, seed=args.seed)
+
+
+def _messages(system: str | None, turns: list[dict[str, str]]) -> list[dict[str, str]]:
+    return ([{"role": "system", "content": system}] if system else []) + turns
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    """Generate from one prompt, streaming the text, then print speed and peak memory."""
+    from .generate import print_stats, stream_generate
+
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    model, tokenizer = _load_for_generation(args)
+    use_template = tokenizer.has_chat_template if args.chat_template is None else args.chat_template
+    if use_template:
+        tokens = tokenizer.encode_chat(_messages(args.system, [{"role": "user",
+                                                               "content": prompt}]))
+    else:
+        tokens = tokenizer.encode(prompt)
+    last = None
+    for last in stream_generate(model, tokenizer, tokens, stop=args.stop,
+                                prefill_step_size=args.prefill_step_size,
+                                **_sampling_kwargs(args)):
+        print(last.text, end="", flush=True)
+    print()
+    print_stats(last)
+    return 0
+
+
+def cmd_chat(args: argparse.Namespace) -> int:
+    """An interactive conversation through the chat template; reads one message per line."""
+    from .generate import stream_generate
+
+    model, tokenizer = _load_for_generation(args)
+    if not tokenizer.has_chat_template:
+        from .errors import TokenizerError
+
+        raise TokenizerError(f"{args.model}: the tokenizer has no chat template; use "
+                             "'mlx-zoo generate --no-chat-template' for plain text")
+    interactive = sys.stdin.isatty()
+    print(CHAT_HELP, flush=True)
+    turns: list[dict[str, str]] = []
+    while True:
+        if interactive:
+            print(">> ", end="", flush=True)
+        line = sys.stdin.readline()
+        if not line or line.strip() == "q":
+            return 0
+        message = line.strip()
+        if message == "r":
+            turns = []
+            print("(conversation reset)", flush=True)
+            continue
+        if not message:
+            continue
+        turns.append({"role": "user", "content": message})
+        tokens = tokenizer.encode_chat(_messages(args.system, turns))
+        reply = []
+        for response in stream_generate(model, tokenizer, tokens, **_sampling_kwargs(args)):
+            print(response.text, end="", flush=True)
+            reply.append(response.text)
+        print(flush=True)
+        turns.append({"role": "assistant", "content": "".join(reply)})
+
+
+COMMANDS["generate"] = ("generate text from a prompt", _add_generate, cmd_generate)
+COMMANDS["chat"] = ("chat with a model (one message per input line)", _add_chat, cmd_chat)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mlx-zoo", description="A plugin-based model zoo for MLX")
     sub = parser.add_subparsers(dest="command", required=True)

@@ -39,8 +39,13 @@ class ModelNotFoundError(MlxZooError):
 
 
 def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None) -> Path:
-    """A local model directory for a path, or a Hub repo id fetched with ``snapshot_download``
-    (only :data:`DOWNLOAD_PATTERNS`; honours the HF cache and ``HF_HUB_OFFLINE``)."""
+    """A local model directory for a path, a Hub repo id fetched with ``snapshot_download``
+    (only :data:`DOWNLOAD_PATTERNS`; honours the HF cache and ``HF_HUB_OFFLINE``), or
+    ``demo:NAME`` for a demo checkpoint shipped with mlx-zoo (:mod:`mlx_zoo.demos`)."""
+    from .demos import DEMO_PREFIX, demo_dir, is_demo_reference
+
+    if is_demo_reference(path_or_repo):  # "demo:qwen2": a checkpoint shipped with mlx-zoo
+        return demo_dir(str(path_or_repo)[len(DEMO_PREFIX):])
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
         return path

@@ -1,0 +1,295 @@
+"""Text generation: the decode loop, streaming, stop conditions and speed figures.
+
+Layers, from the inside out:
+
+* :func:`generate_step` -- token ids in, token ids out. Processes the prompt in chunks of
+  ``prefill_step_size`` tokens into the model's own caches (:func:`mlx_zoo.make_prompt_cache`),
+  then decodes one token at a time. The next step's graph is built and handed to
+  ``mx.async_eval`` before the current token is given out, so the device computes token n + 1
+  while Python handles token n; the per-token Python work is one ``.item()``.
+* :func:`stream_generate` -- text in, :class:`GenerationResponse` per token out: tokenises the
+  prompt, applies the sampler and logits processors, detokenises incrementally (never broken
+  UTF-8), stops on EOS ids, stop strings or ``max_tokens``, and reports speed and peak memory.
+* :func:`generate` -- the same, collected into one :class:`GenerationResult`.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass
+from typing import Any, Iterable, Iterator, Sequence
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .cache import make_prompt_cache
+from .errors import GenerationArgumentError
+from .sample import (DEFAULT_REPETITION_CONTEXT, LogitsProcessor, Sampler, greedy,
+                     make_logits_processors, make_sampler)
+
+DEFAULT_MAX_TOKENS = 256
+DEFAULT_PREFILL_STEP_SIZE = 2048
+"""Prompt tokens run through the model at once: bounds the memory of the attention scores."""
+
+BYTES_PER_GB = 1e9
+
+
+# -- tokens in, tokens out -----------------------------------------------------------------------
+
+
+def _check_generation_args(max_tokens: int, prefill_step_size: int) -> None:
+    if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
+        raise GenerationArgumentError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
+    if (isinstance(prefill_step_size, bool) or not isinstance(prefill_step_size, int)
+            or prefill_step_size < 1):
+        raise GenerationArgumentError(
+            f"prefill_step_size must be an integer >= 1, got {prefill_step_size!r}")
+
+
+def _as_prompt_array(prompt: Any) -> mx.array:
+    tokens = prompt if isinstance(prompt, mx.array) else mx.array(list(prompt), dtype=mx.uint32)
+    if tokens.ndim != 1 or tokens.size == 0:
+        raise GenerationArgumentError(
+            f"the prompt must be a non-empty 1-D sequence of token ids, got shape {tokens.shape}")
+    return tokens
+
+
+def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
+                  max_tokens: int = DEFAULT_MAX_TOKENS, sampler: Sampler | None = None,
+                  logits_processors: Sequence[LogitsProcessor] | None = None,
+                  prompt_cache: list | None = None,
+                  prefill_step_size: int = DEFAULT_PREFILL_STEP_SIZE,
+                  ) -> Iterator[tuple[int, mx.array]]:
+    """Yield ``(token, logprobs)`` for up to ``max_tokens`` new tokens after ``prompt``.
+
+    ``logprobs`` is the log-softmax of the (processed) logits the token was drawn from, shape
+    ``(vocab,)``. ``prompt_cache`` (from :func:`mlx_zoo.make_prompt_cache`) is extended in place,
+    so a caller can keep it for the next turn; by default a fresh one is made.
+    """
+    _check_generation_args(max_tokens, prefill_step_size)
+    tokens = _as_prompt_array(prompt)
+    cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
+    sampler = sampler or greedy
+    processors = list(logits_processors or ())
+    history = tokens  # the prompt and the tokens generated so far: read by logits processors
+
+    def step(inputs: mx.array) -> tuple[mx.array, mx.array]:
+        logits = model(inputs[None], cache=cache)[:, -1, :]
+        for process in processors:
+            logits = process(history, logits)
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        return sampler(logprobs).astype(mx.uint32), logprobs.squeeze(0)
+
+    # Prefill: all but the last chunk, evaluating the caches after each to bound memory.
+    while tokens.size > prefill_step_size:
+        model(tokens[None, :prefill_step_size], cache=cache)
+        mx.eval([c.state for c in cache])
+        tokens = tokens[prefill_step_size:]
+
+    y, logprobs = step(tokens)
+    mx.async_eval(y, logprobs)
+    for n in range(max_tokens):
+        if n + 1 < max_tokens:  # queue token n + 1 before handing out token n
+            if processors:
+                history = mx.concatenate([history, y])
+            next_y, next_logprobs = step(y)
+            mx.async_eval(next_y, next_logprobs)
+        yield y.item(), logprobs
+        if n + 1 < max_tokens:
+            y, logprobs = next_y, next_logprobs
+
+
+# -- text in, text out -----------------------------------------------------------------------------
+
+
+@dataclass
+class GenerationResponse:
+    """One generated token, streamed. ``text`` is the new complete text (may be ""); the speed
+    figures are running values: tokens per second of the prompt (until the first token) and of
+    the generation so far, and the peak memory in GB (``mx.get_peak_memory``)."""
+
+    text: str
+    token: int
+    logprobs: mx.array
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float
+    finish_reason: str | None = None  # "stop" (EOS or stop string), "length", or None
+
+
+@dataclass
+class GenerationResult:
+    """A whole generation (:func:`generate`): the text, the generated token ids (the final EOS
+    included when generation ended on one) and the final speed figures."""
+
+    text: str
+    tokens: list[int]
+    finish_reason: str
+    prompt_tokens: int
+    prompt_tps: float
+    generation_tokens: int
+    generation_tps: float
+    peak_memory: float
+
+    def __str__(self) -> str:
+        return self.text
+
+
+class _StopStrings:
+    """Finds stop strings in streamed text. Text that could be the start of a stop string is held
+    back until it is clear whether the stop string follows, so no part of it is ever emitted."""
+
+    def __init__(self, stops: Sequence[str]):
+        if any(not isinstance(s, str) or not s for s in stops):
+            raise GenerationArgumentError(f"stop strings must be non-empty strings, got {stops!r}")
+        self.stops = list(stops)
+        self.longest = max(len(s) for s in stops)
+        self.text = ""
+        self.emitted = 0
+
+    def feed(self, piece: str) -> tuple[str, bool]:
+        """New text to emit, and whether a stop string was reached (text before it only)."""
+        self.text += piece
+        search_from = max(0, self.emitted - self.longest + 1)
+        hits = [i for i in (self.text.find(s, search_from) for s in self.stops) if i >= 0]
+        if hits:
+            return self._emit_until(min(hits)), True
+        return self._emit_until(len(self.text) - self._held_back()), False
+
+    def flush(self) -> str:
+        return self._emit_until(len(self.text))
+
+    def _held_back(self) -> int:
+        """Length of the longest end of the text that begins some stop string."""
+        for size in range(min(self.longest - 1, len(self.text) - self.emitted), 0, -1):
+            tail = self.text[-size:]
+            if any(s.startswith(tail) for s in self.stops):
+                return size
+        return 0
+
+    def _emit_until(self, end: int) -> str:
+        piece = self.text[self.emitted:end]
+        self.emitted = max(self.emitted, end)
+        return piece
+
+
+def _encode_prompt(tokenizer: Any, prompt: str | Sequence[int] | mx.array) -> mx.array:
+    if isinstance(prompt, str):
+        return _as_prompt_array(tokenizer.encode(prompt))
+    return _as_prompt_array(prompt)
+
+
+def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int] | mx.array, *,
+                    max_tokens: int = DEFAULT_MAX_TOKENS, temp: float = 0.0, top_p: float = 1.0,
+                    top_k: int = 0, min_p: float = 0.0,
+                    repetition_penalty: float | None = None,
+                    repetition_context_size: int = DEFAULT_REPETITION_CONTEXT,
+                    seed: int | None = None, stop: str | Sequence[str] | None = None,
+                    prompt_cache: list | None = None,
+                    prefill_step_size: int = DEFAULT_PREFILL_STEP_SIZE,
+                    sampler: Sampler | None = None,
+                    logits_processors: Sequence[LogitsProcessor] | None = None,
+                    ) -> Iterator[GenerationResponse]:
+    """Generate text after ``prompt`` (a string, tokenised with the tokenizer's special tokens,
+    or token ids), one :class:`GenerationResponse` per token.
+
+    Sampling is greedy when ``temp == 0``; otherwise ``top_p``, ``top_k``, ``min_p`` restrict it
+    (see :mod:`mlx_zoo.sample`); ``seed`` seeds MLX's random state first. ``sampler`` and
+    ``logits_processors`` replace the ones those arguments would build. Generation ends on one
+    of the tokenizer's ``eos_token_ids`` (the EOS is not part of the text), on a ``stop`` string
+    (which is not part of the text either), or after ``max_tokens`` tokens; the last response
+    carries the ``finish_reason``.
+    """
+    if sampler is None:
+        sampler = make_sampler(temp, top_p, top_k, min_p)
+    if logits_processors is None:
+        logits_processors = make_logits_processors(repetition_penalty, repetition_context_size)
+    if seed is not None:
+        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+            raise GenerationArgumentError(f"seed must be an integer >= 0, got {seed!r}")
+        mx.random.seed(seed)
+    stops = _StopStrings([stop] if isinstance(stop, str) else list(stop)) if stop else None
+    tokens = _encode_prompt(tokenizer, prompt)
+    eos_ids = frozenset(tokenizer.eos_token_ids)
+    detokenizer = tokenizer.detokenizer()
+
+    steps = generate_step(tokens, model, max_tokens=max_tokens, sampler=sampler,
+                          logits_processors=logits_processors, prompt_cache=prompt_cache,
+                          prefill_step_size=prefill_step_size)
+    mx.reset_peak_memory()
+    start = time.perf_counter()
+    prompt_tps = 0.0
+    for n, (token, logprobs) in enumerate(steps):
+        if n == 0:
+            prompt_time = time.perf_counter() - start
+            prompt_tps = tokens.size / prompt_time
+            start = time.perf_counter()
+        finish = None
+        if token in eos_ids:
+            text, finish = detokenizer.finalize(), "stop"
+        else:
+            text = detokenizer.add_token(token)
+            if n + 1 == max_tokens:
+                text, finish = text + detokenizer.finalize(), "length"
+        if stops is not None:
+            text, reached = stops.feed(text)
+            if reached:
+                finish = "stop"
+            elif finish is not None:
+                text += stops.flush()
+        elapsed = time.perf_counter() - start
+        yield GenerationResponse(
+            text=text, token=token, logprobs=logprobs, prompt_tokens=tokens.size,
+            prompt_tps=prompt_tps, generation_tokens=n + 1,
+            generation_tps=(n + 1) / elapsed if elapsed > 0 else 0.0,
+            peak_memory=mx.get_peak_memory() / BYTES_PER_GB, finish_reason=finish)
+        if finish is not None:
+            break
+
+
+def generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int] | mx.array, *,
+             verbose: bool = False, **kwargs: Any) -> GenerationResult:
+    """:func:`stream_generate` collected into one :class:`GenerationResult` (same arguments).
+    With ``verbose`` the text is printed as it comes, then the speed figures."""
+    pieces: list[str] = []
+    tokens: list[int] = []
+    last = None
+    for last in stream_generate(model, tokenizer, prompt, **kwargs):
+        pieces.append(last.text)
+        tokens.append(last.token)
+        if verbose:
+            print(last.text, end="", flush=True)
+    assert last is not None  # max_tokens >= 1 is checked, so there is always a response
+    if verbose:
+        print()
+        print_stats(last)
+    return GenerationResult(
+        text="".join(pieces), tokens=tokens, finish_reason=last.finish_reason or "length",
+        prompt_tokens=last.prompt_tokens, prompt_tps=last.prompt_tps,
+        generation_tokens=last.generation_tokens, generation_tps=last.generation_tps,
+        peak_memory=last.peak_memory)
+
+
+def format_stats(response: GenerationResponse | GenerationResult) -> list[str]:
+    """The speed report printed after a generation, as in mlx-lm."""
+    return [
+        f"Prompt: {response.prompt_tokens} tokens, {response.prompt_tps:.3f} tokens-per-sec",
+        f"Generation: {response.generation_tokens} tokens, "
+        f"{response.generation_tps:.3f} tokens-per-sec",
+        f"Peak memory: {response.peak_memory:.3f} GB",
+    ]
+
+
+def print_stats(response: GenerationResponse | GenerationResult, file: Any = None) -> None:
+    file = file or sys.stdout
+    print("=" * 10, file=file)
+    for line in format_stats(response):
+        print(line, file=file)
+
+
+def collect_text(responses: Iterable[GenerationResponse]) -> str:
+    """Concatenate the text of streamed responses."""
+    return "".join(r.text for r in responses)

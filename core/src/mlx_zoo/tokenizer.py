@@ -1,0 +1,265 @@
+"""Tokenizers, chat templates and streaming detokenisation.
+
+Tokenizers come from transformers' ``AutoTokenizer`` reading ``tokenizer.json`` and
+``tokenizer_config.json`` (imported only when a tokenizer is loaded). Code shipped with a
+checkpoint is never run: ``trust_remote_code=False``, and a tokenizer that needs custom code
+(``auto_map`` in tokenizer_config.json) is refused with a :class:`TokenizerError`.
+
+Generation stops on the end-of-sequence ids of ``generation_config.json``, ``config.json`` and
+the tokenizer, together (checkpoints disagree on which file has them).
+
+While generating, text is produced token by token by a :class:`StreamingDetokenizer`, which
+never emits a partial UTF-8 character (a byte-level token may hold half of one):
+
+* :class:`ByteLevelDetokenizer` -- byte-level BPE (GPT-2 style, ``decoder.type == "ByteLevel"``):
+  each token maps to its bytes, fed to an incremental UTF-8 decoder; O(1) per token.
+* :class:`GenericDetokenizer` -- any other tokenizer: re-decodes the tokens since a recent
+  checkpoint and holds text back while it ends in U+FFFD (an incomplete character).
+"""
+
+from __future__ import annotations
+
+import codecs
+import json
+from pathlib import Path
+from typing import Any, Iterable
+
+from .errors import TokenizerError
+
+TOKENIZER_FILE = "tokenizer.json"
+TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
+GENERATION_CONFIG_FILE = "generation_config.json"
+CONFIG_FILE = "config.json"
+REPLACEMENT_CHAR = "\ufffd"  # what a decoder yields for incomplete UTF-8
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise TokenizerError(f"{path}: not valid JSON ({e})") from e
+    if not isinstance(data, dict):
+        raise TokenizerError(f"{path}: expected a JSON object, got {type(data).__name__}")
+    return data
+
+
+def _ids(value: Any, path: Path, key: str) -> set[int]:
+    """``eos_token_id`` is an int, a list of ints, or null."""
+    if value is None:
+        return set()
+    values = value if isinstance(value, list) else [value]
+    if not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        raise TokenizerError(f"{path}, key {key!r}: expected an integer or a list of integers, "
+                             f"got {value!r}")
+    return set(values)
+
+
+def read_eos_token_ids(model_dir: Path) -> set[int]:
+    """``eos_token_id`` of generation_config.json and config.json (and config.json's
+    ``text_config``), united."""
+    ids: set[int] = set()
+    for name in (GENERATION_CONFIG_FILE, CONFIG_FILE):
+        path = model_dir / name
+        data = _read_json(path)
+        ids |= _ids(data.get("eos_token_id"), path, "eos_token_id")
+        text_config = data.get("text_config")
+        if isinstance(text_config, dict):
+            ids |= _ids(text_config.get("eos_token_id"), path, "text_config.eos_token_id")
+    return ids
+
+
+# -- streaming detokenisation --------------------------------------------------------------------
+
+
+class StreamingDetokenizer:
+    """Turns generated token ids into text incrementally. :meth:`add_token` returns the new text
+    that is complete so far (possibly ""); :meth:`finalize` returns whatever was held back. The
+    concatenation of all returned pieces equals ``tokenizer.decode(tokens)``."""
+
+    def add_token(self, token: int) -> str:
+        raise NotImplementedError
+
+    def finalize(self) -> str:
+        raise NotImplementedError
+
+
+def bytes_to_unicode() -> dict[int, str]:
+    """GPT-2's byte-level alphabet (Radford et al. 2019, the ``ByteLevel`` pre-tokenizer of the
+    ``tokenizers`` library): each byte value becomes one printable character, so that BPE works on
+    strings. Printable Latin-1 bytes stand for themselves; the other 68 bytes (controls, space,
+    a few Latin-1 gaps) are mapped, in order, to code points 256, 257, ..."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1),
+                 *range(ord("®"), ord("ÿ") + 1)]
+    mapping = {b: chr(b) for b in printable}
+    next_code = 256
+    for b in range(256):
+        if b not in mapping:
+            mapping[b] = chr(next_code)
+            next_code += 1
+    return mapping
+
+
+class ByteLevelDetokenizer(StreamingDetokenizer):
+    """For byte-level BPE: token id -> its bytes (a table built once per tokenizer) -> an
+    incremental UTF-8 decoder, which keeps an incomplete character until its last byte comes."""
+
+    def __init__(self, token_bytes: list[bytes]):
+        self._token_bytes = token_bytes
+        self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+
+    def add_token(self, token: int) -> str:
+        return self._decoder.decode(self._token_bytes[token])
+
+    def finalize(self) -> str:
+        return self._decoder.decode(b"", final=True)
+
+
+class GenericDetokenizer(StreamingDetokenizer):
+    """For any tokenizer: decode the tokens since a checkpoint and emit the new suffix, unless
+    the text ends in an incomplete character. Every ``WINDOW`` tokens the checkpoint moves on,
+    keeping ``CONTEXT`` tokens so that decoders that treat the first token specially (leading
+    spaces of SentencePiece) still see the right neighbours."""
+
+    WINDOW = 32
+    CONTEXT = 4
+
+    def __init__(self, decode):
+        self._decode = decode
+        self._tokens: list[int] = []
+        self._emitted = 0  # characters of decode(self._tokens) already returned
+
+    def add_token(self, token: int) -> str:
+        self._tokens.append(token)
+        text = self._decode(self._tokens)
+        if text.endswith(REPLACEMENT_CHAR):
+            return ""
+        piece = text[self._emitted:]
+        self._emitted = len(text)
+        if len(self._tokens) > self.WINDOW:
+            self._tokens = self._tokens[-self.CONTEXT:]
+            self._emitted = len(self._decode(self._tokens))
+        return piece
+
+    def finalize(self) -> str:
+        text = self._decode(self._tokens)
+        piece = text[self._emitted:]
+        self._tokens, self._emitted = [], 0
+        return piece
+
+
+# -- the tokenizer -----------------------------------------------------------------------------
+
+
+class Tokenizer:
+    """A transformers tokenizer with what generation needs: the EOS ids, the chat template and a
+    streaming detokenizer. The wrapped ``AutoTokenizer`` is :attr:`hf`."""
+
+    def __init__(self, hf_tokenizer: Any, eos_token_ids: Iterable[int] = (),
+                 tokenizer_json: dict[str, Any] | None = None):
+        self.hf = hf_tokenizer
+        ids = set(eos_token_ids)
+        if hf_tokenizer.eos_token_id is not None:
+            ids.add(hf_tokenizer.eos_token_id)
+        self.eos_token_ids: frozenset[int] = frozenset(ids)
+        self._token_bytes = _byte_level_table(tokenizer_json, len(hf_tokenizer))
+
+    @property
+    def vocab_size(self) -> int:
+        return len(self.hf)
+
+    @property
+    def has_chat_template(self) -> bool:
+        return bool(getattr(self.hf, "chat_template", None))
+
+    def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
+
+    def decode(self, ids: Iterable[int]) -> str:
+        return self.hf.decode(list(ids))
+
+    def apply_chat_template(self, messages: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        """The conversation rendered by the checkpoint's chat template (a string; encode it with
+        ``add_special_tokens=False``, the template writes its own BOS)."""
+        if not self.has_chat_template:
+            raise TokenizerError("this tokenizer has no chat template (no 'chat_template' in "
+                                 "tokenizer_config.json or chat_template.jinja): pass the prompt "
+                                 "as plain text (--no-chat-template)")
+        return self.hf.apply_chat_template(messages, tokenize=False,
+                                           add_generation_prompt=add_generation_prompt)
+
+    def encode_chat(self, messages: list[dict[str, str]],
+                    add_generation_prompt: bool = True) -> list[int]:
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+        return self.encode(text, add_special_tokens=False)
+
+    def detokenizer(self) -> StreamingDetokenizer:
+        """A fresh streaming detokenizer for one generation."""
+        if self._token_bytes is not None:
+            return ByteLevelDetokenizer(self._token_bytes)
+        return GenericDetokenizer(self.decode)
+
+
+def _byte_level_table(tokenizer_json: dict[str, Any] | None, size: int) -> list[bytes] | None:
+    """Bytes of every token id for a byte-level BPE tokenizer.json, else None. Added tokens
+    (special or not) stand for their literal text; so does a normalised added token."""
+    if not tokenizer_json:
+        return None
+    decoder = tokenizer_json.get("decoder") or {}
+    model = tokenizer_json.get("model") or {}
+    if decoder.get("type") != "ByteLevel" or model.get("type") != "BPE":
+        return None
+    byte_of = {char: b for b, char in bytes_to_unicode().items()}
+    table = [b""] * size
+    for token, i in model.get("vocab", {}).items():
+        if not 0 <= i < size or any(c not in byte_of for c in token):
+            return None  # not a pure byte-level vocabulary: use the generic detokenizer
+        table[i] = bytes(byte_of[c] for c in token)
+    for added in tokenizer_json.get("added_tokens", []):
+        if 0 <= added["id"] < size:
+            table[added["id"]] = added["content"].encode("utf-8")
+    return table
+
+
+def _check_no_custom_code(model_dir: Path, tokenizer_config: dict[str, Any]) -> None:
+    auto_map = tokenizer_config.get("auto_map")
+    if auto_map:
+        raise TokenizerError(
+            f"{model_dir / TOKENIZER_CONFIG_FILE}, key 'auto_map': this tokenizer needs custom "
+            f"code shipped with the checkpoint ({auto_map!r}); mlx-zoo never runs code from a "
+            "model directory (trust_remote_code=False). Use a checkpoint whose tokenizer is a "
+            "plain tokenizer.json.")
+
+
+def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
+                   eos_token_ids: Iterable[int] | None = None) -> Tokenizer:
+    """Load the tokenizer of a model directory, Hub repo id or ``demo:NAME``.
+
+    ``eos_token_ids`` adds to the ids read from the checkpoint. Raises :class:`TokenizerError`
+    when the tokenizer files are missing or need custom code.
+    """
+    from .loading import resolve_model_dir
+
+    model_dir = resolve_model_dir(path_or_repo, revision)
+    tokenizer_config = _read_json(model_dir / TOKENIZER_CONFIG_FILE)
+    _check_no_custom_code(model_dir, tokenizer_config)
+    tokenizer_json = _read_json(model_dir / TOKENIZER_FILE)
+    has_files = tokenizer_json or any((model_dir / f).is_file() for f in (
+        "tokenizer.model", "vocab.json", "tokenizer.tiktoken"))
+    if not has_files:
+        raise TokenizerError(f"{model_dir}: no tokenizer files (expected {TOKENIZER_FILE} and "
+                             f"{TOKENIZER_CONFIG_FILE})")
+    try:
+        from transformers import AutoTokenizer
+    except ImportError as e:
+        raise TokenizerError("loading a tokenizer needs transformers: pip install "
+                             "'mlx-zoo[generate]'") from e
+    try:
+        hf = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except Exception as e:  # transformers raises ValueError/OSError/... on unusable files
+        raise TokenizerError(f"{model_dir}: transformers' AutoTokenizer could not load the "
+                             f"tokenizer ({type(e).__name__}: {e})") from e
+    ids = read_eos_token_ids(model_dir) | set(eos_token_ids or ())
+    return Tokenizer(hf, ids, tokenizer_json)

@@ -1,0 +1,354 @@
+"""Train the demo checkpoints shipped in ``mlx_zoo/demos/``: one tiny model per architecture.
+
+The training text: docstrings of Python's standard library
+----------------------------------------------------------
+``scripts/demo_corpus.txt`` holds the first paragraph of the docstrings of public functions,
+classes and methods of ~90 well-known standard-library modules (plain ASCII English, 40-600
+characters, no doctests), one ``qualified.name<TAB>paragraph`` per line. Why this text:
+
+* it ships on every machine that has Python, so no download is needed;
+* it is under the PSF License Agreement (https://docs.python.org/3/license.html), which permits
+  copying, modifying and redistributing it, with its copyright notice -- see
+  ``core/src/mlx_zoo/demos/README.md``;
+* it is plain technical English, so what a tiny model learns from it reads as English.
+
+The extracted text is committed, because docstrings change between Python versions; ``python
+scripts/train_demo.py extract`` rebuilds it from the running Python (the committed one is from
+CPython 3.11).
+
+What the script does (``python scripts/train_demo.py train qwen2`` ...)
+-------------------------------------------------------------------------
+1. Documents: every docstring as plain text, and every fourth one also as a chat turn in the
+   demo's chat template (``What does json.dumps do?`` -> the docstring), separated by
+   ``<|endoftext|>``.
+2. A byte-level BPE tokenizer (the ``tokenizers`` library) with :data:`VOCAB_SIZE` tokens, the
+   three special tokens of the ChatML-style template, saved as ``tokenizer.json`` with a
+   ``tokenizer_config.json`` holding the chat template.
+3. The model: built generically through mlx-zoo's plugin registry from :data:`CONFIGS`
+   (``config_class.from_dict`` + ``model_class``), so the same loop trains every architecture.
+4. Training: next-token cross-entropy on random windows of the shuffled document stream, AdamW
+   with warm-up and cosine decay, on MLX's CPU backend (minutes). Enough epochs that the model
+   knows the text by heart, which the tests use: greedy decoding from the first words of a
+   docstring must reproduce it.
+5. Saving with ``mlx_zoo.save`` plus the tokenizer files and ``generation_config.json``.
+
+Speed: MLX's Linux CPU wheel links a slow reference BLAS. Preloading OpenBLAS makes matmuls
+~50x faster and training minutes instead of an hour::
+
+    apt-get install -y libopenblas0-pthread
+    LD_PRELOAD=/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3 \\
+        python scripts/train_demo.py train qwen2
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import inspect
+import json
+import math
+import random
+import re
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+CORPUS = REPO / "scripts" / "demo_corpus.txt"
+DEMOS = REPO / "core" / "src" / "mlx_zoo" / "demos"
+
+# -- 1. the corpus -----------------------------------------------------------------------------
+
+CORPUS_MODULES = """
+abc argparse base64 bisect builtins calendar cmd collections colorsys configparser contextlib
+copy csv dataclasses datetime difflib email.message enum fileinput fnmatch fractions functools
+getopt gettext glob gzip hashlib heapq hmac html http.client http.server imaplib inspect io
+ipaddress json locale logging mailbox math mimetypes numbers operator optparse os os.path
+pathlib pickle pkgutil platform poplib pprint queue random re sched secrets selectors shelve
+shlex shutil smtplib socket socketserver sqlite3 statistics string struct subprocess tarfile
+tempfile textwrap threading time timeit tokenize traceback types typing unittest urllib.parse
+urllib.request uuid warnings weakref zipfile zlib
+""".split()
+MIN_CHARS, MAX_CHARS = 40, 600  # docstring paragraphs kept: long enough to say something
+
+
+def first_paragraph(doc: str) -> str | None:
+    """The docstring's first paragraph on one line, if it is plain English of a useful length."""
+    para = re.sub(r"\s+", " ", doc.split("\n\n")[0]).strip()
+    if not MIN_CHARS <= len(para) <= MAX_CHARS or not para.isascii() or ">>>" in para:
+        return None
+    return para if para[0].isupper() else None
+
+
+def extract_corpus() -> list[tuple[str, str]]:
+    """(qualified name, first paragraph) of public functions, classes and methods."""
+    seen: set[str] = set()
+    entries = []
+
+    def add(name: str, obj) -> None:
+        doc = inspect.getdoc(obj)
+        para = first_paragraph(doc) if doc else None
+        if para and para not in seen:
+            seen.add(para)
+            entries.append((name, para))
+
+    for module_name in CORPUS_MODULES:
+        module = importlib.import_module(module_name)
+        for name, obj in sorted(vars(module).items()):
+            if name.startswith("_") or getattr(obj, "__module__", None) != module.__name__:
+                continue
+            if inspect.isfunction(obj) or inspect.isbuiltin(obj) or inspect.isclass(obj):
+                add(f"{module_name}.{name}", obj)
+            if inspect.isclass(obj):
+                for method_name, method in sorted(vars(obj).items()):
+                    if not method_name.startswith("_") and (
+                            inspect.isfunction(method) or inspect.ismethoddescriptor(method)):
+                        add(f"{module_name}.{name}.{method_name}", method)
+    return entries
+
+
+def read_corpus() -> list[tuple[str, str]]:
+    lines = CORPUS.read_text(encoding="utf-8").splitlines()
+    return [tuple(line.split("\t", 1)) for line in lines if line]
+
+
+# -- 2. documents and the tokenizer ------------------------------------------------------------
+
+END_OF_TEXT, IM_START, IM_END = "<|endoftext|>", "<|im_start|>", "<|im_end|>"
+SPECIAL_TOKENS = [END_OF_TEXT, IM_START, IM_END]
+VOCAB_SIZE = 1024
+CHAT_TEMPLATE = (
+    "{% for message in messages %}"
+    "{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>' + '\\n' }}"
+    "{% endfor %}"
+    "{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}"
+)
+"""ChatML (the format of Qwen's chat models): each message as ``<|im_start|>role\\ncontent
+<|im_end|>``; the generation prompt opens the assistant's turn."""
+
+
+def chat_turn(name: str, doc: str) -> str:
+    question = f"What does {name} do?"
+    return (f"{IM_START}user\n{question}{IM_END}\n{IM_START}assistant\n{doc}{IM_END}\n")
+
+
+CHAT_EVERY = 4  # every 4th docstring is also a chat turn: the chat format, at a quarter the cost
+
+
+def documents(corpus: list[tuple[str, str]]) -> list[str]:
+    """Every docstring as plain text; every :data:`CHAT_EVERY`-th also as a chat turn."""
+    chats = [chat_turn(name, doc) for name, doc in corpus[::CHAT_EVERY]]
+    return [doc for _, doc in corpus] + chats
+
+
+def train_tokenizer(docs: list[str]):
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
+    trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+                                  show_progress=False)
+    tokenizer.train_from_iterator(docs, trainer=trainer)
+    return tokenizer
+
+
+def tokenizer_config() -> dict:
+    return {
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "bos_token": None,
+        "eos_token": IM_END,
+        "pad_token": END_OF_TEXT,
+        "unk_token": None,
+        "add_bos_token": False,
+        "clean_up_tokenization_spaces": False,
+        "model_max_length": 4096,
+        "chat_template": CHAT_TEMPLATE,
+    }
+
+
+# -- 3. the models -----------------------------------------------------------------------------
+
+COMMON = {
+    "vocab_size": VOCAB_SIZE,
+    "hidden_size": 128,
+    "num_hidden_layers": 4,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "intermediate_size": 384,
+    "rms_norm_eps": 1e-6,
+    "max_position_embeddings": 4096,
+    "rope_theta": 10000.0,
+    "tie_word_embeddings": True,
+}
+CONFIGS: dict[str, dict] = {
+    "qwen2": {**COMMON, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+}
+"""Demo name -> config.json (before the special token ids are added)."""
+
+
+def build_model(config: dict):
+    """The model of ``config``, built through the plugin registry like ``mlx_zoo.load`` does."""
+    from mlx_zoo import normalize_config, registry
+
+    raw = normalize_config(config)
+    arch = registry.resolve(raw["model_type"])
+    args = arch.config_class.from_dict(raw)
+    return arch.model_class(args), raw
+
+
+# -- 4. training -------------------------------------------------------------------------------
+
+SEQ_LEN = 128  # docstrings are ~30 tokens, chat turns ~60: 128 spans several
+BATCH = 16
+PEAK_LR = 3e-3
+WARMUP_STEPS = 100
+WEIGHT_DECAY = 0.01
+SEED = 0
+
+
+def token_stream(tokenizer, docs: list[str], rng: random.Random, epochs: int) -> list[int]:
+    """The documents, shuffled anew for each epoch, each preceded by <|endoftext|>."""
+    encoded = [[tokenizer.token_to_id(END_OF_TEXT)] + tokenizer.encode(d).ids for d in docs]
+    stream: list[int] = []
+    for _ in range(epochs):
+        order = list(range(len(encoded)))
+        rng.shuffle(order)
+        for i in order:
+            stream.extend(encoded[i])
+    return stream
+
+
+def train(model, stream: list[int], steps: int, rng: random.Random, log_every: int = 50) -> float:
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    data = mx.array(stream, dtype=mx.int32)
+    schedule = optim.join_schedules(
+        [optim.linear_schedule(PEAK_LR / WARMUP_STEPS, PEAK_LR, WARMUP_STEPS),
+         optim.cosine_decay(PEAK_LR, steps - WARMUP_STEPS, PEAK_LR / 100)], [WARMUP_STEPS])
+    optimizer = optim.AdamW(learning_rate=schedule, weight_decay=WEIGHT_DECAY)
+
+    def loss_fn(model, batch):
+        logits = model(batch[:, :-1])
+        return nn.losses.cross_entropy(logits, batch[:, 1:], reduction="mean")
+
+    state = [model.state, optimizer.state]
+    loss_and_grad = nn.value_and_grad(model, loss_fn)
+
+    def step(batch):
+        loss, grads = loss_and_grad(model, batch)
+        optimizer.update(model, grads)
+        return loss
+
+    step = mx.compile(step, inputs=state, outputs=state)
+    model.train()
+    start = time.perf_counter()
+    loss = float("nan")
+    for i in range(steps):
+        offsets = [rng.randrange(len(stream) - SEQ_LEN - 1) for _ in range(BATCH)]
+        batch = mx.stack([data[o:o + SEQ_LEN + 1] for o in offsets])
+        loss = step(batch)
+        mx.eval(state)
+        if (i + 1) % log_every == 0 or i == 0:
+            print(f"step {i + 1}/{steps}  loss {loss.item():.3f}  "
+                  f"{time.perf_counter() - start:.0f}s", flush=True)
+    model.eval()
+    return loss.item()
+
+
+# -- 5. saving and checking --------------------------------------------------------------------
+
+
+def save_demo(name: str, model, config: dict, tokenizer, out: Path) -> None:
+    import mlx_zoo
+
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*"):
+        if stale.is_file():
+            stale.unlink()
+    mlx_zoo.save(model, config, out)
+    tokenizer.save(str(out / "tokenizer.json"))
+    (out / "tokenizer_config.json").write_text(json.dumps(tokenizer_config(), indent=2) + "\n")
+    eos = [tokenizer.token_to_id(IM_END), tokenizer.token_to_id(END_OF_TEXT)]
+    (out / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": eos, "pad_token_id": tokenizer.token_to_id(END_OF_TEXT),
+         "do_sample": False}, indent=2) + "\n")
+
+
+PROBE_WORDS = 6  # prompt: the first words of a docstring
+PROBE_CHARS = 40  # expected: the next characters, reproduced exactly
+
+
+def memorisation(model_dir: Path, corpus: list[tuple[str, str]], sample: int = 200) -> float:
+    """Share of docstrings (a fixed sample) whose next characters greedy decoding reproduces
+    from their first words -- what the demo tests check for one passage per architecture."""
+    import mlx_zoo
+
+    model, _ = mlx_zoo.load(model_dir)
+    tokenizer = mlx_zoo.load_tokenizer(model_dir)
+    rng = random.Random(SEED)
+    picked = rng.sample(corpus, min(sample, len(corpus)))
+    hits = 0
+    for _, doc in picked:
+        words = doc.split(" ")
+        if len(words) <= PROBE_WORDS:
+            continue
+        prompt = END_OF_TEXT + " ".join(words[:PROBE_WORDS])
+        expected = " " + " ".join(words[PROBE_WORDS:])
+        expected = expected[:PROBE_CHARS]
+        out = mlx_zoo.generate(model, tokenizer, prompt, max_tokens=PROBE_CHARS).text
+        hits += out.startswith(expected)
+    return hits / len(picked)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("extract", help=f"rebuild {CORPUS.name} from this Python's standard library")
+    p = sub.add_parser("train", help="train demo checkpoints")
+    p.add_argument("names", nargs="+", choices=sorted(CONFIGS))
+    p.add_argument("--steps", type=int, default=1500)
+    p.add_argument("--out", type=Path, default=DEMOS, help="parent directory of the demos")
+    args = parser.parse_args(argv)
+
+    if args.command == "extract":
+        entries = extract_corpus()
+        CORPUS.write_text("".join(f"{n}\t{d}\n" for n, d in entries), encoding="utf-8")
+        print(f"{CORPUS}: {len(entries)} docstrings, {CORPUS.stat().st_size} bytes "
+              f"(Python {sys.version.split()[0]})")
+        return 0
+
+    import mlx.core as mx
+
+    corpus = read_corpus()
+    docs = documents(corpus)
+    tokenizer = train_tokenizer(docs)
+    for name in args.names:
+        mx.random.seed(SEED)
+        rng = random.Random(SEED)
+        config = dict(CONFIGS[name])
+        config.update(eos_token_id=tokenizer.token_to_id(IM_END),
+                      pad_token_id=tokenizer.token_to_id(END_OF_TEXT))
+        model, config = build_model(config)
+        stream_tokens = sum(len(tokenizer.encode(d).ids) + 1 for d in docs)
+        epochs = math.ceil(args.steps * BATCH * SEQ_LEN / stream_tokens) + 1
+        stream = token_stream(tokenizer, docs, rng, epochs)
+        print(f"{name}: {stream_tokens} tokens per epoch, {args.steps} steps of "
+              f"{BATCH}x{SEQ_LEN} (~{args.steps * BATCH * SEQ_LEN / stream_tokens:.0f} epochs)")
+        start = time.perf_counter()
+        loss = train(model, stream, args.steps, rng)
+        minutes = (time.perf_counter() - start) / 60
+        out = args.out / name
+        save_demo(name, model, config, tokenizer, out)
+        size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
+        print(f"{name}: final loss {loss:.3f}, {minutes:.1f} min, {size:.2f} MB in {out}")
+        print(f"{name}: memorised {memorisation(out, corpus):.0%} of sampled docstrings")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
