@@ -349,6 +349,22 @@ def test_mlx_lm_agrees_with_reference_for_top1_routing(tmp_path):
     assert rel_err(mlx_lm_logits(tmp_path / "zoo", ids), expected) < TOLERANCE
 
 
+def test_reads_mlx_lm_quantized_hunyuan(tmp_path):
+    """A 4-bit checkpoint quantized and saved by mlx-lm (stacked switch_mlp experts, quantized
+    router) loads here and computes what mlx-lm computes."""
+    from mlx_lm.utils import load_model, quantize_model, save_config, save_model
+
+    write_hunyuan(tmp_path / "ckpt", TOP1)
+    theirs, config = load_model(tmp_path / "ckpt")
+    theirs, config = quantize_model(theirs, config, group_size=32, bits=4)
+    save_model(tmp_path / "q4", theirs)
+    save_config(config, tmp_path / "q4" / "config.json")
+    ours, _ = mlx_zoo.load(tmp_path / "q4")
+    assert type(ours.layers[0].mlp.gate.wg) is nn.QuantizedLinear
+    ids = prompt()
+    assert rel_err(mlx_logits(ours, ids), mlx_logits(theirs, ids)) < TOLERANCE
+
+
 def test_mlx_lm_departs_from_tencent_for_top_k_routing(tmp_path):
     """Where mlx-lm and the reference disagree, and who is right.
 
