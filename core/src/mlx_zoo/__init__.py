@@ -20,7 +20,8 @@ from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZo
 from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
                        stream_generate)
 from .hookspecs import SPEC_VERSION, Architecture, Model, hookimpl
-from .layers import SwitchGLU, SwitchLinear, attention, mask_for
+from .layers import (CausalLM, SwiGLU, SwitchGLU, SwitchLinear, attention, mask_for,
+                     merge_heads, split_heads)
 from .loading import ModelNotFoundError, load, resolve_model_dir, save
 from .registry import list_plugins, register, unregister
 from .rope import RoPE, get_rope
@@ -31,7 +32,8 @@ from .weights import quantize_model as quantize
 __version__ = "0.1.0"
 
 __all__ = [
-    "Architecture", "BaseModelArgs", "CacheFileError", "ChunkedKVCache", "ConfigError",
+    "Architecture", "BaseModelArgs", "CacheFileError", "CausalLM", "ChunkedKVCache", "ConfigError",
+    "SwiGLU", "merge_heads", "split_heads",
     "GenerationArgumentError", "KVCache", "MlxZooError", "Model", "ModelNotFoundError",
     "PluginConflictError", "PluginError", "PluginLoadError", "PluginNotFoundError",
     "QuantizedKVCache", "RoPE", "RopeScaling", "RotatingKVCache", "SPEC_VERSION",

@@ -56,6 +56,60 @@ def mask_for(cache: Any, n: int) -> Mask:
     return cache.make_mask(n)
 
 
+# -- pieces every decoder-only transformer has --------------------------------------------------
+
+
+def split_heads(x: mx.array, heads: int) -> mx.array:
+    """``(B, L, heads * D)`` projections -> ``(B, heads, L, D)``, the layout attention takes."""
+    batch, length, _ = x.shape
+    return x.reshape(batch, length, heads, -1).transpose(0, 2, 1, 3)
+
+
+def merge_heads(x: mx.array) -> mx.array:
+    """``(B, heads, L, D)`` attention output -> ``(B, L, heads * D)``."""
+    batch, _, length, _ = x.shape
+    return x.transpose(0, 2, 1, 3).reshape(batch, length, -1)
+
+
+class SwiGLU(nn.Module):
+    """The gated MLP of Llama-style models: ``down(silu(gate(x)) * up(x))``
+    (Shazeer 2020, "GLU Variants Improve Transformer", https://arxiv.org/abs/2002.05202)."""
+
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False):
+        super().__init__()
+        self.gate_proj = nn.Linear(dim, hidden_dim, bias=bias)
+        self.up_proj = nn.Linear(dim, hidden_dim, bias=bias)
+        self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+
+
+class CausalLM(nn.Module):
+    """The output end shared by decoder-only language models: ``self.model`` (a backbone with
+    ``embed_tokens`` and ``layers``, returning final hidden states) followed by ``lm_head`` -- or,
+    when ``args.tie_word_embeddings``, by the transposed input embedding (no ``lm_head`` weight).
+    A plugin's ``Model`` derives from it and adds ``sanitize``, ``make_cache``, ``shard``."""
+
+    def __init__(self, args: Any, backbone: nn.Module):
+        super().__init__()
+        self.args = args
+        self.model_type = args.model_type
+        self.model = backbone
+        if not args.tie_word_embeddings:
+            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
+
+    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        h = self.model(inputs, cache)
+        if "lm_head" in self:
+            return self.lm_head(h)
+        return self.model.embed_tokens.as_linear(h)
+
+    @property
+    def layers(self) -> list:
+        return self.model.layers
+
+
 # -- mixture of experts ------------------------------------------------------------------------
 
 SORT_THRESHOLD = 64

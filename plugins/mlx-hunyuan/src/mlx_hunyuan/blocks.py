@@ -39,14 +39,18 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_zoo import (
     BaseModelArgs,
+    CausalLM,
     ConfigError,
     KVCache,
     QuantizedKVCache,
     RopeScaling,
+    SwiGLU,
     SwitchGLU,
     attention,
     get_rope,
     mask_for,
+    merge_heads,
+    split_heads,
 )
 
 from .rope import rope_type_for
@@ -209,13 +213,9 @@ class Attention(nn.Module):
                              max_position_embeddings=args.max_position_embeddings,
                              rope_type=args.rope_type)
 
-    def _heads(self, x: mx.array, n_heads: int) -> mx.array:
-        batch, length, _ = x.shape  # (B, L, heads * D) -> (B, heads, L, D)
-        return x.reshape(batch, length, n_heads, -1).transpose(0, 2, 1, 3)
-
     def _own_keys_values(self, x: mx.array, offset: int, cache: Any) -> KeysValues:
-        keys = self.rope(self._heads(self.k_proj(x), self.n_kv_heads), offset=offset)
-        values = self._heads(self.v_proj(x), self.n_kv_heads)
+        keys = self.rope(split_heads(self.k_proj(x), self.n_kv_heads), offset=offset)
+        values = split_heads(self.v_proj(x), self.n_kv_heads)
         if self.use_qk_norm and not self.normalizes_fetched_keys:
             keys = self.key_layernorm(keys)
         if cache is not None:
@@ -224,9 +224,8 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, mask: Any, offset: int, cache: Any = None,
                  shared_kv: KeysValues | None = None) -> tuple[mx.array, KeysValues]:
-        batch, length, _ = x.shape
         # queries: project, split into heads, rotate at their positions, then normalise
-        queries = self.rope(self._heads(self.q_proj(x), self.n_heads), offset=offset)
+        queries = self.rope(split_heads(self.q_proj(x), self.n_heads), offset=offset)
         if self.use_qk_norm:
             queries = self.query_layernorm(queries)
         if shared_kv is None:  # first layer of a CLA run (or no CLA): project, cache, fetch
@@ -237,24 +236,10 @@ class Attention(nn.Module):
             keys = self.key_layernorm(keys)
             cache = None  # plain arrays from here on, whatever the cache stores
         out = attention(queries, keys, values, scale=self.scale, mask=mask, cache=cache)
-        out = out.transpose(0, 2, 1, 3).reshape(batch, length, -1)  # heads back into features
-        return self.o_proj(out), shared_kv
+        return self.o_proj(merge_heads(out)), shared_kv
 
 
 # -- MLPs --------------------------------------------------------------------------------------
-
-
-class MLP(nn.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))`` (Shazeer 2020, https://arxiv.org/abs/2002.05202)."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
 
 
 class Router(nn.Module):
@@ -282,7 +267,7 @@ class MoE(nn.Module):
         self.gate = Router(dim, plan.num_experts)
         self.switch_mlp = SwitchGLU(dim, plan.expert_width, plan.num_experts)
         if plan.shared_width:
-            self.shared_mlp = MLP(dim, plan.shared_width)
+            self.shared_mlp = SwiGLU(dim, plan.shared_width)
         self.sharding_group = None  # set by shard(): sum the ranks' partial outputs
 
     def shard(self, group: mx.distributed.Group) -> None:
@@ -327,7 +312,7 @@ class DecoderLayer(nn.Module):
         if isinstance(plan, MoEPlan):
             self.mlp = MoE(args.hidden_size, plan)
         else:
-            self.mlp = MLP(args.hidden_size, plan)
+            self.mlp = SwiGLU(args.hidden_size, plan)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
@@ -375,27 +360,12 @@ class HunYuanModel(nn.Module):
         return self.norm(h)
 
 
-class HunYuanForCausalLM(nn.Module):
+class HunYuanForCausalLM(CausalLM):
     """The language model: :class:`HunYuanModel` and the output projection (``lm_head``, or the
     transposed embedding when ``tie_word_embeddings``). Base of each format's ``Model``."""
 
     def __init__(self, args: HunYuanArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
-        self.model = HunYuanModel(args)
-        if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-
-    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
-        h = self.model(inputs, cache)
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
-
-    @property
-    def layers(self) -> list:
-        return self.model.layers
+        super().__init__(args, HunYuanModel(args))
 
     def make_cache(self) -> list:
         """One :class:`~mlx_zoo.KVCache` per layer that computes keys/values. Without CLA that is

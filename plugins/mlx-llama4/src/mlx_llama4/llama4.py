@@ -47,14 +47,18 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx_zoo import (
     BaseModelArgs,
+    CausalLM,
     ChunkedKVCache,
     ConfigError,
     KVCache,
     RopeScaling,
+    SwiGLU,
     SwitchGLU,
     attention,
     get_rope,
     mask_for,
+    merge_heads,
+    split_heads,
 )
 
 CHUNKED_ATTENTION = "chunked_attention"  # layer_types entry: local attention within chunks
@@ -240,11 +244,10 @@ class Attention(nn.Module):
         self.floor_scale, self.attn_scale = args.floor_scale, args.attn_scale
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        batch, length, _ = x.shape
-        # (B, L, heads * D) -> (B, heads, L, D)
-        q = self.q_proj(x).reshape(batch, length, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        length = x.shape[1]
+        q = split_heads(self.q_proj(x), self.n_heads)  # (B, heads, L, head_dim)
+        k = split_heads(self.k_proj(x), self.n_kv_heads)
+        v = split_heads(self.v_proj(x), self.n_kv_heads)
         offset = cache.offset if cache is not None else 0
         if self.use_rope:
             q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
@@ -258,20 +261,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         out = attention(q, k, v, scale=self.scale, mask=mask, cache=cache)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
-
-
-class MLP(nn.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))`` (Shazeer 2020, https://arxiv.org/abs/2002.05202)."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.o_proj(merge_heads(out))
 
 
 class MoE(nn.Module):
@@ -283,7 +273,7 @@ class MoE(nn.Module):
         self.top_k = args.num_experts_per_tok
         self.router = nn.Linear(args.hidden_size, args.num_local_experts, bias=False)
         self.experts = SwitchGLU(args.hidden_size, args.intermediate_size, args.num_local_experts)
-        self.shared_expert = MLP(args.hidden_size, args.intermediate_size)
+        self.shared_expert = SwiGLU(args.hidden_size, args.intermediate_size)
 
     def __call__(self, x: mx.array) -> mx.array:
         logits = self.router(x)
@@ -299,7 +289,7 @@ class TransformerBlock(nn.Module):
         super().__init__()
         self.self_attn = Attention(args, layer)
         self.is_moe = args.is_moe(layer)
-        self.feed_forward = MoE(args) if self.is_moe else MLP(args.hidden_size,
+        self.feed_forward = MoE(args) if self.is_moe else SwiGLU(args.hidden_size,
                                                               args.intermediate_size_mlp)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
@@ -339,24 +329,11 @@ class Llama4TextModel(nn.Module):
         return masks
 
 
-class Model(nn.Module):
+class Model(CausalLM):
+    """Llama4TextModel and its output head (``lm_head``, or the tied embedding)."""
+
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
-        self.model = Llama4TextModel(args)
-        if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-
-    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
-        h = self.model(inputs, cache)
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
-
-    @property
-    def layers(self) -> list:
-        return self.model.layers
+        super().__init__(args, Llama4TextModel(args))
 
     def make_cache(self) -> list:
         """A :class:`~mlx_zoo.ChunkedKVCache` (keys of the current chunk only) on the local

@@ -19,7 +19,8 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_zoo import BaseModelArgs, RopeScaling, attention, get_rope, mask_for
+from mlx_zoo import (BaseModelArgs, CausalLM, RopeScaling, SwiGLU, attention, get_rope, mask_for,
+                     merge_heads, split_heads)
 
 
 @dataclass
@@ -61,37 +62,22 @@ class Attention(nn.Module):
                              max_position_embeddings=args.max_position_embeddings)
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        batch, length, _ = x.shape
-        # (B, L, heads * D) -> (B, heads, L, D)
-        q = self.q_proj(x).reshape(batch, length, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(batch, length, self.n_kv_heads, -1).transpose(0, 2, 1, 3)
+        q = split_heads(self.q_proj(x), self.n_heads)  # (B, heads, L, head_dim)
+        k = split_heads(self.k_proj(x), self.n_kv_heads)
+        v = split_heads(self.v_proj(x), self.n_kv_heads)
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         out = attention(q, k, v, scale=self.scale, mask=mask, cache=cache)
-        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(batch, length, -1))
-
-
-class MLP(nn.Module):
-    """SwiGLU: ``down(silu(gate(x)) * up(x))`` (Shazeer 2020, https://arxiv.org/abs/2002.05202)."""
-
-    def __init__(self, dim: int, hidden_dim: int):
-        super().__init__()
-        self.gate_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.up_proj = nn.Linear(dim, hidden_dim, bias=False)
-        self.down_proj = nn.Linear(hidden_dim, dim, bias=False)
-
-    def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        return self.o_proj(merge_heads(out))
 
 
 class TransformerBlock(nn.Module):
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.self_attn = Attention(args)
-        self.mlp = MLP(args.hidden_size, args.intermediate_size)
+        self.mlp = SwiGLU(args.hidden_size, args.intermediate_size)
         self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
@@ -116,24 +102,11 @@ class Qwen2Model(nn.Module):
         return self.norm(h)
 
 
-class Model(nn.Module):
+class Model(CausalLM):
+    """Qwen2Model and its output head (``lm_head``, or the tied embedding)."""
+
     def __init__(self, args: ModelArgs):
-        super().__init__()
-        self.args = args
-        self.model_type = args.model_type
-        self.model = Qwen2Model(args)
-        if not args.tie_word_embeddings:
-            self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
-
-    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
-        h = self.model(inputs, cache)
-        if self.args.tie_word_embeddings:
-            return self.model.embed_tokens.as_linear(h)
-        return self.lm_head(h)
-
-    @property
-    def layers(self) -> list:
-        return self.model.layers
+        super().__init__(args, Qwen2Model(args))
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop rotary ``inv_freq`` buffers (RoPE is recomputed) and, for tied embeddings, the
