@@ -55,3 +55,17 @@ def test_quantized_switch_glu_uses_dequantized_weights():
         getattr(reference, name).weight = mx.dequantize(q.weight, q.scales, q.biases,
                                                         group_size=32, bits=4)
     assert rel_err(out, np.array(reference(x, indices))) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [mx.bfloat16, mx.float16])
+def test_half_precision_experts_run_on_every_device(dtype):
+    """MLX's CPU gather_mm is float32-only; SwitchGLU still runs half-precision experts there."""
+    mx.random.seed(1)
+    glu = SwitchGLU(HIDDEN, INTER, EXPERTS)
+    x = mx.random.normal((1, 5, HIDDEN))
+    indices = mx.random.randint(0, EXPERTS, (1, 5, 2))
+    expected = np.array(glu(x, indices))
+    glu.set_dtype(dtype)
+    out = glu(x.astype(dtype), indices)
+    assert out.dtype == dtype
+    assert rel_err(np.array(out.astype(mx.float32)), expected) < 2e-2

@@ -133,8 +133,16 @@ class SwitchLinear(nn.Module):
         return self.weight.shape[0]
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool = False) -> mx.array:
-        out = mx.gather_mm(x, self.weight.swapaxes(-1, -2), rhs_indices=indices,
-                           sorted_indices=sorted_indices)
+        weight = self.weight
+        if weight.dtype != mx.float32 and mx.default_device() == mx.cpu:
+            # MLX's CPU gather_mm computes in float32 only (bf16/fp16 raise at eval time): upcast
+            # here and return to the weights' dtype, so half-precision MoE checkpoints run on CPU.
+            dtype = x.dtype
+            out = mx.gather_mm(x.astype(mx.float32), weight.astype(mx.float32).swapaxes(-1, -2),
+                               rhs_indices=indices, sorted_indices=sorted_indices).astype(dtype)
+        else:
+            out = mx.gather_mm(x, weight.swapaxes(-1, -2), rhs_indices=indices,
+                               sorted_indices=sorted_indices)
         if "bias" in self:
             out = out + mx.expand_dims(self.bias[indices], -2)
         return out
