@@ -70,10 +70,19 @@ class RoPE(nn.Module):
         """The periods to use when the sequence so far spans ``length`` positions."""
         return self._periods
 
-    def __call__(self, x: mx.array, offset: int = 0) -> mx.array:
+    @property
+    def length_dependent(self) -> bool:
+        """Whether :meth:`periods_for_length` is overridden, i.e. the frequencies change with the
+        sequence length (dynamic NTK): then an array ``offset`` is read back as a number."""
+        return type(self).periods_for_length is not RoPE.periods_for_length
+
+    def __call__(self, x: mx.array, offset: int | mx.array = 0) -> mx.array:
         if self.attention_factor != 1.0:
             x = x * self.attention_factor
-        periods = self.periods_for_length(int(offset) + x.shape[-2])
+        if isinstance(offset, mx.array) and not self.length_dependent:
+            periods = self._periods  # no need to read an array offset (compiled decoding)
+        else:
+            periods = self.periods_for_length(int(offset) + x.shape[-2])
         return mx.fast.rope(x, self.dims, traditional=self.traditional, base=None, scale=1.0,
                             offset=offset, freqs=periods)
 
