@@ -185,6 +185,19 @@ COMMON = {
 }
 CONFIGS: dict[str, dict] = {
     "qwen2": {**COMMON, "model_type": "qwen2", "architectures": ["Qwen2ForCausalLM"]},
+    # HunYuan's dense format: QK-norm, and its NTK-alpha RoPE (``"dynamic"`` with an ``alpha``:
+    # base theta * alpha ** (d / (d - 2))), the RoPE variant the mlx-hunyuan plugin registers.
+    "hunyuan": {**COMMON, "model_type": "hunyuan_v1_dense",
+                "architectures": ["HunYuanDenseV1ForCausalLM"], "use_qk_norm": True,
+                "rope_scaling": {"type": "dynamic", "alpha": 4.0, "factor": 1.0}},
+    # Llama 4's text model: every 4th layer is a global NoPE layer, the others use RoPE over
+    # chunks of ``attention_chunk_size`` positions; every 2nd layer is a mixture of experts
+    # (4 routed experts, top-1, plus a shared expert), the others a dense MLP.
+    "llama4": {**COMMON, "model_type": "llama4_text", "architectures": ["Llama4ForCausalLM"],
+               "head_dim": 32, "intermediate_size": 128, "intermediate_size_mlp": 384,
+               "num_local_experts": 4, "num_experts_per_tok": 1, "interleave_moe_layer_step": 2,
+               "no_rope_layer_interval": 4, "attention_chunk_size": 32,
+               "attn_temperature_tuning": True, "floor_scale": 8192.0, "attn_scale": 0.1},
 }
 """Demo name -> config.json (before the special token ids are added)."""
 
