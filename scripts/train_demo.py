@@ -43,6 +43,7 @@ Speed: MLX's Linux CPU wheel links a slow reference BLAS. Preloading OpenBLAS ma
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import inspect
 import json
@@ -141,13 +142,26 @@ def documents(corpus: list[tuple[str, str]]) -> list[str]:
     return [doc for _, doc in corpus] + chats
 
 
+PRETOKENIZE_PATTERN = (r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}"
+                       r"| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+")
+"""How text is split into words before BPE: Qwen2's pattern (contractions, letter runs with one
+leading non-letter, single digits, punctuation runs, newlines, spaces). The demos use it because
+transformers >= 5 loads every ``qwen2`` checkpoint's tokenizer as ``Qwen2Tokenizer``, which
+rebuilds the pipeline with exactly this pattern, NFC normalisation and byte-level BPE, whatever
+tokenizer.json says; with the same pipeline here, tokenizer.json and transformers agree."""
+
+
 def train_tokenizer(docs: list[str]):
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
+                            trainers)
 
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(PRETOKENIZE_PATTERN), behavior="isolated", invert=False),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
     tokenizer.decoder = decoders.ByteLevel()
-    tokenizer.post_processor = processors.ByteLevel(trim_offsets=False)
     trainer = trainers.BpeTrainer(vocab_size=VOCAB_SIZE, special_tokens=SPECIAL_TOKENS,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
                                   show_progress=False)
@@ -232,6 +246,22 @@ def token_stream(tokenizer, docs: list[str], rng: random.Random, epochs: int) ->
         for i in order:
             stream.extend(encoded[i])
     return stream
+
+
+@contextlib.contextmanager
+def router_choices_without_gradients():
+    """Expert choices are integer indices, which have no gradient; MoE layers written for
+    inference (mlx-llama4's) pass ``mx.argpartition`` of the router logits straight to gathers,
+    whose backward pass then fails ("Cannot calculate VJP with respect to indices"). While
+    training, ``mx.argpartition`` returns its indices through ``mx.stop_gradient``."""
+    import mlx.core as mx
+
+    argpartition = mx.argpartition
+    mx.argpartition = lambda *args, **kwargs: mx.stop_gradient(argpartition(*args, **kwargs))
+    try:
+        yield
+    finally:
+        mx.argpartition = argpartition
 
 
 def train(model, stream: list[int], steps: int, rng: random.Random, log_every: int = 50) -> float:
@@ -353,7 +383,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {stream_tokens} tokens per epoch, {args.steps} steps of "
               f"{BATCH}x{SEQ_LEN} (~{args.steps * BATCH * SEQ_LEN / stream_tokens:.0f} epochs)")
         start = time.perf_counter()
-        loss = train(model, stream, args.steps, rng)
+        with router_choices_without_gradients():
+            loss = train(model, stream, args.steps, rng)
         minutes = (time.perf_counter() - start) / 60
         out = args.out / name
         save_demo(name, model, config, tokenizer, out)

@@ -281,3 +281,36 @@ def test_generate_accepts_token_arrays(demo):
     a = run(demo, prompt=mx.array(ids), max_tokens=8)
     b = run(demo, prompt=ids, max_tokens=8)
     assert a.tokens == b.tokens and str(a) == a.text
+
+
+def test_reusing_the_prompt_cache_for_the_next_turn_gives_the_same_reply(demo):
+    """A chat's second turn fed through the cache of the first (only the new tokens go through
+    the model; what differs after the common prefix is trimmed) answers as a fresh run does."""
+    model, tokenizer = demo
+    first = tokenizer.encode_chat(QUESTION)
+    cache = mlx_zoo.make_prompt_cache(model)
+    reply = mlx_zoo.generate(model, tokenizer, first, max_tokens=40, prompt_cache=cache)
+    cached = (first + reply.tokens)[:cache[0].offset]
+    turns = QUESTION + [{"role": "assistant", "content": reply.text},
+                        {"role": "user", "content": "What does os.path.join do?"}]
+    second = tokenizer.encode_chat(turns)
+    cache, start = mlx_zoo.reuse_prompt_cache(model, cache, cached, second)
+    assert start > len(first)  # the first turn was not processed again
+    reused = mlx_zoo.generate(model, tokenizer, second[start:], max_tokens=40, prompt_cache=cache)
+    fresh = mlx_zoo.generate(model, tokenizer, second, max_tokens=40)
+    assert reused.tokens == fresh.tokens
+
+
+def test_an_untrimmable_cache_is_replaced(demo):
+    model, tokenizer = demo
+    cache = mlx_zoo.make_prompt_cache(model)
+    tokens = tokenizer.encode(PLAIN)
+    list(mlx_zoo.generate_step(tokens, model, max_tokens=3, prompt_cache=cache))
+    held = (tokens + [0, 0])[:cache[0].offset]
+    same, start = mlx_zoo.reuse_prompt_cache(model, cache, held, tokens[:-1] + [5])
+    assert same is cache and start == len(tokens) - 1 and cache[0].offset == start
+    chunked = [mlx_zoo.ChunkedKVCache(4) for _ in cache]
+    for c in chunked:
+        c.offset = len(held)
+    fresh, start = mlx_zoo.reuse_prompt_cache(model, chunked, held, [1, 2])
+    assert start == 0 and all(c.offset == 0 for c in fresh)

@@ -18,7 +18,7 @@ from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZo
                      PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
                      SafetensorsError, TokenizerError, WeightMismatchError, WeightsError)
 from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
-                       stream_generate)
+                       reuse_prompt_cache, stream_generate)
 from .hookspecs import SPEC_VERSION, Architecture, Model, hookimpl
 from .layers import (CausalLM, SwiGLU, SwitchGLU, SwitchLinear, attention, mask_for,
                      merge_heads, split_heads)
@@ -42,5 +42,6 @@ __all__ = [
     "load_prompt_cache", "make_prompt_cache", "mask_for", "normalize_config", "quantize",
     "read_config", "register", "resolve_model_dir", "save", "save_prompt_cache", "unregister",
     "GenerationResponse", "GenerationResult", "Tokenizer", "generate", "generate_step",
-    "load_tokenizer", "make_logits_processors", "make_sampler", "stream_generate",
+    "load_tokenizer", "make_logits_processors", "make_sampler", "reuse_prompt_cache",
+    "stream_generate",
 ]

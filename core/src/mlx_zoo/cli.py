@@ -148,7 +148,8 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 def cmd_chat(args: argparse.Namespace) -> int:
     """An interactive conversation through the chat template; reads one message per line."""
-    from .generate import stream_generate
+    from .cache import make_prompt_cache
+    from .generate import reuse_prompt_cache, stream_generate
 
     model, tokenizer = _load_for_generation(args)
     if not tokenizer.has_chat_template:
@@ -156,9 +157,15 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
         raise TokenizerError(f"{args.model}: the tokenizer has no chat template; use "
                              "'mlx-zoo generate --no-chat-template' for plain text")
+    sampling = _sampling_kwargs(args)
+    if args.seed is not None:  # seeded once: the turns draw on from there
+        import mlx.core as mx
+
+        mx.random.seed(sampling.pop("seed"))
     interactive = sys.stdin.isatty()
     print(CHAT_HELP, flush=True)
     turns: list[dict[str, str]] = []
+    cache, cached_tokens = make_prompt_cache(model), []  # the conversation so far, kept
     while True:
         if interactive:
             print(">> ", end="", flush=True)
@@ -167,19 +174,23 @@ def cmd_chat(args: argparse.Namespace) -> int:
             return 0
         message = line.strip()
         if message == "r":
-            turns = []
+            turns, cache, cached_tokens = [], make_prompt_cache(model), []
             print("(conversation reset)", flush=True)
             continue
         if not message:
             continue
         turns.append({"role": "user", "content": message})
         tokens = tokenizer.encode_chat(_messages(args.system, turns))
-        reply = []
-        for response in stream_generate(model, tokenizer, tokens, **_sampling_kwargs(args)):
+        cache, start = reuse_prompt_cache(model, cache, cached_tokens, tokens)
+        reply, generated = [], []
+        for response in stream_generate(model, tokenizer, tokens[start:], prompt_cache=cache,
+                                        **sampling):
             print(response.text, end="", flush=True)
             reply.append(response.text)
+            generated.append(response.token)
         print(flush=True)
         turns.append({"role": "assistant", "content": "".join(reply)})
+        cached_tokens = (tokens + generated)[:cache[0].offset]
 
 
 COMMANDS["generate"] = ("generate text from a prompt", _add_generate, cmd_generate)

@@ -100,6 +100,28 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
             y, logprobs = next_y, next_logprobs
 
 
+def reuse_prompt_cache(model: nn.Module, cache: list, cached_tokens: Sequence[int],
+                       tokens: Sequence[int]) -> tuple[list, int]:
+    """Prepare ``cache`` (holding ``cached_tokens``) for a prompt ``tokens`` that may share a
+    prefix with them, e.g. the next turn of a chat. Returns the cache to use and how many leading
+    tokens of ``tokens`` it already holds; feed only ``tokens[start:]``. What follows the common
+    prefix is trimmed off; caches that cannot be trimmed (sliding-window, chunked) are replaced by
+    fresh ones (start 0). At least one token is always left to feed."""
+    common = 0
+    for cached, new in zip(cached_tokens, tokens):
+        if cached != new:
+            break
+        common += 1
+    common = min(common, len(tokens) - 1)
+    excess = len(cached_tokens) - common
+    if excess > 0:
+        if not all(c.is_trimmable() for c in cache):
+            return make_prompt_cache(model), 0
+        for c in cache:
+            c.trim(excess)
+    return cache, common
+
+
 # -- text in, text out -----------------------------------------------------------------------------
 
 

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import codecs
 import json
+import os
 from pathlib import Path
 from typing import Any, Iterable
 
@@ -187,8 +188,12 @@ class Tokenizer:
             raise TokenizerError("this tokenizer has no chat template (no 'chat_template' in "
                                  "tokenizer_config.json or chat_template.jinja): pass the prompt "
                                  "as plain text (--no-chat-template)")
-        return self.hf.apply_chat_template(messages, tokenize=False,
-                                           add_generation_prompt=add_generation_prompt)
+        try:
+            return self.hf.apply_chat_template(messages, tokenize=False,
+                                               add_generation_prompt=add_generation_prompt)
+        except ImportError as e:  # transformers renders templates with jinja2, an optional dep
+            raise TokenizerError(f"rendering the chat template needs jinja2 ({e}): pip install "
+                                 "'mlx-zoo[generate]'") from e
 
     def encode_chat(self, messages: list[dict[str, str]],
                     add_generation_prompt: bool = True) -> list[int]:
@@ -233,6 +238,32 @@ def _check_no_custom_code(model_dir: Path, tokenizer_config: dict[str, Any]) -> 
             "plain tokenizer.json.")
 
 
+ADVISORY_WARNINGS_ENV = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
+"""Set (unless the user set it) before transformers is imported: its import-time advice ("PyTorch
+was not found ...") is noise here, where only the tokenizer is used."""
+
+
+def _auto_tokenizer(model_dir: Path) -> Any:
+    """transformers' AutoTokenizer on ``model_dir``, its warnings about the *model* config
+    (which it reads to pick a tokenizer class) silenced."""
+    os.environ.setdefault(ADVISORY_WARNINGS_ENV, "1")
+    try:
+        from transformers import AutoTokenizer
+        from transformers.utils import logging as hf_logging
+    except ImportError as e:
+        raise TokenizerError("loading a tokenizer needs transformers: pip install "
+                             "'mlx-zoo[generate]'") from e
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+    except Exception as e:  # transformers raises ValueError/OSError/... on unusable files
+        raise TokenizerError(f"{model_dir}: transformers' AutoTokenizer could not load the "
+                             f"tokenizer ({type(e).__name__}: {e})") from e
+    finally:
+        hf_logging.set_verbosity(verbosity)
+
+
 def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
                    eos_token_ids: Iterable[int] | None = None) -> Tokenizer:
     """Load the tokenizer of a model directory, Hub repo id or ``demo:NAME``.
@@ -251,15 +282,6 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
     if not has_files:
         raise TokenizerError(f"{model_dir}: no tokenizer files (expected {TOKENIZER_FILE} and "
                              f"{TOKENIZER_CONFIG_FILE})")
-    try:
-        from transformers import AutoTokenizer
-    except ImportError as e:
-        raise TokenizerError("loading a tokenizer needs transformers: pip install "
-                             "'mlx-zoo[generate]'") from e
-    try:
-        hf = AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    except Exception as e:  # transformers raises ValueError/OSError/... on unusable files
-        raise TokenizerError(f"{model_dir}: transformers' AutoTokenizer could not load the "
-                             f"tokenizer ({type(e).__name__}: {e})") from e
+    hf = _auto_tokenizer(model_dir)
     ids = read_eos_token_ids(model_dir) | set(eos_token_ids or ())
     return Tokenizer(hf, ids, tokenizer_json)
