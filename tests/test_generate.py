@@ -5,6 +5,7 @@ import json
 import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 import mlx.core as mx
 import numpy as np
@@ -314,3 +315,38 @@ def test_an_untrimmable_cache_is_replaced(demo):
         c.offset = len(held)
     fresh, start = mlx_zoo.reuse_prompt_cache(model, chunked, held, [1, 2])
     assert start == 0 and all(c.offset == 0 for c in fresh)
+
+
+@pytest.fixture(scope="module")
+def sentencepiece_style(tmp_path_factory):
+    """A tokenizer in the SentencePiece style (Metaspace '▁' words, byte fallback tokens
+    <0xNN> for characters outside the vocabulary), trained on part of the demo corpus."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    path = tmp_path_factory.mktemp("spm")
+    corpus = Path(__file__).resolve().parent.parent / "scripts" / "demo_corpus.txt"
+    lines = [line.split("\t", 1)[1] for line in corpus.read_text().splitlines()[:300]]
+    tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace()
+    tok.decoder = decoders.Sequence([decoders.Replace("▁", " "), decoders.ByteFallback(),
+                                     decoders.Fuse(), decoders.Strip(" ", 1, 0)])
+    specials = ["<unk>", "</s>"] + [f"<0x{i:02X}>" for i in range(256)]
+    tok.train_from_iterator(lines, trainers.BpeTrainer(vocab_size=600, special_tokens=specials))
+    tok.save(str(path / "tokenizer.json"))
+    (path / "tokenizer_config.json").write_text(json.dumps(
+        {"tokenizer_class": "PreTrainedTokenizerFast", "eos_token": "</s>", "unk_token": "<unk>"}))
+    return mlx_zoo.load_tokenizer(path)
+
+
+def test_generic_detokenizer_on_a_sentencepiece_style_tokenizer(sentencepiece_style):
+    """Leading spaces (the '▁' of each word) and byte-fallback characters come out right, also
+    after the detokenizer's window has moved on several times."""
+    tokenizer = sentencepiece_style
+    text = ("Return the value of x. " + UNICODE_TEXT + " ") * 5
+    ids = tokenizer.encode(text, add_special_tokens=False)
+    detok = tokenizer.detokenizer()
+    assert isinstance(detok, GenericDetokenizer)
+    pieces = [detok.add_token(i) for i in ids] + [detok.finalize()]
+    assert "".join(pieces) == tokenizer.decode(ids)
+    assert not any("\ufffd" in p for p in pieces)
+    assert "".join(pieces).startswith("Return the value of x. Grüße, 世界!")
