@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -51,7 +52,39 @@ needs_openblas = pytest.mark.skipif(not (LINUX and backend.find_fast_blas()),
 
 @needs_openblas
 def test_importing_mlx_zoo_first_binds_mlx_to_openblas():
-    assert "openblas" in sgemm_binding("import mlx_zoo; " + MATMUL)
+    code = "import mlx_zoo; " + MATMUL
+    assert "openblas" in sgemm_binding(code, **{backend.SHIM_ENV: "0"})
+    # With a C compiler, the gemv shim stands in front of OpenBLAS's cblas_sgemm.
+    bound = sgemm_binding(code)
+    assert "gemv_shim" in bound or ("openblas" in bound and not shutil.which("cc"))
+
+
+SHIM_CASES = """
+import numpy as np, mlx_zoo, mlx.core as mx
+assert mlx_zoo.backend.blas_status().shim, mlx_zoo.backend.blas_status()
+rng = np.random.default_rng(0)
+W = mx.array(rng.standard_normal((300, 200)).astype(np.float32))
+x = mx.array(rng.standard_normal((1, 200)).astype(np.float32))
+bias = mx.array(rng.standard_normal(300).astype(np.float32))
+Wn, xn, bn = (np.array(a, np.float64) for a in (W, x, bias))
+cases = [  # every operand layout of a matrix-vector product (M == 1 or N == 1), and a real gemm
+    (x @ W.T, xn @ Wn.T), (x @ mx.contiguous(W.T), xn @ Wn.T), (W @ x.T, Wn @ xn.T),
+    (mx.contiguous(W.T).T @ x.T, Wn @ xn.T), (mx.addmm(bias, x, W.T), bn + xn @ Wn.T),
+    (mx.contiguous(x.T).T @ W.T, xn @ Wn.T),
+    (W @ mx.contiguous(mx.concatenate([x, 2 * x]).T)[:, :1], Wn @ xn.T),
+    (mx.contiguous(mx.concatenate([x, 2 * x]).T).T[:1] @ W.T, xn @ Wn.T),
+    (mx.concatenate([x] * 5) @ W.T, np.concatenate([xn] * 5) @ Wn.T),
+]
+for i, (ours, ref) in enumerate(cases):
+    err = np.abs(np.array(ours, np.float64) - ref).max() / np.abs(ref).max()
+    assert ours.shape == ref.shape and err < 1e-6, (i, err)
+"""
+
+
+@needs_openblas
+@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler for the gemv shim")
+def test_gemv_shim_computes_every_layout():
+    subprocess.run([sys.executable, "-c", SHIM_CASES], check=True, timeout=60)
 
 
 @needs_openblas

@@ -18,6 +18,12 @@ they cannot stand in; a system OpenBLAS (Debian/Ubuntu ``libopenblas0-pthread``,
 ``openblas``) or the ``cmeel-openblas`` wheel can. Searched in :func:`find_fast_blas`'s order;
 ``MLX_ZOO_BLAS`` names a library file explicitly, or ``reference`` to keep MLX's own.
 
+MLX multiplies a single row (decoding one token) with ``cblas_sgemm`` too, and OpenBLAS's sgemm
+packs the whole matrix even then: 2.5x slower than its ``cblas_sgemv``. Where a C compiler exists,
+a 40-line shim (:data:`GEMV_SHIM_SOURCE`, compiled once into ``~/.cache/mlx_zoo``) is put in
+front: its ``cblas_sgemm`` sends matrix-vector products to ``cblas_sgemv`` and all else to
+OpenBLAS (``MLX_ZOO_BLAS_SHIM=0`` turns it off).
+
 Even with OpenBLAS, MLX's CPU kernels for 4-bit quantized matmuls and for bfloat16/float16
 matmuls are slow paths (a Qwen2-0.5B shape decodes ~4x slower in bf16 than in float32, and
 ~6x slower in 4-bit), so on this backend :func:`prefers_dense_float32` is true and
@@ -66,6 +72,7 @@ class BlasStatus:
 
     library: str | None
     reason: str
+    shim: str | None = None  # the gemv shim in front of the library's cblas_sgemm, if built
 
     @property
     def fast(self) -> bool:
@@ -145,15 +152,121 @@ def _preload() -> BlasStatus:
     failures = []
     for path in candidates:
         try:
-            lib = ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)
+            lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
         except OSError as e:
             failures.append(f"{path}: {e}")
             continue
         if not hasattr(lib, SYMBOL):
             failures.append(f"{path}: no {SYMBOL} symbol")
             continue
-        return BlasStatus(path, "preloaded before mlx.core")
+        shim = _load_gemv_shim(path)  # first in the global scope: its cblas_sgemm wins
+        ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # every other BLAS/LAPACK symbol
+        return BlasStatus(path, "preloaded before mlx.core", shim)
     return BlasStatus(None, "; ".join(failures))
+
+
+# -- matrix-vector products ---------------------------------------------------------------------
+
+SHIM_ENV = "MLX_ZOO_BLAS_SHIM"
+"""Environment variable: ``0`` skips the gemv shim (plain OpenBLAS ``cblas_sgemm`` for all)."""
+
+GEMV_SHIM_SOURCE = r"""
+/* mlx-zoo: cblas_sgemm in front of OpenBLAS that sends matrix-vector products (M == 1 or
+   N == 1, row-major, as MLX issues them when decoding one token) to cblas_sgemv. OpenBLAS's
+   sgemm packs the whole matrix even for one row: 2.5x slower than its sgemv, which streams the
+   matrix once. Everything else goes to OpenBLAS's own cblas_sgemm. */
+#include <dlfcn.h>
+enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
+                         int, float, float *, int);
+typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int,
+                         float, float *, int);
+static sgemm_fn real_sgemm;
+static sgemv_fn real_sgemv;
+
+int mlx_zoo_gemv_shim_init(const char *path) {
+  void *blas = dlopen(path, RTLD_NOW | RTLD_LOCAL);
+  if (!blas) return 0;
+  real_sgemm = (sgemm_fn)dlsym(blas, "cblas_sgemm");
+  real_sgemv = (sgemv_fn)dlsym(blas, "cblas_sgemv");
+  return real_sgemm && real_sgemv;
+}
+
+void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                 int ldc) {
+  int ta = trans_a != NO_TRANS, tb = trans_b != NO_TRANS;
+  if (order == ROW_MAJOR && m == 1 && n > 1) {
+    /* c[0, :] = alpha * x op(B) + beta c; x = op(A)[0, :] has stride lda when A is transposed */
+    if (tb)   /* B stored n x k: c = B x */
+      real_sgemv(ROW_MAJOR, NO_TRANS, n, k, alpha, b, ldb, a, ta ? lda : 1, beta, c, 1);
+    else      /* B stored k x n: c = B^T x */
+      real_sgemv(ROW_MAJOR, TRANS, k, n, alpha, b, ldb, a, ta ? lda : 1, beta, c, 1);
+    return;
+  }
+  if (order == ROW_MAJOR && n == 1 && m > 1) {
+    /* c[:, 0] (stride ldc) = alpha * op(A) y + beta c; y = op(B)[:, 0] */
+    if (ta)   /* A stored k x m: c = A^T y */
+      real_sgemv(ROW_MAJOR, TRANS, k, m, alpha, a, lda, b, tb ? 1 : ldb, beta, c, ldc);
+    else      /* A stored m x k: c = A y */
+      real_sgemv(ROW_MAJOR, NO_TRANS, m, k, alpha, a, lda, b, tb ? 1 : ldb, beta, c, ldc);
+    return;
+  }
+  real_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+"""
+
+
+def _shim_cache_dir() -> Path:
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "mlx_zoo"
+
+
+def _build_gemv_shim() -> Path | None:
+    """Compile :data:`GEMV_SHIM_SOURCE` once (C compiler ``$CC`` or ``cc``), cached by the hash
+    of its source; None where no compiler works."""
+    import hashlib
+    import shutil
+    import subprocess
+    import tempfile
+
+    digest = hashlib.sha256(GEMV_SHIM_SOURCE.encode()).hexdigest()[:16]
+    target = _shim_cache_dir() / f"gemv_shim-{digest}.so"
+    if target.exists():
+        return target
+    compiler = shutil.which(os.environ.get("CC", "cc"))
+    if compiler is None:
+        return None
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryDirectory() as tmp:
+            source = Path(tmp) / "gemv_shim.c"
+            source.write_text(GEMV_SHIM_SOURCE)
+            built = Path(tmp) / target.name
+            subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(built), str(source),
+                            "-ldl"], check=True, capture_output=True, timeout=60)
+            os.replace(built, target)  # atomic: concurrent builders agree
+    except (OSError, subprocess.SubprocessError) as e:
+        log.debug("gemv shim not built: %s", e)
+        return None
+    return target
+
+
+def _load_gemv_shim(blas_path: str) -> str | None:
+    if os.environ.get(SHIM_ENV, "").strip() == "0":
+        return None
+    shim = _build_gemv_shim()
+    if shim is None:
+        return None
+    try:
+        lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_LOCAL)
+        lib.mlx_zoo_gemv_shim_init.argtypes = [ctypes.c_char_p]
+        if lib.mlx_zoo_gemv_shim_init(blas_path.encode()):  # only then may MLX bind to it
+            ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
+            return str(shim)
+    except OSError as e:
+        log.debug("gemv shim not loaded: %s", e)
+    return None
 
 
 def blas_status() -> BlasStatus:

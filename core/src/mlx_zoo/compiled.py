@@ -24,6 +24,7 @@ NTK RoPE, position-dependent Python branches) raises while being traced, and
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -32,6 +33,9 @@ import mlx.core as mx
 from .cache import KVCache
 
 log = logging.getLogger(__name__)
+
+COMPILE_ENV = "MLX_ZOO_COMPILE"
+"""Environment variable: ``1`` / ``0`` turns compiled decoding on / off whatever the device."""
 
 CAPACITY_STEP = 256
 """Positions are preallocated in multiples of this, as :attr:`KVCache.STEP`."""
@@ -84,6 +88,16 @@ class StaticKVCache:
         cache.keys = self.arrays["keys"]
         cache.values = self.arrays["values"]
         cache.offset = length
+
+
+def enabled_by_default() -> bool:
+    """On a GPU, where host work per kernel bounds decoding; not on the CPU, where a step's
+    matmuls dwarf it and ``mx.compile`` would need a C++ compiler at run time. ``$MLX_ZOO_COMPILE``
+    overrides."""
+    choice = os.environ.get(COMPILE_ENV, "").strip()
+    if choice in ("0", "1"):
+        return choice == "1"
+    return mx.default_device() == mx.gpu
 
 
 def eligible(caches: list) -> bool:
