@@ -81,11 +81,14 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
         return sampler(logprobs).astype(mx.uint32), logprobs.squeeze(0)
 
-    # Prefill: all but the last chunk, evaluating the caches after each to bound memory.
-    while tokens.size > prefill_step_size:
-        model(tokens[None, :prefill_step_size], cache=cache)
+    # Prefill: every prompt token but the last, in chunks, evaluating only the caches after each
+    # (bounds memory). No logits are computed for the prompt: the output head over a vocabulary
+    # of 150k would dominate a CPU prefill. The last token goes through ``step``.
+    while tokens.size > 1:
+        chunk = min(prefill_step_size, tokens.size - 1)
+        model(tokens[None, :chunk], cache=cache)
         mx.eval([c.state for c in cache])
-        tokens = tokens[prefill_step_size:]
+        tokens = tokens[chunk:]
 
     y, logprobs = step(tokens)
     mx.async_eval(y, logprobs)
