@@ -57,11 +57,20 @@ def test_generate_chat_prompt_answers_with_the_learned_docstring():
 
 
 def test_generate_plain_prompt_from_stdin_with_sampling_flags():
-    proc = mlx_zoo_cli("generate", "--no-chat-template", "--prompt", "-", "--temp", "0.7",
-                       "--top-p", "0.9", "--top-k", "50", "--min-p", "0.02", "--seed", "1",
-                       "--max-tokens", "16", stdin="Return the")
-    assert proc.returncode == 0, proc.stderr
-    assert "Generation: 16 tokens" in proc.stdout or "Generation: " in proc.stdout
+    """``--prompt -`` reads standard input (the prompt's token count proves it), plain text
+    without the chat template; the same seed gives the same text."""
+    import mlx_zoo
+
+    prompt = "<|endoftext|>Return the"
+    expected_tokens = len(mlx_zoo.load_tokenizer("demo:qwen2").encode(prompt))
+    args = ("generate", "--no-chat-template", "--prompt", "-", "--temp", "0.7", "--top-p", "0.9",
+            "--top-k", "50", "--min-p", "0.02", "--seed", "1", "--max-tokens", "16")
+    runs = [mlx_zoo_cli(*args, stdin=prompt) for _ in range(2)]
+    for proc in runs:
+        assert proc.returncode == 0, proc.stderr
+        assert f"Prompt: {expected_tokens} tokens" in proc.stdout
+    texts = [proc.stdout.partition("==========")[0] for proc in runs]
+    assert texts[0] == texts[1] and texts[0].strip()
 
 
 @pytest.mark.parametrize("args, message", [

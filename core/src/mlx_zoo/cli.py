@@ -108,7 +108,15 @@ def _add_chat(p: argparse.ArgumentParser) -> None:
 
 
 def _load_for_generation(args: argparse.Namespace):
+    """Model and tokenizer, once the sampling arguments are known to be valid (a bad argument is
+    reported before anything is loaded)."""
     import mlx_zoo
+
+    from .generate import check_generation_args
+
+    check_generation_args(args.max_tokens, getattr(args, "prefill_step_size", 1))
+    mlx_zoo.make_sampler(args.temp, args.top_p, args.top_k, args.min_p)
+    mlx_zoo.make_logits_processors(args.repetition_penalty, args.repetition_context_size)
 
     model, _ = mlx_zoo.load(args.model, plugin=args.plugin)
     return model, mlx_zoo.load_tokenizer(args.model)

@@ -24,6 +24,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import make_prompt_cache
+from .compiled import compiled_decoder, enabled_by_default
 from .errors import GenerationArgumentError
 from .sample import (DEFAULT_REPETITION_CONTEXT, LogitsProcessor, Sampler, greedy,
                      make_logits_processors, make_sampler)
@@ -38,7 +39,8 @@ BYTES_PER_GB = 1e9
 # -- tokens in, tokens out -----------------------------------------------------------------------
 
 
-def _check_generation_args(max_tokens: int, prefill_step_size: int) -> None:
+def check_generation_args(max_tokens: int, prefill_step_size: int) -> None:
+    """Raise :class:`GenerationArgumentError` unless both are integers >= 1."""
     if isinstance(max_tokens, bool) or not isinstance(max_tokens, int) or max_tokens < 1:
         raise GenerationArgumentError(f"max_tokens must be an integer >= 1, got {max_tokens!r}")
     if (isinstance(prefill_step_size, bool) or not isinstance(prefill_step_size, int)
@@ -60,22 +62,32 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
                   logits_processors: Sequence[LogitsProcessor] | None = None,
                   prompt_cache: list | None = None,
                   prefill_step_size: int = DEFAULT_PREFILL_STEP_SIZE,
+                  compile_step: bool | None = None,
                   ) -> Iterator[tuple[int, mx.array]]:
     """Yield ``(token, logprobs)`` for up to ``max_tokens`` new tokens after ``prompt``.
 
     ``logprobs`` is the log-softmax of the (processed) logits the token was drawn from, shape
     ``(vocab,)``. ``prompt_cache`` (from :func:`mlx_zoo.make_prompt_cache`) is extended in place,
     so a caller can keep it for the next turn; by default a fresh one is made.
+
+    ``compile_step`` runs the single-token steps through :mod:`mlx_zoo.compiled` (the model step
+    compiled once, on a fixed-shape copy of the caches written back at the end); default
+    (None): on a GPU, for the models it serves (:func:`mlx_zoo.compiled.enabled_by_default`).
     """
-    _check_generation_args(max_tokens, prefill_step_size)
+    check_generation_args(max_tokens, prefill_step_size)
     tokens = _as_prompt_array(prompt)
     cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
     sampler = sampler or greedy
     processors = list(logits_processors or ())
     history = tokens  # the prompt and the tokens generated so far: read by logits processors
 
+    decoder = None  # a CompiledDecoder once the prompt is in the caches, where one is used
+
     def step(inputs: mx.array) -> tuple[mx.array, mx.array]:
-        logits = model(inputs[None], cache=cache)[:, -1, :]
+        if decoder is not None:
+            logits = decoder.step(inputs)
+        else:
+            logits = model(inputs[None], cache=cache)[:, -1, :]
         for process in processors:
             logits = process(history, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
@@ -92,15 +104,21 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
 
     y, logprobs = step(tokens)
     mx.async_eval(y, logprobs)
-    for n in range(max_tokens):
-        if n + 1 < max_tokens:  # queue token n + 1 before handing out token n
-            if processors:
-                history = mx.concatenate([history, y])
-            next_y, next_logprobs = step(y)
-            mx.async_eval(next_y, next_logprobs)
-        yield y.item(), logprobs
-        if n + 1 < max_tokens:
-            y, logprobs = next_y, next_logprobs
+    if max_tokens > 1 and (enabled_by_default() if compile_step is None else compile_step):
+        decoder = compiled_decoder(model, cache, max_tokens)
+    try:
+        for n in range(max_tokens):
+            if n + 1 < max_tokens:  # queue token n + 1 before handing out token n
+                if processors:
+                    history = mx.concatenate([history, y])
+                next_y, next_logprobs = step(y)
+                mx.async_eval(next_y, next_logprobs)
+            yield y.item(), logprobs
+            if n + 1 < max_tokens:
+                y, logprobs = next_y, next_logprobs
+    finally:
+        if decoder is not None:  # the caller's caches hold every decoded position
+            decoder.finish()
 
 
 def reuse_prompt_cache(model: nn.Module, cache: list, cached_tokens: Sequence[int],
