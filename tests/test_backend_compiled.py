@@ -4,6 +4,7 @@ models it cannot serve (chunked caches, length-dependent RoPE)."""
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 
 import mlx.core as mx
@@ -132,3 +133,42 @@ def test_steps_aside_for_other_caches():
     rotating.update_and_fetch(keys, keys)
     assert compiled_decoder(object(), [rotating], 4) is None
     assert compiled_decoder(object(), [mlx_zoo.KVCache()], 4) is None  # empty: nothing to copy
+
+
+def generated(model, compile_step: bool, **kwargs):
+    steps = mlx_zoo.generate_step(mx.array(PROMPT, dtype=mx.uint32), model, max_tokens=STEPS,
+                                  compile_step=compile_step, **kwargs)
+    tokens, logprobs = zip(*steps, strict=True)
+    return list(tokens), logprobs
+
+
+def test_generate_step_compiled_equals_plain(tiny_model, monkeypatch):
+    generate_module = importlib.import_module("mlx_zoo.generate")  # the name is also a function
+    made = []
+
+    def spy(*args):
+        made.append(compiled_decoder(*args))
+        return made[-1]
+
+    monkeypatch.setattr(generate_module, "compiled_decoder", spy)
+    plain_tokens, plain_logprobs = generated(tiny_model, False)
+    assert made == []
+    tokens, logprobs = generated(tiny_model, True)
+    assert len(made) == 1 and made[0] is not None  # the compiled path did run
+    assert tokens == plain_tokens
+    for a, b in zip(logprobs, plain_logprobs, strict=True):
+        assert rel_err(a, b) < TOL
+
+
+def test_generate_step_compiled_with_processors_and_kept_cache(tiny_model):
+    """Logits processors see the same history; a kept prompt cache continues correctly."""
+    processors = mlx_zoo.make_logits_processors(repetition_penalty=1.5)
+    results = []
+    for compile_step in (False, True):
+        cache = mlx_zoo.make_prompt_cache(tiny_model)
+        tokens, _ = generated(tiny_model, compile_step, logits_processors=processors,
+                              prompt_cache=cache)
+        more = list(mlx_zoo.generate_step(mx.array([tokens[-1]], dtype=mx.uint32), tiny_model,
+                                          max_tokens=4, prompt_cache=cache, compile_step=False))
+        results.append((tokens, [t for t, _ in more], cache[0].offset))
+    assert results[0] == results[1]
