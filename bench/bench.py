@@ -220,16 +220,23 @@ def run(args: argparse.Namespace) -> None:
             for lib in LIBS:
                 q = base / f"4bit-{lib}"
                 if not (q / "config.json").exists():
+                    t = time.perf_counter()
                     quantize_with(lib, bf16, q)
+                    print(f"# {LIB_NAMES[lib]} quantized {name} in {time.perf_counter() - t:.1f} s",
+                          file=sys.stderr)
                 paths["4bit"][lib] = q
         for fmt in formats:
             samples = {lib: [] for lib in LIBS}
-            for i in range(args.runs):
-                order = LIBS if i % 2 == 0 else LIBS[::-1]
-                for lib in order:
-                    samples[lib].append(measure(lib, paths[fmt][lib], args))
-                    print(f"# {name} {fmt} {LIB_NAMES[lib]} run {i + 1}: {samples[lib][-1]}",
-                          file=sys.stderr, flush=True)
+            try:
+                for i in range(args.runs):
+                    order = LIBS if i % 2 == 0 else LIBS[::-1]
+                    for lib in order:
+                        samples[lib].append(measure(lib, paths[fmt][lib], args))
+                        print(f"# {name} {fmt} {LIB_NAMES[lib]} run {i + 1}: "
+                              f"{samples[lib][-1]}", file=sys.stderr, flush=True)
+            except RuntimeError as e:  # report and go on with the next row
+                print(f"# {name} {fmt} FAILED: {e}", file=sys.stderr, flush=True)
+                continue
             row = {"shape": name, "layers": layers, "params": shapes.parameter_count(config),
                    "format": fmt, **{lib: median_figures(samples[lib]) for lib in LIBS}}
             rows.append(row)

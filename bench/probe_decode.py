@@ -5,8 +5,8 @@ In one process, with random in-memory weights (no checkpoint files) of a Qwen2 s
 * matvec bandwidth: ``x @ W.T`` for each projection shape (bf16, and 4-bit quantized_matmul),
   the bound a decode step cannot beat;
 * one decode step split into graph construction (Python) and evaluation (device + encoding);
-* decode tokens/s through mlx-zoo's and mlx-lm's ``generate_step`` on the same weights, and with
-  the variants named in ``--variants`` (see :data:`VARIANTS`).
+* decode tokens/s through mlx-lm's ``generate_step`` and mlx-zoo's, plain and with the compiled
+  decode step (``compile_step``), on the same weights.
 
     python bench/probe_decode.py --shape qwen2-7b --formats bf16,4bit
 """
@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -118,24 +119,6 @@ def report(name: str, prefill: float, decode: float, nbytes: int) -> None:
           f"({nbytes / 1e9 * decode:.0f} GB/s of weights)", flush=True)
 
 
-class _Compiled:
-    """A module's ``__call__`` under ``mx.compile`` (weights captured as constants)."""
-
-    def __init__(self, module):
-        self.fn = mx.compile(module.__call__)
-
-    def __call__(self, *args):
-        return self.fn(*args)
-
-
-def compile_mlps(model) -> None:
-    """Fuse each block's MLP elementwise work (silu, multiply) with ``mx.compile``."""
-    for layer in model.layers:
-        object.__setattr__(layer, "_compiled_mlp", _Compiled(layer.mlp))
-        layer.__dict__["mlp"] = layer._compiled_mlp
-        del layer["mlp"]
-
-
 def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="qwen2-7b")
@@ -161,14 +144,13 @@ def main() -> None:
         prompt = mx.random.randint(0, config["vocab_size"], (args.prompt_tokens,)).astype(mx.uint32)
         step_split(model, prompt)
         lm_model = mlx_lm_twin(config, model, fmt)
-        for name, fn, m in (("mlx-zoo", mlx_zoo.generate_step, model),
-                            ("mlx-lm", lm_generate_step, lm_model),
-                            ("mlx-zoo", mlx_zoo.generate_step, model)):
-            report(name, *decode_tps(fn, m, prompt, args.gen_tokens), nbytes)
-        compile_mlps(model)
-        report("zoo+compiled-mlp", *decode_tps(mlx_zoo.generate_step, model, prompt,
-                                                args.gen_tokens), nbytes)
-        step_split(model, prompt)
+        plain = partial(mlx_zoo.generate_step, compile_step=False)
+        compiled = partial(mlx_zoo.generate_step, compile_step=True)
+        for _ in range(2):  # alternated, twice
+            for name, fn, m in (("mlx-zoo plain", plain, model),
+                                ("mlx-zoo compiled", compiled, model),
+                                ("mlx-lm", lm_generate_step, lm_model)):
+                report(name, *decode_tps(fn, m, prompt, args.gen_tokens), nbytes)
         del model, lm_model
         mx.clear_cache()
 
