@@ -217,13 +217,14 @@ CONFIGS: dict[str, dict] = {
 
 
 def build_model(config: dict):
-    """The model of ``config``, built through the plugin registry like ``mlx_zoo.load`` does."""
+    """The model of ``config`` and its config dataclass, built through the plugin registry like
+    ``mlx_zoo.load`` does (the dataclass's ``to_dict`` is what ``mlx_zoo.save`` writes)."""
     from mlx_zoo import normalize_config, registry
 
     raw = normalize_config(config)
     arch = registry.resolve(raw["model_type"])
     args = arch.config_class.from_dict(raw)
-    return arch.model_class(args), raw
+    return arch.model_class(args), args
 
 
 # -- 4. training -------------------------------------------------------------------------------
@@ -306,7 +307,7 @@ def train(model, stream: list[int], steps: int, rng: random.Random, log_every: i
 # -- 5. saving and checking --------------------------------------------------------------------
 
 
-def save_demo(name: str, model, config: dict, tokenizer, out: Path) -> None:
+def save_demo(name: str, model, config, tokenizer, out: Path) -> None:
     import mlx_zoo
 
     out.mkdir(parents=True, exist_ok=True)
