@@ -350,3 +350,15 @@ def test_generic_detokenizer_on_a_sentencepiece_style_tokenizer(sentencepiece_st
     assert "".join(pieces) == tokenizer.decode(ids)
     assert not any("\ufffd" in p for p in pieces)
     assert "".join(pieces).startswith("Return the value of x. Grüße, 世界!")
+
+
+def test_a_model_config_transformers_rejects_does_not_block_the_tokenizer(demo_copy):
+    """AutoTokenizer parses config.json only to pick a tokenizer class; transformers' strict
+    Llama4TextConfig rejects a float floor_scale (as mlx-zoo saves it), so the tokenizer is then
+    loaded from tokenizer_config.json alone -- with the same encoding."""
+    reference = mlx_zoo.load_tokenizer(demo_copy)
+    (demo_copy / "config.json").write_text(json.dumps(
+        {"model_type": "llama4_text", "floor_scale": 8192.0, "hidden_size": 128}))
+    tokenizer = mlx_zoo.load_tokenizer(demo_copy)
+    assert tokenizer.encode(UNICODE_TEXT) == reference.encode(UNICODE_TEXT)
+    assert tokenizer.eos_token_ids == reference.eos_token_ids

@@ -248,7 +248,7 @@ def _auto_tokenizer(model_dir: Path) -> Any:
     (which it reads to pick a tokenizer class) silenced."""
     os.environ.setdefault(ADVISORY_WARNINGS_ENV, "1")
     try:
-        from transformers import AutoTokenizer
+        from transformers import AutoTokenizer, PretrainedConfig
         from transformers.utils import logging as hf_logging
     except ImportError as e:
         raise TokenizerError("loading a tokenizer needs transformers: pip install "
@@ -256,10 +256,20 @@ def _auto_tokenizer(model_dir: Path) -> Any:
     verbosity = hf_logging.get_verbosity()
     hf_logging.set_verbosity_error()
     try:
-        return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
-    except Exception as e:  # transformers raises ValueError/OSError/... on unusable files
-        raise TokenizerError(f"{model_dir}: transformers' AutoTokenizer could not load the "
-                             f"tokenizer ({type(e).__name__}: {e})") from e
+        try:
+            return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+        except Exception as e:  # transformers raises ValueError/OSError/... on unusable files
+            error = e
+        # AutoTokenizer parses config.json with the model's transformers config class only to
+        # choose a tokenizer class; a config that class rejects (a stricter field type, an
+        # unknown model_type) must not make the tokenizer unusable: retry with
+        # tokenizer_config.json alone.
+        try:
+            return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False,
+                                                 config=PretrainedConfig())
+        except Exception:
+            raise TokenizerError(f"{model_dir}: transformers' AutoTokenizer could not load the "
+                                 f"tokenizer ({type(error).__name__}: {error})") from error
     finally:
         hf_logging.set_verbosity(verbosity)
 
