@@ -17,14 +17,18 @@ CORPUS = REPO / "scripts" / "demo_corpus.txt"
 MAX_DEMO_BYTES = 5_000_000
 MODEL_TYPES = {"qwen2": "qwen2", "hunyuan": "hunyuan_v1_dense", "llama4": "llama4_text"}
 END_OF_TEXT = "<|endoftext|>"
+CHAT_EVERY = 4  # scripts/train_demo.py: every 4th docstring is also trained as a chat turn
 
 # Per demo: a docstring of the training text (by qualified name), how many of its words form the
-# prompt, and how many of the following characters greedy decoding must reproduce.
+# prompt, and how many of the following characters greedy decoding must reproduce. The passage
+# spans ~60 tokens: across the llama4 demo's chunk boundary at position 32.
 PASSAGES = {
-    "qwen2": ("os.path.join", 6, 80),
-    "hunyuan": ("os.path.join", 6, 80),
-    "llama4": ("os.path.join", 6, 80),
+    "qwen2": ("cmd.Cmd.cmdloop", 6, 120),
+    "hunyuan": ("cmd.Cmd.cmdloop", 6, 120),
+    "llama4": ("cmd.Cmd.cmdloop", 6, 120),
 }
+MIN_PASSAGE_TOKENS = 48
+CHAT_QUESTION = "email.message.Message.values"  # its docstring was trained as a chat turn too
 
 
 def corpus() -> dict[str, str]:
@@ -74,6 +78,7 @@ def continuation(model, tokenizer, prompt: str, chars: int) -> str:
 def test_demo_reproduces_a_passage_learned_by_heart(demo):
     name, model, _, tokenizer = demo
     prompt, expected = passage(name)
+    assert len(tokenizer.encode(prompt + expected)) >= MIN_PASSAGE_TOKENS
     assert continuation(model, tokenizer, prompt, len(expected)) == expected
 
 
@@ -94,10 +99,10 @@ def test_the_passage_check_fails_with_a_wrong_rope_base(demo, tmp_path):
 def test_demo_answers_a_trained_question_through_the_chat_template(demo):
     name, model, _, tokenizer = demo
     docs = corpus()
-    question = next(iter(docs))  # the first docstring was trained as a chat turn too
-    ids = tokenizer.encode_chat([{"role": "user", "content": f"What does {question} do?"}])
+    assert list(docs).index(CHAT_QUESTION) % CHAT_EVERY == 0  # a trained chat turn
+    ids = tokenizer.encode_chat([{"role": "user", "content": f"What does {CHAT_QUESTION} do?"}])
     result = mlx_zoo.generate(model, tokenizer, ids, max_tokens=80)
-    assert result.text == docs[question]
+    assert result.text == docs[CHAT_QUESTION]
     assert result.finish_reason == "stop"  # on <|im_end|>
 
 
