@@ -18,7 +18,8 @@ from __future__ import annotations
 import sys
 import time
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -129,7 +130,7 @@ def reuse_prompt_cache(model: nn.Module, cache: list, cached_tokens: Sequence[in
     prefix is trimmed off; caches that cannot be trimmed (sliding-window, chunked) are replaced by
     fresh ones (start 0). At least one token is always left to feed."""
     common = 0
-    for cached, new in zip(cached_tokens, tokens):
+    for cached, new in zip(cached_tokens, tokens, strict=False):
         if cached != new:
             break
         common += 1

@@ -17,7 +17,7 @@ most likely token, so at least one token always survives. ``temp == 0`` is greed
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import mlx.core as mx
 

@@ -22,8 +22,9 @@ from __future__ import annotations
 import codecs
 import json
 import os
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 from .errors import TokenizerError
 
