@@ -19,7 +19,7 @@ case "$1" in
   tests)
     nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
     python3 -c "import mlx.core as mx, mlx_lm, mlx_zoo; print(mx.__version__, mx.default_device(), mlx_lm.__version__)" | tee -a "$OUT/env.txt"
-    timeout 300 python3 -m pytest tests -q -k "not install" -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/tests.log"
+    MLX_ENABLE_TF32=0 timeout 300 python3 -m pytest tests -q -k "not install" -p no:cacheprovider -rf --tb=line 2>&1 | tail -60 | tee "$OUT/tests.log"
     timeout 150 python3 bench/probe_decode.py --shape qwen2-0.5b --formats bf16 2>&1 | tee "$OUT/probe05.log"
     timeout 150 python3 bench/probe_decode.py --shape qwen2-7b 2>&1 | tee "$OUT/probe7b.log"
     ;;
