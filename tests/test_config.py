@@ -106,6 +106,18 @@ def test_generic_field_types_checked():
                                                  "rope_scaling": "yarn"}))
 
 
+def test_to_dict_keeps_integers_of_float_fields():
+    """from_dict reads an integer rope_theta as a float; to_dict writes the integer back, so a
+    reader that type-checks (transformers' Llama4 config rejects a float floor_scale) still
+    accepts what mlx_zoo.save writes."""
+    args = Args.from_dict({"model_type": "x", "hidden_size": 8, "rope_theta": 500000})
+    assert args.rope_theta == 500000.0 and isinstance(args.rope_theta, float)
+    written = args.to_dict()["rope_theta"]
+    assert written == 500000 and type(written) is int
+    args.rope_theta = 1000.5  # a changed value is written as it now is
+    assert args.to_dict()["rope_theta"] == 1000.5
+
+
 def test_to_dict_keeps_unknown_keys():
     args = Args.from_dict({"model_type": "x", "hidden_size": 8, "architectures": ["X"]})
     assert args.to_dict()["architectures"] == ["X"]

@@ -218,8 +218,12 @@ def test_save_and_reload(loaded, tmp_path):
     """A checkpoint saved by mlx_zoo.save (experts already split) loads again: sanitize is
     idempotent."""
     model, config, ours = loaded
-    again, _ = mlx_zoo.load(mlx_zoo.save(model, config, tmp_path / "saved"))
+    saved = mlx_zoo.save(model, config, tmp_path / "saved")
+    again, _ = mlx_zoo.load(saved)
     assert rel_err(mlx_logits(again, prompt()), ours) < 1e-6
+    # transformers reads the written config back (it type-checks floor_scale as an integer)
+    written = transformers.AutoConfig.from_pretrained(saved)
+    assert written.floor_scale == 4 and type(written.floor_scale) is int
 
 
 def test_per_expert_tensors_load(checkpoint, loaded, tmp_path):

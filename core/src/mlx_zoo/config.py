@@ -149,8 +149,16 @@ class BaseModelArgs:
             value = getattr(self, field.name)
             if dataclasses.is_dataclass(value):
                 value = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
+            if _same_number(source.get(field.name), value):
+                continue  # keep 10000 as 10000, not 10000.0: some readers type-check integers
             source[field.name] = value
         return source
+
+
+def _same_number(original: Any, value: Any) -> bool:
+    """True when ``value`` is the float that ``from_dict`` made of the integer ``original``."""
+    return (isinstance(original, int) and not isinstance(original, bool)
+            and isinstance(value, float) and value == original)
 
 
 def _type_name(tp: Any) -> str:

@@ -104,7 +104,9 @@ class ModelArgs(BaseModelArgs):
     # Temperature tuning on the NoPE layers (attention_temperature): on when true or non-zero
     # (transformers writes a bool; Meta's original configs and mlx-lm use an int, 4).
     attn_temperature_tuning: bool | int = True
-    floor_scale: float = 8192.0  # positions per step of the temperature (its floor's divisor)
+    # Positions per step of the temperature (its floor's divisor). An integer in every published
+    # config, and transformers' Llama4TextConfig rejects a float, so it is kept as given.
+    floor_scale: int | float = 8192
     attn_scale: float = 0.1  # strength of the temperature's logarithmic growth
     attention_bias: bool = False  # q/k/v/o projections carry a bias
     hidden_act: str = "silu"  # activation of the SwiGLU gates
@@ -277,7 +279,9 @@ class MoE(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         logits = self.router(x)
-        chosen = mx.argpartition(-logits, kth=self.top_k - 1, axis=-1)[..., :self.top_k]
+        # the choice itself is not differentiable: gradients reach the router through ``weights``
+        chosen = mx.stop_gradient(mx.argpartition(-logits, kth=self.top_k - 1, axis=-1))
+        chosen = chosen[..., :self.top_k]
         # sigmoid is monotonic, so picking by logit or by sigmoid(logit) picks the same experts
         weights = mx.sigmoid(mx.take_along_axis(logits, chosen, axis=-1).astype(mx.float32))
         routed = self.experts(x, chosen, input_scale=weights.astype(x.dtype))
