@@ -153,8 +153,7 @@ tokenizer.json says; with the same pipeline here, tokenizer.json and transformer
 
 
 def train_tokenizer(docs: list[str]):
-    from tokenizers import (Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers,
-                            trainers)
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.normalizer = normalizers.NFC()

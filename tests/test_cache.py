@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 import pytest
+from mlx.utils import tree_flatten
 from parity import rel_err
 
 import mlx_zoo
@@ -118,17 +118,18 @@ def test_prompt_cache_round_trip(tmp_path):
     loaded, meta = mlx_zoo.load_prompt_cache(path, return_metadata=True)
     assert meta == {"model": "tiny"}
     assert [type(c) for c in loaded] == [type(c) for c in caches]
-    for a, b in zip(caches, loaded):
+    for a, b in zip(caches, loaded, strict=True):
         assert a.meta_state == b.meta_state
         saved, restored = tree_flatten(list(a.state)), tree_flatten(list(b.state))
         assert [name for name, _ in saved] == [name for name, _ in restored]
-        for (_, x), (_, y) in zip(saved, restored):
+        for (_, x), (_, y) in zip(saved, restored, strict=True):
             np.testing.assert_array_equal(np.array(x), np.array(y))
     # continuing from the reloaded caches equals continuing from the originals
-    for a, b in zip(caches[:-1], loaded[:-1]):
+    for a, b in zip(caches[:-1], loaded[:-1], strict=True):
         ka, _ = a.update_and_fetch(k[:, :, 23:24], v[:, :, 23:24])
         kb, _ = b.update_and_fetch(k[:, :, 23:24], v[:, :, 23:24])
-        for x, y in zip(ka if isinstance(ka, tuple) else [ka], kb if isinstance(kb, tuple) else [kb]):
+        xs, ys = (t if isinstance(t, tuple) else [t] for t in (ka, kb))
+        for x, y in zip(xs, ys, strict=True):
             np.testing.assert_array_equal(np.array(x), np.array(y))
 
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx_zoo
 import numpy as np
 import pytest
 from hunyuan_reference import HunYuanReference
@@ -34,6 +33,8 @@ from parity import (
     sharpen,
     torch_logits,
 )
+
+import mlx_zoo
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx_zoo
 import numpy as np
 import pytest
 from parity import (
@@ -30,6 +29,8 @@ from parity import (
     sharpen,
     torch_logits,
 )
+
+import mlx_zoo
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")

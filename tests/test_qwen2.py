@@ -9,8 +9,15 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from parity import (TOLERANCE, decode_steps, incremental_logits, mlx_logits, rel_err, sharpen,
-                    torch_logits)
+from parity import (
+    TOLERANCE,
+    decode_steps,
+    incremental_logits,
+    mlx_logits,
+    rel_err,
+    sharpen,
+    torch_logits,
+)
 
 import mlx_zoo
 

@@ -11,7 +11,7 @@ import pytest
 from conftest import fake_distribution, write_tiny_checkpoint
 
 import mlx_zoo
-from mlx_zoo import (PluginConflictError, PluginLoadError, PluginNotFoundError, registry)
+from mlx_zoo import PluginConflictError, PluginLoadError, PluginNotFoundError, registry
 
 pytestmark = pytest.mark.usefixtures("isolated_registry")
 

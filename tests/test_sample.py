@@ -7,8 +7,15 @@ import numpy as np
 import pytest
 
 import mlx_zoo
-from mlx_zoo.sample import (apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p,
-                            make_logits_processors, make_repetition_penalty, make_sampler)
+from mlx_zoo.sample import (
+    apply_min_p,
+    apply_repetition_penalty,
+    apply_top_k,
+    apply_top_p,
+    make_logits_processors,
+    make_repetition_penalty,
+    make_sampler,
+)
 
 PROBS = [0.5, 0.25, 0.15, 0.1]  # a distribution with known cumulative sums 0.5, 0.75, 0.9, 1
 

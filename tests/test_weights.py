@@ -10,7 +10,6 @@ import struct
 import mlx.core as mx
 import numpy as np
 import pytest
-from conftest import write_tiny_checkpoint
 
 import mlx_zoo
 from mlx_zoo import SafetensorsError, WeightMismatchError

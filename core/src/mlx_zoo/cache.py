@@ -113,7 +113,7 @@ class KVCache(_Cache):
         self.offset -= n
         return n
 
-    def to_quantized(self, group_size: int = 64, bits: int = 8) -> "QuantizedKVCache":
+    def to_quantized(self, group_size: int = 64, bits: int = 8) -> QuantizedKVCache:
         cache = QuantizedKVCache(group_size=group_size, bits=bits)
         if self.keys is not None:
             cache.update_and_fetch(*self.state)
@@ -271,8 +271,10 @@ class QuantizedKVCache(_Cache):
         if self.keys is None:
             self.keys, self.values = tuple(qk), tuple(qv)
         else:
-            self.keys = tuple(mx.concatenate([a, b], axis=2) for a, b in zip(self.keys, qk))
-            self.values = tuple(mx.concatenate([a, b], axis=2) for a, b in zip(self.values, qv))
+            self.keys = tuple(mx.concatenate([a, b], axis=2)
+                              for a, b in zip(self.keys, qk, strict=True))
+            self.values = tuple(mx.concatenate([a, b], axis=2)
+                                for a, b in zip(self.values, qv, strict=True))
         self.offset += keys.shape[2]
         return self.keys, self.values
 
@@ -330,7 +332,8 @@ def make_prompt_cache(model: Any) -> list:
 CACHE_FORMAT = "mlx_zoo.prompt_cache/1"
 
 
-def save_prompt_cache(path: str | Path, cache: list, metadata: dict[str, str] | None = None) -> None:
+def save_prompt_cache(path: str | Path, cache: list,
+                      metadata: dict[str, str] | None = None) -> None:
     """Save ``cache`` (a list from :func:`make_prompt_cache`) to a safetensors file."""
     registry = cache_classes()
     arrays = {}
@@ -364,8 +367,9 @@ def load_prompt_cache(path: str | Path, return_metadata: bool = False):
     for i, entry in enumerate(layout):
         cls = registry.get(entry["class"])
         if cls is None:
+            known = ", ".join(sorted(registry))
             raise CacheFileError(f"{path}: layer {i} uses cache class {entry['class']!r}, which no "
-                                 f"installed plugin registers (known: {', '.join(sorted(registry))})")
+                                 f"installed plugin registers (known: {known})")
         cache = cls.__new__(cls)
         _Cache.__init__(cache)
         for attr in ("keys", "values"):

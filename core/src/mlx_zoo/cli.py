@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import argparse
 import sys
-from typing import Callable
+from collections.abc import Callable
 
 from .errors import MlxZooError
 
@@ -25,7 +25,7 @@ def cmd_list(args: argparse.Namespace) -> int:
     table = [header] + [(r.model_type, r.distribution, r.version, r.module, r.status) for r in rows]
     widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
     for row in table:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths)).rstrip())
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
     for r in rows:
         if r.error:
             print(f"\n{r.distribution} ({r.model_type}) is broken: {r.error}")

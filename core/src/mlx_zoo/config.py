@@ -68,7 +68,8 @@ def read_config(model_dir: Path | str) -> dict[str, Any]:
         raise ConfigError(path, "missing; every checkpoint names its architecture here",
                           key="model_type")
     if not isinstance(model_type, str) or not model_type:
-        raise ConfigError(path, f"expected a non-empty string, got {model_type!r}", key="model_type")
+        raise ConfigError(path, f"expected a non-empty string, got {model_type!r}",
+                          key="model_type")
     return normalize_config(config, path)
 
 

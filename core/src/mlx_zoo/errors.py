@@ -47,7 +47,8 @@ class PluginNotFoundError(PluginError):
         msg = f"{where}no plugin provides model_type {model_type!r}."
         if hint:
             msg += f" Install it with: pip install {hint}."
-        msg += " Installed model types: " + (", ".join(sorted(installed)) if installed else "none") + "."
+        listed = ", ".join(sorted(installed)) if installed else "none"
+        msg += f" Installed model types: {listed}."
         super().__init__(msg)
 
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 import sys
 import time
-from dataclasses import dataclass
 from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -27,8 +27,14 @@ import mlx.nn as nn
 from .cache import make_prompt_cache
 from .compiled import compiled_decoder, enabled_by_default
 from .errors import GenerationArgumentError
-from .sample import (DEFAULT_REPETITION_CONTEXT, LogitsProcessor, Sampler, greedy,
-                     make_logits_processors, make_sampler)
+from .sample import (
+    DEFAULT_REPETITION_CONTEXT,
+    LogitsProcessor,
+    Sampler,
+    greedy,
+    make_logits_processors,
+    make_sampler,
+)
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_PREFILL_STEP_SIZE = 2048

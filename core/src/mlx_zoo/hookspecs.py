@@ -34,8 +34,9 @@ with, in its ``pyproject.toml``::
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
 
@@ -71,7 +72,7 @@ class Model(Protocol):
 
     layers: list
 
-    def __call__(self, inputs: "mx.array", cache: list | None = None) -> "mx.array": ...
+    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array: ...
 
 
 @runtime_checkable
@@ -79,7 +80,7 @@ class Sanitizes(Protocol):
     """Optional: maps checkpoint tensor names and layouts to this model's parameters
     (drops rotary ``inv_freq`` buffers, splits fused projections, stacks experts, ...)."""
 
-    def sanitize(self, weights: dict[str, "mx.array"]) -> dict[str, "mx.array"]: ...
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]: ...
 
 
 @runtime_checkable
@@ -103,7 +104,7 @@ class QuantizePredicate(Protocol):
     """Optional: which layers may be quantized. Returns ``False`` to keep a layer in full
     precision, ``True`` to quantize it with the defaults, or a dict of ``group_size``/``bits``."""
 
-    def quantize_predicate(self, path: str, module: "nn.Module") -> bool | dict: ...
+    def quantize_predicate(self, path: str, module: nn.Module) -> bool | dict: ...
 
 
 @dataclass(frozen=True)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import math
 from collections import Counter
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Iterator
 
 from mlx.utils import tree_flatten
 
@@ -29,8 +29,8 @@ def describe(path_or_repo: str | Path, plugin: str | None = None) -> Iterator[st
     owner = next((r.distribution for r in registry.list_plugins()
                   if r.model_type == raw["model_type"]), "?")
     yield f"path:           {model_dir}"
-    yield f"model_type:     {raw['model_type']} ({type(model).__module__}.{type(model).__name__}, " \
-          f"plugin {owner})"
+    cls = type(model)
+    yield f"model_type:     {raw['model_type']} ({cls.__module__}.{cls.__name__}, plugin {owner})"
     yield f"parameters:     {count:,} ({_human(count)})"
     yield "dtype:          " + ", ".join(f"{d} ({n} tensors)" for d, n in dtypes.most_common())
     if quantization:

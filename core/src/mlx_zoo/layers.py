@@ -148,7 +148,7 @@ class SwitchLinear(nn.Module):
         return out
 
     def to_quantized(self, group_size: int = 64, bits: int = 4, mode: str = "affine",
-                     **_: Any) -> "QuantizedSwitchLinear":
+                     **_: Any) -> QuantizedSwitchLinear:
         return QuantizedSwitchLinear.from_switch_linear(self, group_size, bits, mode)
 
 
@@ -169,7 +169,7 @@ class QuantizedSwitchLinear(nn.Module):
 
     @classmethod
     def from_switch_linear(cls, layer: SwitchLinear, group_size: int, bits: int,
-                           mode: str = "affine") -> "QuantizedSwitchLinear":
+                           mode: str = "affine") -> QuantizedSwitchLinear:
         experts, out_dims, in_dims = layer.weight.shape
         q = cls(in_dims, out_dims, experts, "bias" in layer, group_size, bits, mode)
         q.weight, q.scales, *rest = mx.quantize(layer.weight, group_size, bits, mode=mode)

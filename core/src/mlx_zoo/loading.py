@@ -26,8 +26,13 @@ from . import backend, registry
 from .config import CONFIG_FILE, read_config
 from .errors import MlxZooError
 from .hookspecs import Sanitizes
-from .weights import (QUANTIZATION_KEY, apply_quantization, check_weights, load_safetensors,
-                      save_weights)
+from .weights import (
+    QUANTIZATION_KEY,
+    apply_quantization,
+    check_weights,
+    load_safetensors,
+    save_weights,
+)
 
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken",
                      "*.txt"]

@@ -174,7 +174,8 @@ def call_hook(hook_name: str) -> list[Any]:
         try:
             results.append(impl.function())
         except Exception as e:
-            raise PluginLoadError(pm.get_name(impl.plugin) or "?", f"its {hook_name} hook", e) from e
+            name = pm.get_name(impl.plugin) or "?"
+            raise PluginLoadError(name, f"its {hook_name} hook", e) from e
     return results
 
 

@@ -32,7 +32,7 @@ convention and calls them ``periods``.
 from __future__ import annotations
 
 import math
-from typing import Callable
+from collections.abc import Callable
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -94,7 +94,8 @@ class RoPE(nn.Module):
 
     def _original_max_positions(self) -> int:
         """Pre-training context: ``original_max_position_embeddings``, else the model's maximum."""
-        value = self._scaling.get("original_max_position_embeddings") or self.max_position_embeddings
+        value = (self._scaling.get("original_max_position_embeddings")
+                 or self.max_position_embeddings)
         if value is None:
             raise ValueError("this RoPE scaling needs original_max_position_embeddings or "
                              "max_position_embeddings in config.json")
@@ -162,7 +163,9 @@ class YarnRoPE(RoPE):
             return float(self._scaling["attention_factor"])
 
         def mscale(scale: float, coefficient: float = 1.0) -> float:
-            return 1.0 if scale <= 1 else self.MSCALE_COEFFICIENT * coefficient * math.log(scale) + 1
+            if scale <= 1:
+                return 1.0
+            return self.MSCALE_COEFFICIENT * coefficient * math.log(scale) + 1
 
         m, m_all = self._scaling.get("mscale"), self._scaling.get("mscale_all_dim")
         if m and m_all:
@@ -173,7 +176,8 @@ class YarnRoPE(RoPE):
         context = self._original_max_positions()
 
         def dim_for_rotations(rotations: float) -> float:
-            return (self.dims * math.log(context / (rotations * 2 * math.pi))) / (2 * math.log(self.base))
+            wavelengths = context / (rotations * 2 * math.pi)
+            return (self.dims * math.log(wavelengths)) / (2 * math.log(self.base))
 
         low = dim_for_rotations(float(self._scaling.get("beta_fast") or self.DEFAULT_BETA_FAST))
         high = dim_for_rotations(float(self._scaling.get("beta_slow") or self.DEFAULT_BETA_SLOW))
@@ -245,7 +249,7 @@ BUILTIN_VARIANTS: dict[str, type[RoPE]] = {
 
 
 def rope_variants() -> dict[str, type[RoPE]]:
-    """All variants: the built-in ones, then those of the registered plugins (which may override)."""
+    """All variants: the built-in ones, then the registered plugins' (which may override)."""
     from .registry import call_hook
 
     variants = dict(BUILTIN_VARIANTS)

@@ -37,6 +37,7 @@ from typing import Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
+
 from mlx_zoo import (
     BaseModelArgs,
     CausalLM,

@@ -32,6 +32,7 @@ transformers gives this variant internally, ``"ntk_alpha"``, so a config that al
 from __future__ import annotations
 
 import mlx.core as mx
+
 from mlx_zoo import RoPE, RopeScaling
 
 NTK_ALPHA = "ntk_alpha"

@@ -45,6 +45,7 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
 from mlx_zoo import (
     BaseModelArgs,
     CausalLM,

@@ -19,8 +19,17 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from mlx_zoo import (BaseModelArgs, CausalLM, RopeScaling, SwiGLU, attention, get_rope, mask_for,
-                     merge_heads, split_heads)
+from mlx_zoo import (
+    BaseModelArgs,
+    CausalLM,
+    RopeScaling,
+    SwiGLU,
+    attention,
+    get_rope,
+    mask_for,
+    merge_heads,
+    split_heads,
+)
 
 
 @dataclass
@@ -97,7 +106,7 @@ class Qwen2Model(nn.Module):
         h = self.embed_tokens(inputs)
         cache = cache or [None] * len(self.layers)
         mask = mask_for(cache[0], h.shape[1])
-        for layer, layer_cache in zip(self.layers, cache):
+        for layer, layer_cache in zip(self.layers, cache, strict=False):
             h = layer(h, mask, layer_cache)
         return self.norm(h)
 
@@ -129,7 +138,8 @@ class Model(CausalLM):
         for layer in self.model.layers:
             attn, mlp = layer.self_attn, layer.mlp
             for name in ("q_proj", "k_proj", "v_proj"):
-                setattr(attn, name, shard_linear(getattr(attn, name), "all-to-sharded", group=group))
+                sharded = shard_linear(getattr(attn, name), "all-to-sharded", group=group)
+                setattr(attn, name, sharded)
             attn.o_proj = shard_linear(attn.o_proj, "sharded-to-all", group=group)
             attn.n_heads //= ranks
             attn.n_kv_heads //= ranks
