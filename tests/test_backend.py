@@ -3,6 +3,7 @@ not by timing), and the dense-float32 load path (``load(dequantize=..., dtype="a
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import shutil
@@ -12,12 +13,13 @@ from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
-import mlx_zoo
 import pytest
 from mlx.utils import tree_flatten
+from parity import rel_err
+
+import mlx_zoo
 from mlx_zoo import backend
 from mlx_zoo.layers import QuantizedSwitchLinear, SwitchLinear
-from parity import rel_err
 
 LINUX = sys.platform.startswith("linux")
 MATMUL = "import mlx.core as mx; a = mx.ones((64, 64)); mx.eval(a @ a)"
@@ -46,17 +48,85 @@ def is_reference_blas(library: str) -> bool:
     return Path(library).name.startswith("libblas-") and ".libs" in Path(library).parent.name
 
 
-needs_openblas = pytest.mark.skipif(not (LINUX and backend.find_fast_blas()),
-                                    reason="needs Linux and an OpenBLAS library")
+CC = shutil.which(os.environ.get("CC", "cc"))
+PIP_BLAS = backend._scipy_openblas32()  # the scipy-openblas32 wheel, a core dependency on Linux
 
 
-@needs_openblas
+def blas_prefix(path: str) -> str | None:
+    try:
+        return backend.blas_prefix(ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL))
+    except OSError:
+        return None
+
+
+CANDIDATES = backend.find_fast_blas() if LINUX else []  # as $MLX_ZOO_BLAS says, if set
+UNPREFIXED_BLAS = [p for p in CANDIDATES if blas_prefix(p) == ""]
+"""System (or cmeel) OpenBLAS libraries that load here and export the plain cblas_sgemm."""
+RENAMED_BLAS = [p for p in CANDIDATES if blas_prefix(p)]
+
+needs_linux = pytest.mark.skipif(not LINUX, reason="MLX's reference BLAS is the Linux CPU wheel's")
+needs_fast_blas = pytest.mark.skipif(not (UNPREFIXED_BLAS or (RENAMED_BLAS and CC)),
+                                     reason="needs Linux and an OpenBLAS MLX can bind to")
+needs_cc = pytest.mark.skipif(not CC, reason="needs a C compiler for the gemv shim")
+needs_system_openblas = pytest.mark.skipif(not UNPREFIXED_BLAS,
+                                           reason="needs a system OpenBLAS (libopenblas0-pthread)")
+
+
+@needs_linux
+def test_pip_dependencies_provide_an_openblas(monkeypatch):
+    # scipy-openblas32 is a core dependency on Linux: the fast path needs nothing from the system
+    # but a C compiler.
+    monkeypatch.delenv(backend.BLAS_ENV, raising=False)
+    assert PIP_BLAS and backend.find_fast_blas()[-1] == PIP_BLAS[-1]
+    assert blas_prefix(PIP_BLAS[-1]) == "scipy_"
+
+
+@needs_linux
+@needs_cc
+def test_pip_openblas_alone_serves_mlx_through_the_shim():
+    # Forced, so that it is checked even where a system OpenBLAS would come first.
+    env = {backend.BLAS_ENV: PIP_BLAS[0]}
+    assert "gemv_shim" in sgemm_binding("import mlx_zoo; " + MATMUL, **env)
+    status = "import mlx_zoo; s = mlx_zoo.backend.blas_status(); print(s.library, s.shim)"
+    out = subprocess.run([sys.executable, "-c", status], capture_output=True, text=True,
+                         check=True, env={**os.environ, **env}).stdout.split()
+    assert out[0] == PIP_BLAS[0] and "gemv_shim" in out[1]
+
+
+@needs_fast_blas
 def test_importing_mlx_zoo_first_binds_mlx_to_openblas():
-    code = "import mlx_zoo; " + MATMUL
-    assert "openblas" in sgemm_binding(code, **{backend.SHIM_ENV: "0"})
-    # With a C compiler, the gemv shim stands in front of OpenBLAS's cblas_sgemm.
-    bound = sgemm_binding(code)
-    assert "gemv_shim" in bound or ("openblas" in bound and not shutil.which("cc"))
+    # By default: through the gemv shim where a C compiler exists, else a system OpenBLAS itself.
+    bound = sgemm_binding("import mlx_zoo; " + MATMUL)
+    assert "gemv_shim" in bound or ("openblas" in bound and not CC)
+
+
+@needs_system_openblas
+def test_system_openblas_serves_without_the_shim():
+    bound = sgemm_binding("import mlx_zoo; " + MATMUL, **{backend.SHIM_ENV: "0"})
+    assert "openblas" in bound and not is_reference_blas(bound)
+
+
+def reference_with_reason(**env: str) -> str:
+    """With only the pip OpenBLAS (renamed symbols) and ``env``: MLX must keep its reference
+    BLAS, and the status must say why. Returns the reason."""
+    env = {backend.BLAS_ENV: PIP_BLAS[0], **env}
+    assert is_reference_blas(sgemm_binding("import mlx_zoo; " + MATMUL, **env))
+    code = "import mlx_zoo; s = mlx_zoo.backend.blas_status(); assert not s.fast; print(s.reason)"
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          check=True, env={**os.environ, **env}).stdout
+
+
+@needs_linux
+def test_renamed_blas_without_the_shim_keeps_reference_and_says_why():
+    reason = reference_with_reason(**{backend.SHIM_ENV: "0"})
+    assert "scipy_cblas_sgemm" in reason and f"{backend.SHIM_ENV}=0" in reason
+
+
+@needs_linux
+def test_renamed_blas_without_a_compiler_keeps_reference_and_says_why(tmp_path):
+    # An empty cache (no shim built before) and no compiler.
+    reason = reference_with_reason(CC=str(tmp_path / "no-such-cc"), XDG_CACHE_HOME=str(tmp_path))
+    assert "needs a C compiler" in reason and "no-such-cc" in reason
 
 
 SHIM_CASES = """
@@ -80,14 +150,20 @@ for i, (ours, ref) in enumerate(cases):
     assert ours.shape == ref.shape and err < 1e-6, (i, err)
 """
 
-
-@needs_openblas
-@pytest.mark.skipif(not shutil.which("cc"), reason="needs a C compiler for the gemv shim")
-def test_gemv_shim_computes_every_layout():
-    subprocess.run([sys.executable, "-c", SHIM_CASES], check=True, timeout=60)
+SHIM_LIBRARIES = PIP_BLAS[:1] + UNPREFIXED_BLAS[:1]
 
 
-@needs_openblas
+@needs_linux
+@needs_cc
+@pytest.mark.parametrize("library", SHIM_LIBRARIES or [None], ids=lambda p: Path(p or "").name)
+def test_gemv_shim_computes_every_layout(library):
+    if library is None:
+        pytest.skip("no OpenBLAS")
+    subprocess.run([sys.executable, "-c", SHIM_CASES], check=True, timeout=60,
+                   env={**os.environ, backend.BLAS_ENV: library})
+
+
+@needs_fast_blas
 def test_too_late_after_mlx_and_says_so():
     # The order matters: once mlx.core is loaded its symbols are bound to the reference BLAS.
     code = "import mlx.core; import mlx_zoo; print(mlx_zoo.backend.blas_status().reason); "
@@ -96,13 +172,13 @@ def test_too_late_after_mlx_and_says_so():
     assert "imported before mlx_zoo" in out.stdout
 
 
-@needs_openblas
+@needs_fast_blas
 def test_environment_keeps_reference_blas():
     code = "import mlx_zoo; " + MATMUL
     assert is_reference_blas(sgemm_binding(code, **{backend.BLAS_ENV: "reference"}))
 
 
-@needs_openblas
+@needs_fast_blas
 def test_openblas_matmul_matches_numpy():
     code = ("import mlx_zoo, mlx.core as mx, numpy as np;"
             "assert mlx_zoo.backend.blas_status().fast;"

@@ -1,7 +1,7 @@
 """MLX's Linux CPU backend: a fast BLAS, and when to compute in dense float32.
 
 MLX's Linux CPU wheel (``mlx-cpu``) links the netlib *reference* BLAS (``mlx_cpu.libs/libblas``):
-its ``cblas_sgemm`` runs a 2048x2048 float32 matmul at ~4-5 GFLOP/s on a 2-core Xeon, where
+its ``cblas_sgemm`` runs a 2048x2048 float32 matmul at ~5 GFLOP/s on a 2-core VM, where
 OpenBLAS reaches 100-300 GFLOP/s. ``libmlx.so`` asks the dynamic linker for the unversioned
 symbol ``cblas_sgemm`` (and ``cblas_dgemm``, ``cblas_cgemm``, LAPACK's ``*_``); the linker binds
 it to the first library *in the global scope* that defines it. So a BLAS opened with
@@ -12,17 +12,22 @@ first thing, so ``import mlx_zoo`` (or ``mlx-zoo generate``) before ``import mlx
 fast path with no environment variable. ``LD_PRELOAD=/path/libopenblas.so.0`` works too, for
 programs that import MLX first.
 
-Which library: the symbol must be named exactly ``cblas_sgemm``. numpy's bundled OpenBLAS and the
-``scipy-openblas32``/``scipy-openblas64`` wheels rename theirs (``scipy_cblas_sgemm[64_]``), so
-they cannot stand in; a system OpenBLAS (Debian/Ubuntu ``libopenblas0-pthread``, Fedora
-``openblas``) or the ``cmeel-openblas`` wheel can. Searched in :func:`find_fast_blas`'s order;
-``MLX_ZOO_BLAS`` names a library file explicitly, or ``reference`` to keep MLX's own.
+Which library, in :func:`find_fast_blas`'s order: ``MLX_ZOO_BLAS`` (a library file, or
+``reference`` to keep MLX's own), a system OpenBLAS (Debian/Ubuntu ``libopenblas0-pthread``,
+Fedora ``openblas``), the ``cmeel-openblas`` wheel (it needs the system's ``libgfortran5``), then
+the ``scipy-openblas32`` wheel -- numpy/scipy's own OpenBLAS build, a core dependency on Linux, so
+the fast path is there by default. That last one names its symbols ``scipy_cblas_sgemm`` &c., which
+MLX cannot bind to by itself; the shim below provides the plain ``cblas_sgemm`` in front of it.
 
 MLX multiplies a single row (decoding one token) with ``cblas_sgemm`` too, and OpenBLAS's sgemm
-packs the whole matrix even then: 2.5x slower than its ``cblas_sgemv``. Where a C compiler exists,
-a 40-line shim (:data:`GEMV_SHIM_SOURCE`, compiled once into ``~/.cache/mlx_zoo``) is put in
-front: its ``cblas_sgemm`` sends matrix-vector products to ``cblas_sgemv`` and all else to
-OpenBLAS (``MLX_ZOO_BLAS_SHIM=0`` turns it off).
+packs the whole matrix even then: 2-2.5x slower than its ``cblas_sgemv``. Where a C compiler exists,
+a 50-line shim (:data:`GEMV_SHIM_SOURCE`, compiled once into ``~/.cache/mlx_zoo``) is put first in
+the global scope: its ``cblas_sgemm`` sends matrix-vector products to the library's
+``[prefix]cblas_sgemv`` and all else to its ``[prefix]cblas_sgemm``. ``MLX_ZOO_BLAS_SHIM=0`` turns
+it off; without it (or without a compiler) only a library exporting the plain ``cblas_sgemm``
+can serve, and :func:`blas_status` says why MLX kept its reference BLAS otherwise. Only
+``cblas_sgemm`` (MLX's float32 matmuls) goes through the shim: float64/complex matmuls and LAPACK
+stay with the reference libraries when the renamed library serves.
 
 Even with OpenBLAS, MLX's CPU kernels for 4-bit quantized matmuls and for bfloat16/float16
 matmuls are slow paths (a Qwen2-0.5B shape decodes ~4x slower in bf16 than in float32, and
@@ -51,6 +56,10 @@ KEEP_REFERENCE = ("reference", "off", "none", "0")
 
 SYMBOL = "cblas_sgemm"
 """The symbol libmlx.so needs from a BLAS for float32 matmuls (unversioned, unprefixed)."""
+
+PREFIXES = ("", "scipy_")
+"""Name prefixes a BLAS may put on its symbols: none (a system OpenBLAS, ``cmeel-openblas``) or
+``scipy_`` (the ``scipy-openblas32`` wheel; only the gemv shim can forward to it)."""
 
 SYSTEM_OPENBLAS = (
     "/usr/lib/x86_64-linux-gnu/libopenblas.so.0",   # Debian/Ubuntu (alternatives link)
@@ -100,9 +109,31 @@ def _cmeel_openblas() -> list[str]:
             if f.name == "libopenblas.so.0"]
 
 
+def _scipy_openblas32() -> list[str]:
+    """``libscipy_openblas*.so`` of the ``scipy-openblas32`` wheel, if installed (found without
+    importing its package: ``find_spec`` only locates it)."""
+    import importlib.util
+
+    try:
+        spec = importlib.util.find_spec("scipy_openblas32")
+    except (ImportError, ValueError):
+        return []
+    if spec is None or not spec.submodule_search_locations:
+        return []
+    return sorted(str(f) for d in spec.submodule_search_locations
+                  for f in (Path(d) / "lib").glob("libscipy_openblas*.so*"))
+
+
+def blas_prefix(lib: ctypes.CDLL) -> str | None:
+    """The prefix (one of :data:`PREFIXES`) of the library's ``cblas_sgemm``; None if it has
+    none."""
+    return next((p for p in PREFIXES if hasattr(lib, p + SYMBOL)), None)
+
+
 def find_fast_blas() -> list[str]:
     """Candidate BLAS libraries in order: ``$MLX_ZOO_BLAS``, a system OpenBLAS, the
-    ``cmeel-openblas`` wheel. Empty where the environment asks for the reference BLAS."""
+    ``cmeel-openblas`` wheel, the ``scipy-openblas32`` wheel. Empty where the environment asks
+    for the reference BLAS."""
     chosen = os.environ.get(BLAS_ENV, "").strip()
     if chosen.lower() in KEEP_REFERENCE:
         return []
@@ -114,13 +145,19 @@ def find_fast_blas() -> list[str]:
         candidates.append(found)
     candidates += [p for p in SYSTEM_OPENBLAS if Path(p).exists()]
     candidates += _cmeel_openblas()
+    candidates += _scipy_openblas32()
     return list(dict.fromkeys(candidates))
 
 
 def _preloaded_by_environment() -> str | None:
+    """A BLAS in ``LD_PRELOAD`` that exports the plain ``cblas_sgemm`` (it is bound already)."""
     for entry in os.environ.get("LD_PRELOAD", "").replace(":", " ").split():
         if "blas" in Path(entry).name:
-            return entry
+            try:
+                if blas_prefix(ctypes.CDLL(entry, mode=ctypes.RTLD_LOCAL)) == "":
+                    return entry
+            except OSError:
+                continue
     return None
 
 
@@ -147,8 +184,8 @@ def _preload() -> BlasStatus:
         return BlasStatus(None, "mlx.core was imported before mlx_zoo: its BLAS is bound "
                           "already (import mlx_zoo first, or set LD_PRELOAD)")
     if not candidates:
-        return BlasStatus(None, f"no OpenBLAS found (install libopenblas0-pthread or "
-                          f"cmeel-openblas, or set {BLAS_ENV})")
+        return BlasStatus(None, f"no OpenBLAS found (install scipy-openblas32, a dependency of "
+                          f"mlx-zoo on Linux, or libopenblas0-pthread, or set {BLAS_ENV})")
     failures = []
     for path in candidates:
         try:
@@ -156,26 +193,40 @@ def _preload() -> BlasStatus:
         except OSError as e:
             failures.append(f"{path}: {e}")
             continue
-        if not hasattr(lib, SYMBOL):
+        prefix = blas_prefix(lib)
+        if prefix is None:
             failures.append(f"{path}: no {SYMBOL} symbol")
             continue
-        shim = _load_gemv_shim(path)  # first in the global scope: its cblas_sgemm wins
+        # The shim goes first in the global scope: its cblas_sgemm wins.
+        shim, why_not = _load_gemv_shim(path, prefix)
+        if prefix:
+            if shim is None:  # a renamed library: MLX cannot bind to it without the shim
+                failures.append(f"{path}: exports {prefix}{SYMBOL}, not {SYMBOL}, so MLX "
+                                f"reaches it only through the gemv shim, and {why_not}")
+                continue
+            return BlasStatus(path, f"preloaded before mlx.core through the gemv shim "
+                              f"({prefix}{SYMBOL})", shim)
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # every other BLAS/LAPACK symbol
-        return BlasStatus(path, "preloaded before mlx.core", shim)
-    return BlasStatus(None, "; ".join(failures))
+        reason = "preloaded before mlx.core" + (f"; {why_not}" if why_not else "")
+        return BlasStatus(path, reason, shim)
+    return BlasStatus(None, "kept the reference BLAS: " + "; ".join(failures))
 
 
 # -- matrix-vector products ---------------------------------------------------------------------
 
 SHIM_ENV = "MLX_ZOO_BLAS_SHIM"
-"""Environment variable: ``0`` skips the gemv shim (plain OpenBLAS ``cblas_sgemm`` for all)."""
+"""Environment variable: ``0`` skips the gemv shim (plain OpenBLAS ``cblas_sgemm`` for all; a
+library with renamed symbols, such as ``scipy-openblas32``'s, then cannot serve)."""
 
 GEMV_SHIM_SOURCE = r"""
 /* mlx-zoo: cblas_sgemm in front of OpenBLAS that sends matrix-vector products (M == 1 or
    N == 1, row-major, as MLX issues them when decoding one token) to cblas_sgemv. OpenBLAS's
    sgemm packs the whole matrix even for one row: 2.5x slower than its sgemv, which streams the
-   matrix once. Everything else goes to OpenBLAS's own cblas_sgemm. */
+   matrix once. Everything else goes to OpenBLAS's own cblas_sgemm. The library's symbols may
+   carry a prefix (scipy-openblas32: scipy_cblas_sgemm): this shim is then what gives MLX the
+   plain cblas_sgemm. */
 #include <dlfcn.h>
+#include <stdio.h>
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
                          int, float, float *, int);
@@ -184,11 +235,14 @@ typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const fl
 static sgemm_fn real_sgemm;
 static sgemv_fn real_sgemv;
 
-int mlx_zoo_gemv_shim_init(const char *path) {
+int mlx_zoo_gemv_shim_init(const char *path, const char *prefix) {
+  char name[128];
   void *blas = dlopen(path, RTLD_NOW | RTLD_LOCAL);
   if (!blas) return 0;
-  real_sgemm = (sgemm_fn)dlsym(blas, "cblas_sgemm");
-  real_sgemv = (sgemv_fn)dlsym(blas, "cblas_sgemv");
+  snprintf(name, sizeof name, "%scblas_sgemm", prefix);
+  real_sgemm = (sgemm_fn)dlsym(blas, name);
+  snprintf(name, sizeof name, "%scblas_sgemv", prefix);
+  real_sgemv = (sgemv_fn)dlsym(blas, name);
   return real_sgemm && real_sgemv;
 }
 
@@ -222,9 +276,9 @@ def _shim_cache_dir() -> Path:
     return Path(base) / "mlx_zoo"
 
 
-def _build_gemv_shim() -> Path | None:
+def _build_gemv_shim() -> tuple[Path | None, str]:
     """Compile :data:`GEMV_SHIM_SOURCE` once (C compiler ``$CC`` or ``cc``), cached by the hash
-    of its source; None where no compiler works."""
+    of its source. Returns the library, or None and why not."""
     import hashlib
     import shutil
     import subprocess
@@ -233,10 +287,12 @@ def _build_gemv_shim() -> Path | None:
     digest = hashlib.sha256(GEMV_SHIM_SOURCE.encode()).hexdigest()[:16]
     target = _shim_cache_dir() / f"gemv_shim-{digest}.so"
     if target.exists():
-        return target
-    compiler = shutil.which(os.environ.get("CC", "cc"))
+        return target, ""
+    cc = os.environ.get("CC", "cc")
+    compiler = shutil.which(cc)
     if compiler is None:
-        return None
+        return None, (f"the gemv shim needs a C compiler, and there is none ({cc!r} not "
+                      f"found: install gcc, or set CC)")
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory() as tmp:
@@ -246,27 +302,33 @@ def _build_gemv_shim() -> Path | None:
             subprocess.run([compiler, "-O2", "-shared", "-fPIC", "-o", str(built), str(source),
                             "-ldl"], check=True, capture_output=True, timeout=60)
             os.replace(built, target)  # atomic: concurrent builders agree
+    except subprocess.CalledProcessError as e:
+        detail = (e.stderr or b"").decode(errors="replace").strip().splitlines()
+        return None, f"{compiler} failed to build the gemv shim: {detail[-1] if detail else e}"
     except (OSError, subprocess.SubprocessError) as e:
-        log.debug("gemv shim not built: %s", e)
-        return None
-    return target
+        return None, f"the gemv shim was not built: {e}"
+    return target, ""
 
 
-def _load_gemv_shim(blas_path: str) -> str | None:
+def _load_gemv_shim(blas_path: str, prefix: str = "") -> tuple[str | None, str]:
+    """Build and open the gemv shim in front of ``blas_path``'s ``{prefix}cblas_sgemm``, and put
+    it in the global scope. Returns its path, or None and why not (never raises)."""
     if os.environ.get(SHIM_ENV, "").strip() == "0":
-        return None
-    shim = _build_gemv_shim()
+        return None, f"the gemv shim is off ({SHIM_ENV}=0)"
+    shim, why_not = _build_gemv_shim()
     if shim is None:
-        return None
+        log.debug(why_not)
+        return None, why_not
     try:
         lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_LOCAL)
-        lib.mlx_zoo_gemv_shim_init.argtypes = [ctypes.c_char_p]
-        if lib.mlx_zoo_gemv_shim_init(blas_path.encode()):  # only then may MLX bind to it
-            ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)
-            return str(shim)
-    except OSError as e:
+        lib.mlx_zoo_gemv_shim_init.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        if lib.mlx_zoo_gemv_shim_init(blas_path.encode(), prefix.encode()):
+            ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)  # only now may MLX bind to it
+            return str(shim), ""
+        return None, f"the gemv shim found no {prefix}cblas_sgemm/sgemv in {blas_path}"
+    except (OSError, AttributeError) as e:
         log.debug("gemv shim not loaded: %s", e)
-    return None
+        return None, f"the gemv shim did not load: {e}"
 
 
 def blas_status() -> BlasStatus:
