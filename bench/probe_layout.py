@@ -16,27 +16,19 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlx_zoo  # noqa: E402, F401, I001  (first: BLAS choice on Linux CPU)
 import shapes  # noqa: E402
+from probe_decode import timed  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 
 DTYPE = mx.bfloat16
 INIT_STD = 0.02
-
-
-def timed(fn, repeat: int = 10, warmup: int = 2) -> float:
-    for _ in range(warmup):
-        mx.eval(fn())
-    start = time.perf_counter()
-    for _ in range(repeat):
-        mx.eval(fn())
-    return (time.perf_counter() - start) / repeat
+REPEAT = 10  # timed evaluations of each chain
 
 
 def weights(layers: int, out_dims: int, in_dims: int, transposed: bool) -> list[mx.array]:
@@ -51,8 +43,8 @@ def chain(x: mx.array, ws: list[mx.array], transposed: bool) -> list[mx.array]:
 
 
 def report(name: str, seconds: float, nbytes: int, layers: int) -> None:
-    print(f"  {name:44s} {seconds / layers * 1e6:8.1f} us/layer  {nbytes / seconds / 1e9:7.1f} GB/s",
-          flush=True)
+    per_layer_us, gb_per_s = seconds / layers * 1e6, nbytes / seconds / 1e9
+    print(f"  {name:44s} {per_layer_us:8.1f} us/layer  {gb_per_s:7.1f} GB/s", flush=True)
 
 
 def main() -> None:
@@ -74,7 +66,7 @@ def main() -> None:
                                          ("down_proj", hidden, inter, xi)):
         for transposed in (False, True):
             ws = weights(n, out_dims, in_dims, transposed)
-            s = timed(lambda ws=ws, t=transposed, inp=inp: chain(inp, ws, t))
+            s = timed(lambda ws=ws, t=transposed, inp=inp: chain(inp, ws, t), repeat=REPEAT)
             layout = "x @ Wt (in, out)" if transposed else "x @ W.T (out, in)"
             report(f"{name} {out_dims}x{in_dims} {layout}", s, sum(w.nbytes for w in ws), n)
             del ws
@@ -82,12 +74,12 @@ def main() -> None:
     for name, parts in (("q, k, v", (hidden, kv, kv)), ("gate, up", (inter, inter))):
         sep = [weights(n, o, hidden, False) for o in parts]
         nbytes = sum(w.nbytes for ws in sep for w in ws)
-        s = timed(lambda sep=sep: [x @ w.T for ws in sep for w in ws])
+        s = timed(lambda sep=sep: [x @ w.T for ws in sep for w in ws], repeat=REPEAT)
         report(f"{name} separate", s, nbytes, n)
         fused = [mx.concatenate([ws[i] for ws in sep], axis=0) for i in range(n)]
         del sep
         mx.eval(fused)
-        s = timed(lambda fused=fused: chain(x, fused, False))
+        s = timed(lambda fused=fused: chain(x, fused, False), repeat=REPEAT)
         report(f"{name} fused ({fused[0].shape[0]}x{hidden})", s, nbytes, n)
         del fused
         mx.clear_cache()
