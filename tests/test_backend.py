@@ -294,3 +294,24 @@ def test_switch_linear_dequantizes():
     assert isinstance(holder.experts, SwitchLinear)
     x, idx = mx.random.normal((5, 1, 1, 64)), mx.array([[0], [3], [1], [2], [3]])
     assert rel_err(holder.experts(x, idx), q(x, idx)) < 1e-5
+
+
+def test_biased_layers_dequantize_without_a_dtype():
+    """``dtype=None`` (``load(dequantize=True)`` alone): the bias follows the scales' dtype, as
+    the weight does (a biased layer -- Qwen2's q/k/v -- used to raise)."""
+    mx.random.seed(3)
+    linear = nn.Linear(64, 16, bias=True)
+    linear.set_dtype(mx.bfloat16)
+    switch = SwitchLinear(64, 16, num_experts=2, bias=True)
+    switch.set_dtype(mx.bfloat16)
+
+    class Holder(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.linear = nn.QuantizedLinear.from_linear(linear, 32, 8)
+            self.experts = QuantizedSwitchLinear.from_switch_linear(switch, 32, 8)
+
+    holder = Holder()
+    assert backend.dequantize_model(holder) == 2
+    for layer in (holder.linear, holder.experts):
+        assert layer.weight.dtype == layer.bias.dtype == mx.bfloat16

@@ -416,7 +416,7 @@ def _dense_linear(layer, dtype):
     dense = nn.Linear(in_dims, out_dims, bias="bias" in layer)
     dense.weight = weight
     if "bias" in layer:
-        dense.bias = layer.bias.astype(dtype)
+        dense.bias = layer.bias.astype(weight.dtype)
     mx.eval(dense.parameters())
     return dense
 
@@ -442,7 +442,7 @@ def _dense_switch_linear(layer, dtype):
     dense = SwitchLinear(in_dims, out_dims, experts, bias="bias" in layer)
     dense.weight = weight
     if "bias" in layer:
-        dense.bias = layer.bias.astype(dtype)
+        dense.bias = layer.bias.astype(weight.dtype)
     mx.eval(dense.parameters())
     return dense
 
