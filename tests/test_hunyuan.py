@@ -482,7 +482,7 @@ import mlx.core as mx, numpy as np, mlx_zoo
 group = mx.distributed.init()
 ids = mx.array([[5, 9, 1, 33, 7, 2, 64, 11, 3, 90]])
 for path in sys.argv[1:]:
-    model, _ = mlx_zoo.load(path)
+    model, _ = mlx_zoo.load(path, fuse=True)  # shard() splits the fused projections first
     full = np.array(model(ids))
     model.shard(group)
     cache = mlx_zoo.make_prompt_cache(model)
@@ -495,8 +495,9 @@ for path in sys.argv[1:]:
 
 
 def test_two_way_tensor_parallel_matches_single_process(tmp_path):
-    """shard() over two processes (MLX's ring backend on loopback), with cached decoding:
-    Tencent's format (CLA, MoE + shared MLP) and transformers' MoE format."""
+    """shard() over two processes (MLX's ring backend on loopback), with cached decoding, of
+    models loaded with fused projections: Tencent's format (CLA, MoE + shared MLP) and
+    transformers' MoE format."""
     write_hunyuan(tmp_path / "hunyuan")
     write_v1(tmp_path / "moe", "moe", attention_bias=True)
     script = tmp_path / "shard_check.py"

@@ -17,6 +17,7 @@ from .config import BaseModelArgs, RopeScaling, normalize_config, read_config
 from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZooError,
                      PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
                      SafetensorsError, TokenizerError, WeightMismatchError, WeightsError)
+from .fusion import FusedLinear, fuse_projections, project, unfuse_projections
 from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
                        reuse_prompt_cache, stream_generate)
 from .hookspecs import SPEC_VERSION, Architecture, Model, hookimpl
@@ -34,6 +35,7 @@ __version__ = "0.1.0"
 __all__ = [
     "Architecture", "BaseModelArgs", "CacheFileError", "CausalLM", "ChunkedKVCache", "ConfigError",
     "SwiGLU", "merge_heads", "split_heads",
+    "FusedLinear", "fuse_projections", "project", "unfuse_projections",
     "GenerationArgumentError", "KVCache", "MlxZooError", "Model", "ModelNotFoundError",
     "PluginConflictError", "PluginError", "PluginLoadError", "PluginNotFoundError",
     "QuantizedKVCache", "RoPE", "RopeScaling", "RotatingKVCache", "SPEC_VERSION",

@@ -118,8 +118,10 @@ def _load_for_generation(args: argparse.Namespace):
     mlx_zoo.make_sampler(args.temp, args.top_p, args.top_k, args.min_p)
     mlx_zoo.make_logits_processors(args.repetition_penalty, args.repetition_context_size)
 
-    # "auto": dense float32 on MLX's Linux CPU backend when it fits (mlx_zoo.backend), else as is.
-    model, _ = mlx_zoo.load(args.model, plugin=args.plugin, dtype="auto", dequantize="auto")
+    # "auto": dense float32 on MLX's Linux CPU backend when it fits (mlx_zoo.backend), else as is;
+    # fuse: q/k/v and gate/up as one matmul each, fewer kernels per token (mlx_zoo.fusion).
+    model, _ = mlx_zoo.load(args.model, plugin=args.plugin, dtype="auto", dequantize="auto",
+                            fuse=True)
     return model, mlx_zoo.load_tokenizer(args.model)
 
 

@@ -15,6 +15,12 @@ There are three extension points:
 * **RoPE** -- :func:`register_rope_variants` adds rotary-embedding variants to the one registry
   keyed by Hugging Face's ``rope_scaling["rope_type"]`` (see :mod:`mlx_zoo.rope`).
 
+A model's modules may also declare projections that read the same input and may run as one
+matmul (``fusable_projections = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}``, called through
+:func:`mlx_zoo.project`); ``mlx_zoo.load(..., fuse=True)`` then fuses them (:mod:`mlx_zoo.fusion`).
+A module that declares nothing is never touched. A ``shard`` that splits q/k/v or gate/up by
+heads calls :func:`mlx_zoo.unfuse_projections` first.
+
 The spec is versioned by :data:`SPEC_VERSION`; a change that breaks plugins bumps it.
 
 Example plugin (``src/mlx_myarch/__init__.py``)::

@@ -8,12 +8,13 @@ kernel here serves every architecture.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import Mask, QuantizedKVCache
+from .fusion import project
 
 
 def attention(queries: mx.array, keys: Any, values: Any, *, scale: float, mask: Mask = None,
@@ -73,7 +74,13 @@ def merge_heads(x: mx.array) -> mx.array:
 
 class SwiGLU(nn.Module):
     """The gated MLP of Llama-style models: ``down(silu(gate(x)) * up(x))``
-    (Shazeer 2020, "GLU Variants Improve Transformer", https://arxiv.org/abs/2002.05202)."""
+    (Shazeer 2020, "GLU Variants Improve Transformer", https://arxiv.org/abs/2002.05202).
+
+    ``gate_proj`` and ``up_proj`` read the same input: :func:`mlx_zoo.fuse_projections` may
+    replace them by one ``gate_up_proj`` (:mod:`mlx_zoo.fusion`)."""
+
+    fusable_projections: ClassVar[dict[str, tuple[str, ...]]] = {
+        "gate_up_proj": ("gate_proj", "up_proj")}
 
     def __init__(self, dim: int, hidden_dim: int, bias: bool = False):
         super().__init__()
@@ -82,7 +89,8 @@ class SwiGLU(nn.Module):
         self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.down_proj(nn.silu(self.gate_proj(x)) * self.up_proj(x))
+        gate, up = project(self, "gate_up_proj", x)
+        return self.down_proj(nn.silu(gate) * up)
 
 
 class CausalLM(nn.Module):

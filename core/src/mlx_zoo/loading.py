@@ -20,11 +20,12 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten, tree_map
+from mlx.utils import tree_map
 
 from . import backend, registry
 from .config import CONFIG_FILE, read_config
 from .errors import MlxZooError
+from .fusion import checkpoint_parameters, fuse_projections
 from .hookspecs import Sanitizes
 from .weights import (
     QUANTIZATION_KEY,
@@ -83,7 +84,7 @@ def _as_dtype(dtype: str | mx.Dtype) -> mx.Dtype:
 
 def load(path_or_repo: str | Path, *, revision: str | None = None,
          dtype: str | mx.Dtype | None = None, lazy: bool = False, plugin: str | None = None,
-         dequantize: bool | str = False) -> tuple[nn.Module, Any]:
+         dequantize: bool | str = False, fuse: bool = False) -> tuple[nn.Module, Any]:
     """Load a checkpoint; returns ``(model, config)``, config being the plugin's dataclass.
 
     ``dtype`` casts floating-point weights; ``lazy`` skips evaluating them (they are read on first
@@ -94,6 +95,15 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     fast path of :mod:`mlx_zoo.backend`: on MLX's Linux CPU backend, whose quantized and
     half-precision matmuls are slow paths, dense float32 when it fits in memory
     (:func:`~mlx_zoo.backend.fits_in_memory`); elsewhere the checkpoint as stored.
+
+    ``fuse=True`` fuses the projections that read the same input -- q/k/v of attention, gate/up
+    of the gated MLPs, where the model's modules declare them -- into one matmul each
+    (:mod:`mlx_zoo.fusion`): fewer, larger kernels per decoded token. Done once the checkpoint's
+    weights are loaded and checked under their own names; groups that cannot fuse (parts
+    quantized differently, layers without keys/values of their own) stay separate. Off by
+    default, so that ``self_attn.q_proj`` and the like exist after loading, as with mlx-lm
+    (LoRA tooling edits them); :func:`save` writes the separate names either way, and
+    :func:`mlx_zoo.unfuse_projections` splits them again.
     """
     model_dir = resolve_model_dir(path_or_repo, revision)
     raw = read_config(model_dir)
@@ -115,14 +125,28 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
         weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
                    for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=False)
+    del weights  # the model holds them now: fusing below may then free the parts it replaces
     if quantization and dequantize:
         backend.dequantize_model(model, None if dtype is None else _as_dtype(dtype))
         for key in (QUANTIZATION_KEY, "quantization_config"):  # save() now writes it dense
             getattr(config, "_source", {}).pop(key, None)
+    if fuse:
+        _fuse(model, lazy)
     if not lazy:
         mx.eval(model.parameters())
     model.eval()
     return model, config
+
+
+def _fuse(model: nn.Module, lazy: bool) -> None:
+    """Fuse the projections; unless ``lazy``, one fused layer at a time from evaluated weights,
+    so that each layer's separate parts are freed as soon as its fused copy exists (peak memory:
+    the model plus one fused layer, not the model plus every fused copy)."""
+    if lazy:
+        fuse_projections(model)
+        return
+    mx.eval(model.parameters())
+    fuse_projections(model, evaluate=True)
 
 
 AUTO = "auto"
@@ -147,9 +171,11 @@ def save(model: nn.Module, config: Any, path: str | Path, *,
          max_shard_bytes: int | None = None) -> Path:
     """Write ``model``'s weights (sharded safetensors) and ``config.json`` to ``path``, in the
     layout :func:`load` and mlx-lm read back. ``config`` is the dataclass from :func:`load` (or a
-    dict); quantized models keep their ``quantization`` entry."""
+    dict); quantized models keep their ``quantization`` entry. A fused model
+    (:mod:`mlx_zoo.fusion`) is written under the separate projections' names, and is not
+    changed."""
     path = Path(path)
-    weights = dict(tree_flatten(model.parameters()))
+    weights = dict(checkpoint_parameters(model))
     kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
     save_weights(path, weights, **kwargs)
     data = config if isinstance(config, dict) else config.to_dict()

@@ -21,6 +21,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from .errors import SafetensorsError, WeightMismatchError
+from .fusion import fuse_projections, unfuse_projections
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -175,7 +176,12 @@ def quantize_model(model: nn.Module, config: Any, *, bits: int = 4, group_size: 
                    mode: str = "affine") -> dict[str, Any]:
     """Quantize ``model`` in place (layers its ``quantize_predicate`` allows, whose input size
     divides by ``group_size``) and record the result in ``config`` so that :func:`mlx_zoo.save`
-    writes a checkpoint mlx-zoo and mlx-lm load. Returns the ``quantization`` entry."""
+    writes a checkpoint mlx-zoo and mlx-lm load. Returns the ``quantization`` entry.
+
+    A fused model (:mod:`mlx_zoo.fusion`) is unfused first, so that the predicate, the
+    per-layer entries and the checkpoint see the separate projections, and fused again after
+    (groups quantized differently stay separate)."""
+    was_fused = unfuse_projections(model) > 0
     quantization: dict[str, Any] = {"group_size": group_size, "bits": bits, "mode": mode}
     own = getattr(model, "quantize_predicate", None)
 
@@ -190,6 +196,8 @@ def quantize_model(model: nn.Module, config: Any, *, bits: int = 4, group_size: 
         return decision
 
     nn.quantize(model, group_size=group_size, bits=bits, mode=mode, class_predicate=predicate)
+    if was_fused:
+        fuse_projections(model)
     source = _source_dict(config)
     source[QUANTIZATION_KEY] = quantization
     source["quantization_config"] = quantization  # the key transformers' readers look for

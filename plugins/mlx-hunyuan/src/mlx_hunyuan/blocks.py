@@ -51,7 +51,9 @@ from mlx_zoo import (
     get_rope,
     mask_for,
     merge_heads,
+    project,
     split_heads,
+    unfuse_projections,
 )
 
 from .rope import rope_type_for
@@ -189,7 +191,14 @@ class Attention(nn.Module):
     Called with ``shared_kv=None`` on a layer that computes keys/values, with the keys/values
     returned by the first layer of its CLA run otherwise. Returns the output and the keys/values
     for the following layers of the run.
+
+    q/k/v read the same input: :func:`mlx_zoo.fuse_projections` may make them one ``qkv_proj``
+    matmul. CLA layers that reuse keys/values have no ``k_proj``/``v_proj``: their group is
+    incomplete, so it stays as it is and they project queries only.
     """
+
+    fusable_projections: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv_proj": ("q_proj", "k_proj", "v_proj")}
 
     def __init__(self, args: HunYuanArgs, layer: int):
         super().__init__()
@@ -214,9 +223,12 @@ class Attention(nn.Module):
                              max_position_embeddings=args.max_position_embeddings,
                              rope_type=args.rope_type)
 
-    def _own_keys_values(self, x: mx.array, offset: int, cache: Any) -> KeysValues:
-        keys = self.rope(split_heads(self.k_proj(x), self.n_kv_heads), offset=offset)
-        values = split_heads(self.v_proj(x), self.n_kv_heads)
+    def _own_keys_values(self, keys: mx.array, values: mx.array, offset: int,
+                         cache: Any) -> KeysValues:
+        """Keys/values from this layer's projections: rotated (and normalised unless CLA
+        normalises what is fetched), cached, fetched."""
+        keys = self.rope(split_heads(keys, self.n_kv_heads), offset=offset)
+        values = split_heads(values, self.n_kv_heads)
         if self.use_qk_norm and not self.normalizes_fetched_keys:
             keys = self.key_layernorm(keys)
         if cache is not None:
@@ -225,12 +237,15 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, mask: Any, offset: int, cache: Any = None,
                  shared_kv: KeysValues | None = None) -> tuple[mx.array, KeysValues]:
-        # queries: project, split into heads, rotate at their positions, then normalise
-        queries = self.rope(split_heads(self.q_proj(x), self.n_heads), offset=offset)
+        if shared_kv is None:  # first layer of a CLA run (or no CLA): project, cache, fetch
+            queries, keys, values = project(self, "qkv_proj", x)
+            shared_kv = self._own_keys_values(keys, values, offset, cache)
+        else:  # a later layer of a CLA run: queries only
+            queries = self.q_proj(x)
+        # queries: split into heads, rotate at their positions, then normalise
+        queries = self.rope(split_heads(queries, self.n_heads), offset=offset)
         if self.use_qk_norm:
             queries = self.query_layernorm(queries)
-        if shared_kv is None:  # first layer of a CLA run (or no CLA): project, cache, fetch
-            shared_kv = self._own_keys_values(x, offset, cache)
         keys, values = shared_kv
         if self.normalizes_fetched_keys:
             keys, values = _dequantize(keys, values, cache)
@@ -381,9 +396,10 @@ class HunYuanForCausalLM(CausalLM):
         (partial results summed across ranks): one all-reduce after attention and one after the
         MLP or mixture of experts. Query/key norms act per head and need no change; CLA layers
         reuse the keys/values of their rank's own heads. Needs head counts divisible by the
-        group size."""
+        group size. Fused projections are split first: each part is sharded by its own heads."""
         from mlx.nn.layers.distributed import shard_linear
 
+        unfuse_projections(self)
         group = group or mx.distributed.init()
         ranks = group.size()
         for layer in self.layers:

@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -59,6 +59,7 @@ from mlx_zoo import (
     get_rope,
     mask_for,
     merge_heads,
+    project,
     split_heads,
 )
 
@@ -225,6 +226,10 @@ def attention_temperature(positions: mx.array, floor_scale: float, attn_scale: f
 
 
 class Attention(nn.Module):
+    # q/k/v read the same input: mlx_zoo.fuse_projections may make them one qkv_proj matmul
+    fusable_projections: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv_proj": ("q_proj", "k_proj", "v_proj")}
+
     def __init__(self, args: ModelArgs, layer: int):
         super().__init__()
         dim, self.n_heads, self.n_kv_heads = args.hidden_size, args.num_attention_heads, \
@@ -248,9 +253,10 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
         length = x.shape[1]
-        q = split_heads(self.q_proj(x), self.n_heads)  # (B, heads, L, head_dim)
-        k = split_heads(self.k_proj(x), self.n_kv_heads)
-        v = split_heads(self.v_proj(x), self.n_kv_heads)
+        q, k, v = project(self, "qkv_proj", x)
+        q = split_heads(q, self.n_heads)  # (B, heads, L, head_dim)
+        k = split_heads(k, self.n_kv_heads)
+        v = split_heads(v, self.n_kv_heads)
         offset = cache.offset if cache is not None else 0
         if self.use_rope:
             q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)

@@ -14,7 +14,7 @@ Data flow: token ids -> embedding -> N x [x + attn(norm(x)); x + mlp(norm(x))] -
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -28,7 +28,9 @@ from mlx_zoo import (
     get_rope,
     mask_for,
     merge_heads,
+    project,
     split_heads,
+    unfuse_projections,
 )
 
 
@@ -57,6 +59,10 @@ class ModelArgs(BaseModelArgs):
 
 
 class Attention(nn.Module):
+    # q/k/v read the same input: mlx_zoo.fuse_projections may make them one qkv_proj matmul
+    fusable_projections: ClassVar[dict[str, tuple[str, ...]]] = {
+        "qkv_proj": ("q_proj", "k_proj", "v_proj")}
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         dim, self.n_heads, self.n_kv_heads = args.hidden_size, args.num_attention_heads, \
@@ -71,9 +77,10 @@ class Attention(nn.Module):
                              max_position_embeddings=args.max_position_embeddings)
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        q = split_heads(self.q_proj(x), self.n_heads)  # (B, heads, L, head_dim)
-        k = split_heads(self.k_proj(x), self.n_kv_heads)
-        v = split_heads(self.v_proj(x), self.n_kv_heads)
+        q, k, v = project(self, "qkv_proj", x)
+        q = split_heads(q, self.n_heads)  # (B, heads, L, head_dim)
+        k = split_heads(k, self.n_kv_heads)
+        v = split_heads(v, self.n_kv_heads)
         offset = cache.offset if cache is not None else 0
         q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
@@ -130,9 +137,11 @@ class Model(CausalLM):
         https://arxiv.org/abs/1909.08053): q/k/v and gate/up are split by output features
         ("all-to-sharded", each rank computes its own heads / hidden units), o_proj and down_proj
         by input features ("sharded-to-all", results summed across ranks), so each block needs
-        one all-reduce after attention and one after the MLP. Head counts shrink accordingly."""
+        one all-reduce after attention and one after the MLP. Head counts shrink accordingly.
+        Fused projections are split first: each part is sharded by its own heads."""
         from mlx.nn.layers.distributed import shard_linear
 
+        unfuse_projections(self)
         group = group or mx.distributed.init()
         ranks = group.size()
         for layer in self.model.layers:
