@@ -16,7 +16,9 @@ Each library runs through its own generation loop (``mlx_zoo.generate_step``,
 ``mlx_lm.generate.generate_step``) after one short warm-up generation (kernel compilation). mlx-zoo
 loads with its default fast path (``dtype="auto", dequantize="auto"``: dense float32 on MLX's
 Linux CPU backend when it fits in memory, the checkpoint as stored elsewhere; ``--zoo-load
-stored`` turns it off); mlx-lm loads as its users get it.
+stored`` turns it off) and fused projections as its CLI loads them (``fuse=True``: q/k/v and
+gate/up as one matmul each, ``mlx_zoo.fusion``; ``--no-zoo-fuse`` turns it off); mlx-lm loads as
+its users get it.
 
 Quick CPU run (minutes):   python bench/bench.py --scale cpu --prompt-tokens 128 --gen-tokens 32
 Full shapes (GPU):         python bench/bench.py --scale full
@@ -111,6 +113,7 @@ def worker(args: argparse.Namespace) -> None:
         import mlx_zoo  # first: it picks the BLAS before mlx.core is loaded (Linux CPU)
 
         load_options = {"dtype": "auto", "dequantize": "auto"} if args.zoo_load == "auto" else {}
+        load_options["fuse"] = args.zoo_fuse
         generate_step = mlx_zoo.generate_step
     else:
         from mlx_lm.generate import generate_step
@@ -153,7 +156,8 @@ def _leaves(tree):
 def measure(lib: str, path: Path, args: argparse.Namespace) -> dict:
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", "--lib", lib,
            "--path", str(path), "--prompt-tokens", str(args.prompt_tokens),
-           "--gen-tokens", str(args.gen_tokens), "--zoo-load", args.zoo_load]
+           "--gen-tokens", str(args.gen_tokens), "--zoo-load", args.zoo_load,
+           "--zoo-fuse" if args.zoo_fuse else "--no-zoo-fuse"]
     env = dict(os.environ)
     if lib == "lm" and args.lm_preload:
         env["LD_PRELOAD"] = args.lm_preload
@@ -285,6 +289,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--json", help="write all figures (every run) to this file")
     p.add_argument("--zoo-load", choices=("auto", "stored"), default="auto",
                    help="mlx-zoo's load policy: auto (its default fast path) or as stored")
+    p.add_argument("--zoo-fuse", action=argparse.BooleanOptionalAction, default=True,
+                   help="mlx-zoo loads with fused q/k/v and gate/up projections (fuse=True)")
     p.add_argument("--lm-preload", default="",
                    help="LD_PRELOAD for the mlx-lm processes (e.g. an OpenBLAS library)")
     # worker mode (internal)

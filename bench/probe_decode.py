@@ -6,9 +6,12 @@ In one process, with random in-memory weights (no checkpoint files) of a Qwen2 s
   the bound a decode step cannot beat;
 * one decode step split into graph construction (Python) and evaluation (device + encoding);
 * decode tokens/s through mlx-lm's ``generate_step`` and mlx-zoo's, plain and with the compiled
-  decode step (``compile_step``), on the same weights.
+  decode step (``compile_step``), on the same weights; mlx-zoo's model has its projections fused
+  (q/k/v, gate/up: ``mlx_zoo.fusion``, as ``mlx-zoo generate`` loads it), and "mlx-zoo unfused"
+  is the same model with separate projections.
 
     python bench/probe_decode.py --shape qwen2-7b --formats bf16,4bit
+    python bench/probe_decode.py --scale cpu --layers 4 --formats fp32   # Linux CPU (OpenBLAS)
 """
 
 from __future__ import annotations
@@ -27,6 +30,10 @@ import shapes  # noqa: E402
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
 from mlx.utils import tree_flatten  # noqa: E402
+from mlx_zoo.fusion import checkpoint_parameters  # noqa: E402
+
+DTYPES = {"bf16": mx.bfloat16, "4bit": mx.bfloat16, "fp32": mx.float32}
+"""Weight dtype of each format (4bit: the dtype of its scales and of the other weights)."""
 
 
 def timed(fn, repeat: int = 20, warmup: int = 3) -> float:
@@ -42,8 +49,8 @@ def matvec_bandwidth(config: dict, fmt: str) -> None:
     hidden, inter = config["hidden_size"], config["intermediate_size"]
     for out_dims, in_dims in ((hidden, hidden), (inter, hidden), (hidden, inter),
                               (config["vocab_size"], hidden)):
-        w = (mx.random.normal((out_dims, in_dims)) * 0.02).astype(mx.bfloat16)
-        x = mx.random.normal((1, 1, in_dims)).astype(mx.bfloat16)
+        w = (mx.random.normal((out_dims, in_dims)) * 0.02).astype(DTYPES[fmt])
+        x = mx.random.normal((1, 1, in_dims)).astype(DTYPES[fmt])
         if fmt == "4bit":
             q = mx.quantize(w, group_size=64, bits=4)
             mx.eval(q, x)
@@ -58,17 +65,27 @@ def matvec_bandwidth(config: dict, fmt: str) -> None:
               f"{nbytes / s / 1e9:7.1f} GB/s")
 
 
-def build(config: dict, fmt: str):
+def build(config: dict, fmt: str, fuse: bool = True):
     from mlx_zoo import registry
 
     arch = registry.resolve(config["model_type"])
     args = arch.config_class.from_dict(dict(config), Path("<probe>"))
     model = arch.model_class(args)
-    model.set_dtype(mx.bfloat16)
+    model.set_dtype(DTYPES[fmt])
     if fmt == "4bit":
         mlx_zoo.quantize(model, args, bits=4, group_size=64)
+    if fuse:
+        mlx_zoo.fuse_projections(model)
     mx.eval(model.parameters())
     return model, args
+
+
+def unfused_twin(config: dict, zoo_model, fmt: str):
+    """The same mlx-zoo model with separate projections: the fused model's weights, split."""
+    model, _ = build(config, fmt, fuse=False)
+    model.load_weights(checkpoint_parameters(zoo_model), strict=True)
+    mx.eval(model.parameters())
+    return model
 
 
 def mlx_lm_twin(config: dict, zoo_model, fmt: str):
@@ -79,7 +96,7 @@ def mlx_lm_twin(config: dict, zoo_model, fmt: str):
     model = model_class(args_class.from_dict(config))
     if fmt == "4bit":
         nn.quantize(model, group_size=64, bits=4)
-    model.load_weights(tree_flatten(zoo_model.parameters()), strict=True)
+    model.load_weights(checkpoint_parameters(zoo_model), strict=True)
     return model
 
 
@@ -123,10 +140,12 @@ def main() -> None:
     p = argparse.ArgumentParser()
     p.add_argument("--shape", default="qwen2-7b")
     p.add_argument("--scale", default="full", choices=("full", "cpu"))
-    p.add_argument("--formats", default="bf16,4bit")
+    p.add_argument("--formats", default="bf16,4bit", help=f"of {', '.join(DTYPES)}")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--gen-tokens", type=int, default=128)
     p.add_argument("--layers", type=int)
+    p.add_argument("--rounds", type=int, default=2, help="alternations of the decode runs")
+    p.add_argument("--no-mlx-lm", action="store_true", help="leave mlx-lm out of the decode runs")
     args = p.parse_args()
     config = (shapes.FULL if args.scale == "full" else shapes.CPU)[args.shape]
     if args.layers:
@@ -143,15 +162,17 @@ def main() -> None:
         print(f"  weights {nbytes / 1e9:.2f} GB")
         prompt = mx.random.randint(0, config["vocab_size"], (args.prompt_tokens,)).astype(mx.uint32)
         step_split(model, prompt)
-        lm_model = mlx_lm_twin(config, model, fmt)
+        unfused = unfused_twin(config, model, fmt)
         plain = partial(mlx_zoo.generate_step, compile_step=False)
         compiled = partial(mlx_zoo.generate_step, compile_step=True)
-        for _ in range(2):  # alternated, twice
-            for name, fn, m in (("mlx-zoo plain", plain, model),
-                                ("mlx-zoo compiled", compiled, model),
-                                ("mlx-lm", lm_generate_step, lm_model)):
+        runs = [("mlx-zoo plain", plain, model), ("mlx-zoo unfused", plain, unfused),
+                ("mlx-zoo compiled", compiled, model)]
+        if not args.no_mlx_lm:
+            runs.append(("mlx-lm", lm_generate_step, mlx_lm_twin(config, model, fmt)))
+        for _ in range(args.rounds):  # alternated
+            for name, fn, m in runs:
                 report(name, *decode_tps(fn, m, prompt, args.gen_tokens), nbytes)
-        del model, lm_model
+        del model, unfused, runs
         mx.clear_cache()
 
 
