@@ -103,6 +103,32 @@ def test_quantized_cache_close_to_full_precision():
     assert rel_err(ours, ref) < 2e-2
 
 
+def test_quantized_cache_writes_in_place_across_steps_and_trims():
+    """Keys/values written a few positions at a time, past the preallocation step, read back
+    exactly as quantizing the whole sequence at once (groups run within a position); trimming
+    forgets the last positions, and writing after it equals never having written them."""
+    group, bits, total = 32, 8, QuantizedKVCache.STEP + 40
+    k = mx.random.normal((1, 2, total, 32))
+    v = mx.random.normal((1, 2, total, 32))
+    cache = QuantizedKVCache(group_size=group, bits=bits)
+    for start in range(0, total, 7):
+        keys, values = cache.update_and_fetch(k[:, :, start:start + 7], v[:, :, start:start + 7])
+    assert cache.offset == total and cache.keys[0].shape[2] == 2 * QuantizedKVCache.STEP
+    for got, expected in ((keys, mx.quantize(k, group_size=group, bits=bits)),
+                          (values, mx.quantize(v, group_size=group, bits=bits))):
+        for a, b in zip(got, expected, strict=True):
+            np.testing.assert_array_equal(np.array(a), np.array(b))
+
+    assert cache.is_trimmable() and cache.trim(10) == 10 and cache.offset == total - 10
+    other = mx.random.normal((1, 2, 3, 32))
+    keys, _ = cache.update_and_fetch(other, other)
+    fresh = QuantizedKVCache(group_size=group, bits=bits)
+    expected, _ = fresh.update_and_fetch(mx.concatenate([k[:, :, :total - 10], other], axis=2),
+                                         mx.concatenate([v[:, :, :total - 10], other], axis=2))
+    for a, b in zip(keys, expected, strict=True):
+        np.testing.assert_array_equal(np.array(a), np.array(b))
+
+
 def test_kv_cache_converts_to_quantized():
     cache = KVCache()
     k = mx.random.normal((1, 2, 10, 32))

@@ -256,36 +256,51 @@ def chunked_causal_mask(offset: int, n: int, stored: int, chunk_size: int) -> mx
 
 class QuantizedKVCache(_Cache):
     """Full attention with keys and values stored quantized (``bits`` per element in groups of
-    ``group_size``); :func:`mlx_zoo.layers.attention` reads it with quantized matmuls."""
+    ``group_size``); :func:`mlx_zoo.layers.attention` reads it with quantized matmuls. Like
+    :class:`KVCache`, storage is preallocated in steps of ``STEP`` tokens and written in place."""
+
+    STEP = KVCache.STEP
 
     def __init__(self, group_size: int = 64, bits: int = 8):
         super().__init__()
         self.group_size = group_size
         self.bits = bits
+        # (packed values, scales, biases) each, shape (B, heads, capacity, ...)
         self.keys: tuple[mx.array, ...] | None = None
         self.values: tuple[mx.array, ...] | None = None
 
     def update_and_fetch(self, keys: mx.array, values: mx.array):
+        start, n = self.offset, keys.shape[2]
         qk = mx.quantize(keys, group_size=self.group_size, bits=self.bits)
         qv = mx.quantize(values, group_size=self.group_size, bits=self.bits)
-        if self.keys is None:
-            self.keys, self.values = tuple(qk), tuple(qv)
-        else:
-            self.keys = tuple(mx.concatenate([a, b], axis=2)
-                              for a, b in zip(self.keys, qk, strict=True))
-            self.values = tuple(mx.concatenate([a, b], axis=2)
-                                for a, b in zip(self.values, qv, strict=True))
-        self.offset += keys.shape[2]
-        return self.keys, self.values
+        if self.keys is None or start + n > self.keys[0].shape[2]:
+            self.keys = _grown(self.keys, qk, start, start + n, self.STEP)
+            self.values = _grown(self.values, qv, start, start + n, self.STEP)
+        for stored, new in zip(self.keys + self.values, tuple(qk) + tuple(qv), strict=True):
+            stored[..., start:start + n, :] = new
+        self.offset += n
+        return self._filled(self.keys), self._filled(self.values)
+
+    def _filled(self, arrays: tuple[mx.array, ...]) -> tuple[mx.array, ...]:
+        return tuple(a[..., :self.offset, :] for a in arrays)
 
     @property
     def state(self):
-        return () if self.keys is None else (self.keys, self.values)
+        return () if self.keys is None else (self._filled(self.keys), self._filled(self.values))
 
     @state.setter
     def state(self, value) -> None:
         if value:
             self.keys, self.values = (tuple(v) for v in value)
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        """Forget the last ``n`` positions."""
+        n = min(self.offset, n)
+        self.offset -= n
+        return n
 
     @property
     def meta_state(self) -> tuple[str, ...]:
@@ -294,6 +309,21 @@ class QuantizedKVCache(_Cache):
     @meta_state.setter
     def meta_state(self, values: tuple[str, ...]) -> None:
         self.offset, self.group_size, self.bits = (int(v) for v in values)
+
+
+def _grown(stored: tuple[mx.array, ...] | None, new: Any, kept: int, needed: int,
+           step: int) -> tuple[mx.array, ...]:
+    """Buffers shaped like ``new``'s arrays along every axis but the positions (axis 2), with room
+    for ``needed`` positions rounded up to ``step``, holding the first ``kept`` of ``stored``."""
+    capacity = (needed + step - 1) // step * step
+    grown = []
+    for i, array in enumerate(new):
+        batch, heads, _, width = array.shape
+        buffer = mx.zeros((batch, heads, capacity, width), array.dtype)
+        if stored is not None and kept:
+            buffer[..., :kept, :] = stored[i][..., :kept, :]
+        grown.append(buffer)
+    return tuple(grown)
 
 
 BUILTIN_CACHES: dict[str, type] = {
