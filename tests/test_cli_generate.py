@@ -78,6 +78,7 @@ def test_generate_plain_prompt_from_stdin_with_sampling_flags():
     (["--top-p", "0"], "top_p must be in (0, 1]"),
     (["--max-tokens", "0"], "max_tokens must be an integer >= 1"),
     (["--model", "demo:nonexistent"], "no such demo checkpoint"),
+    (["--kv-bits", "7"], "kv_bits must be one of"),
 ])
 def test_generate_reports_bad_arguments_without_a_traceback(args, message):
     proc = mlx_zoo_cli("generate", *args)

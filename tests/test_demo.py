@@ -82,6 +82,28 @@ def test_demo_reproduces_a_passage_learned_by_heart(demo):
     assert continuation(model, tokenizer, prompt, len(expected)) == expected
 
 
+def test_passage_survives_an_8_bit_kv_cache(demo):
+    """With the full-attention caches quantized to 8 bits after the first 8 positions
+    (``kv_bits``), greedy decoding still reproduces the passage, and the caches the generation
+    filled are quantized ones (chunked/sliding caches stay as they were)."""
+    name, model, _, tokenizer = demo
+    prompt, expected = passage(name)
+    cache = mlx_zoo.make_prompt_cache(model)
+    result = mlx_zoo.generate(model, tokenizer, prompt, max_tokens=len(expected),
+                              prompt_cache=cache, kv_bits=8, kv_group_size=32,
+                              quantized_kv_start=8)
+    assert result.text[:len(expected)] == expected
+    kinds = {type(c).__name__ for c in cache}
+    assert "QuantizedKVCache" in kinds and "KVCache" not in kinds
+
+
+def test_kv_bits_are_checked():
+    with pytest.raises(mlx_zoo.GenerationArgumentError, match="kv_bits must be one of"):
+        next(mlx_zoo.generate_step([1, 2], None, kv_bits=7))
+    with pytest.raises(mlx_zoo.GenerationArgumentError, match="kv_group_size must be one of"):
+        next(mlx_zoo.generate_step([1, 2], None, kv_bits=4, kv_group_size=48))
+
+
 def test_the_passage_check_fails_with_a_wrong_rope_base(demo, tmp_path):
     """The check can fail: the same weights with RoPE's base theta 100x too large (config.json
     edited) lose the passage."""

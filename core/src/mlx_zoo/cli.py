@@ -86,6 +86,12 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repetition-context-size", type=int, default=20,
                    help="tokens the repetition penalty looks back at")
     p.add_argument("--seed", type=int, default=None, help="random seed: reproducible sampling")
+    p.add_argument("--kv-bits", type=int, default=None,
+                   help="store the attention cache quantized to this many bits (default: off)")
+    p.add_argument("--kv-group-size", type=int, default=64,
+                   help="elements per scale of the quantized cache")
+    p.add_argument("--quantized-kv-start", type=int, default=0,
+                   help="positions held before the cache is quantized")
     p.add_argument("--system", default=None, help="system prompt (through the chat template)")
     p.add_argument("--plugin", help="distribution to use when several claim the model_type")
 
@@ -112,9 +118,10 @@ def _load_for_generation(args: argparse.Namespace):
     reported before anything is loaded)."""
     import mlx_zoo
 
-    from .generate import check_generation_args
+    from .generate import check_generation_args, check_kv_args
 
     check_generation_args(args.max_tokens, getattr(args, "prefill_step_size", 1))
+    check_kv_args(args.kv_bits, args.kv_group_size, args.quantized_kv_start)
     mlx_zoo.make_sampler(args.temp, args.top_p, args.top_k, args.min_p)
     mlx_zoo.make_logits_processors(args.repetition_penalty, args.repetition_context_size)
 
@@ -128,7 +135,9 @@ def _load_for_generation(args: argparse.Namespace):
 def _sampling_kwargs(args: argparse.Namespace) -> dict:
     return dict(max_tokens=args.max_tokens, temp=args.temp, top_p=args.top_p, top_k=args.top_k,
                 min_p=args.min_p, repetition_penalty=args.repetition_penalty,
-                repetition_context_size=args.repetition_context_size, seed=args.seed)
+                repetition_context_size=args.repetition_context_size, seed=args.seed,
+                kv_bits=args.kv_bits, kv_group_size=args.kv_group_size,
+                quantized_kv_start=args.quantized_kv_start)
 
 
 def _messages(system: str | None, turns: list[dict[str, str]]) -> list[dict[str, str]]:

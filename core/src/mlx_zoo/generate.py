@@ -24,7 +24,7 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cache import make_prompt_cache
+from .cache import KVCache, make_prompt_cache
 from .compiled import compiled_decoder, enabled_by_default
 from .errors import GenerationArgumentError
 from .sample import (
@@ -56,6 +56,41 @@ def check_generation_args(max_tokens: int, prefill_step_size: int) -> None:
             f"prefill_step_size must be an integer >= 1, got {prefill_step_size!r}")
 
 
+KV_BITS = (2, 3, 4, 5, 6, 8)
+"""Bit widths MLX quantizes to (``mx.quantize``, affine mode)."""
+KV_GROUP_SIZES = (32, 64, 128)
+"""Group sizes MLX quantizes with: consecutive elements of a key/value vector sharing a scale."""
+DEFAULT_KV_GROUP_SIZE = 64
+
+
+def check_kv_args(kv_bits: int | None, kv_group_size: int, quantized_kv_start: int) -> None:
+    """Raise :class:`GenerationArgumentError` unless the KV-cache quantization is valid."""
+    if kv_bits is not None and kv_bits not in KV_BITS:
+        raise GenerationArgumentError(f"kv_bits must be one of {KV_BITS} (or None), "
+                                      f"got {kv_bits!r}")
+    if kv_group_size not in KV_GROUP_SIZES:
+        raise GenerationArgumentError(f"kv_group_size must be one of {KV_GROUP_SIZES}, "
+                                      f"got {kv_group_size!r}")
+    if (isinstance(quantized_kv_start, bool) or not isinstance(quantized_kv_start, int)
+            or quantized_kv_start < 0):
+        raise GenerationArgumentError(
+            f"quantized_kv_start must be an integer >= 0, got {quantized_kv_start!r}")
+
+
+def quantize_kv_caches(cache: list, kv_bits: int | None, kv_group_size: int,
+                       quantized_kv_start: int) -> None:
+    """Replace, in ``cache`` (in place), each full-attention :class:`~mlx_zoo.KVCache` that holds
+    at least ``quantized_kv_start`` positions by a :class:`~mlx_zoo.QuantizedKVCache` with the same
+    contents (keys/values stored in ``kv_bits`` bits: less memory for long contexts, at a small
+    loss). Sliding-window and chunked caches stay as they are; nothing happens when ``kv_bits`` is
+    None."""
+    if kv_bits is None:
+        return
+    for i, layer_cache in enumerate(cache):
+        if type(layer_cache) is KVCache and layer_cache.offset >= quantized_kv_start:
+            cache[i] = layer_cache.to_quantized(group_size=kv_group_size, bits=kv_bits)
+
+
 def _as_prompt_array(prompt: Any) -> mx.array:
     tokens = prompt if isinstance(prompt, mx.array) else mx.array(list(prompt), dtype=mx.uint32)
     if tokens.ndim != 1 or tokens.size == 0:
@@ -70,6 +105,9 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
                   prompt_cache: list | None = None,
                   prefill_step_size: int = DEFAULT_PREFILL_STEP_SIZE,
                   compile_step: bool | None = None,
+                  kv_bits: int | None = None,
+                  kv_group_size: int = DEFAULT_KV_GROUP_SIZE,
+                  quantized_kv_start: int = 0,
                   ) -> Iterator[tuple[int, mx.array]]:
     """Yield ``(token, logprobs)`` for up to ``max_tokens`` new tokens after ``prompt``.
 
@@ -79,9 +117,14 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
 
     ``compile_step`` runs the single-token steps through :mod:`mlx_zoo.compiled` (the model step
     compiled once, on a fixed-shape copy of the caches written back at the end); default
-    (None): on a GPU, for the models it serves (:func:`mlx_zoo.compiled.enabled_by_default`).
+    (None): off unless ``MLX_ZOO_COMPILE=1`` (:func:`mlx_zoo.compiled.enabled_by_default`).
+
+    ``kv_bits`` stores the full-attention caches' keys and values quantized (``kv_group_size``
+    elements per scale) once they hold ``quantized_kv_start`` positions, as mlx-lm's options of
+    the same names do (:func:`quantize_kv_caches`); the compiled step is then not used.
     """
     check_generation_args(max_tokens, prefill_step_size)
+    check_kv_args(kv_bits, kv_group_size, quantized_kv_start)
     tokens = _as_prompt_array(prompt)
     cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
     sampler = sampler or greedy
@@ -90,7 +133,11 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
 
     decoder = None  # a CompiledDecoder once the prompt is in the caches, where one is used
 
+    def quantize_caches() -> None:
+        quantize_kv_caches(cache, kv_bits, kv_group_size, quantized_kv_start)
+
     def step(inputs: mx.array) -> tuple[mx.array, mx.array]:
+        quantize_caches()
         if decoder is not None:
             logits = decoder.step(inputs)
         else:
@@ -105,13 +152,15 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
     # of 150k would dominate a CPU prefill. The last token goes through ``step``.
     while tokens.size > 1:
         chunk = min(prefill_step_size, tokens.size - 1)
+        quantize_caches()
         model(tokens[None, :chunk], cache=cache)
         mx.eval([c.state for c in cache])
         tokens = tokens[chunk:]
 
     y, logprobs = step(tokens)
     mx.async_eval(y, logprobs)
-    if max_tokens > 1 and (enabled_by_default() if compile_step is None else compile_step):
+    compile_wanted = enabled_by_default() if compile_step is None else compile_step
+    if max_tokens > 1 and compile_wanted and kv_bits is None:
         decoder = compiled_decoder(model, cache, max_tokens)
     try:
         for n in range(max_tokens):
@@ -242,6 +291,9 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
                     prefill_step_size: int = DEFAULT_PREFILL_STEP_SIZE,
                     sampler: Sampler | None = None,
                     logits_processors: Sequence[LogitsProcessor] | None = None,
+                    kv_bits: int | None = None,
+                    kv_group_size: int = DEFAULT_KV_GROUP_SIZE,
+                    quantized_kv_start: int = 0,
                     ) -> Iterator[GenerationResponse]:
     """Generate text after ``prompt`` (a string, tokenised with the tokenizer's special tokens,
     or token ids), one :class:`GenerationResponse` per token.
@@ -251,8 +303,10 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
     ``logits_processors`` replace the ones those arguments would build. Generation ends on one
     of the tokenizer's ``eos_token_ids`` (the EOS is not part of the text), on a ``stop`` string
     (which is not part of the text either), or after ``max_tokens`` tokens; the last response
-    carries the ``finish_reason``.
+    carries the ``finish_reason``. ``kv_bits``, ``kv_group_size``, ``quantized_kv_start``: see
+    :func:`generate_step`.
     """
+    check_kv_args(kv_bits, kv_group_size, quantized_kv_start)
     if sampler is None:
         sampler = make_sampler(temp, top_p, top_k, min_p)
     if logits_processors is None:
@@ -268,7 +322,8 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
 
     steps = generate_step(tokens, model, max_tokens=max_tokens, sampler=sampler,
                           logits_processors=logits_processors, prompt_cache=prompt_cache,
-                          prefill_step_size=prefill_step_size)
+                          prefill_step_size=prefill_step_size, kv_bits=kv_bits,
+                          kv_group_size=kv_group_size, quantized_kv_start=quantized_kv_start)
     mx.reset_peak_memory()
     start = time.perf_counter()
     prompt_tps = 0.0
