@@ -476,46 +476,6 @@ def test_4bit_quantized_copy_saves_loads_and_runs(tmp_path, fmt):
     assert rel_err(out, reference_logits(ref, ids)) < TOLERANCE
 
 
-SHARD_SCRIPT = """
-import sys
-import mlx.core as mx, numpy as np, mlx_zoo
-group = mx.distributed.init()
-ids = mx.array([[5, 9, 1, 33, 7, 2, 64, 11, 3, 90]])
-for path in sys.argv[1:]:
-    model, _ = mlx_zoo.load(path, fuse=True)  # shard() splits the fused projections first
-    full = np.array(model(ids))
-    model.shard(group)
-    cache = mlx_zoo.make_prompt_cache(model)
-    pieces = [np.array(model(ids[:, :6], cache)), np.array(model(ids[:, 6:], cache))]
-    sharded = np.concatenate(pieces, axis=1)
-    heads = model.layers[0].self_attn.n_heads
-    err = float(np.abs(sharded - full).max() / np.abs(full).max())
-    print(f"rank={group.rank()} size={group.size()} heads={heads} err={err:.2e}")
-"""
-
-
-def test_two_way_tensor_parallel_matches_single_process(tmp_path):
-    """shard() over two processes (MLX's ring backend on loopback), with cached decoding, of
-    models loaded with fused projections: Tencent's format (CLA, MoE + shared MLP) and
-    transformers' MoE format."""
-    write_hunyuan(tmp_path / "hunyuan")
-    write_v1(tmp_path / "moe", "moe", attention_bias=True)
-    script = tmp_path / "shard_check.py"
-    script.write_text(SHARD_SCRIPT)
-    launcher = Path(sys.executable).parent / "mlx.launch"
-    if not launcher.exists():
-        pytest.skip("mlx.launch not installed")
-    out = subprocess.run([str(launcher), "-n", "2", "--backend", "ring", "--python",
-                          sys.executable, str(script), str(tmp_path / "hunyuan"),
-                          str(tmp_path / "moe")], capture_output=True, text=True, timeout=180)
-    lines = [line for line in out.stdout.splitlines() if line.startswith("rank=")]
-    assert len(lines) == 4, out.stdout + out.stderr
-    for line in lines:
-        fields = dict(item.split("=") for item in line.split())
-        assert fields["size"] == "2" and fields["heads"] == "2"  # 4 heads over 2 ranks
-        assert float(fields["err"]) < TOLERANCE
-
-
 # -- bad input ---------------------------------------------------------------------------------
 
 

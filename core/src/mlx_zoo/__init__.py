@@ -16,7 +16,8 @@ from .cache import (ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, 
 from .config import BaseModelArgs, RopeScaling, normalize_config, read_config
 from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZooError,
                      PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
-                     SafetensorsError, TokenizerError, WeightMismatchError, WeightsError)
+                     SafetensorsError, ShardingError, TokenizerError, WeightMismatchError,
+                     WeightsError)
 from .fusion import FusedLinear, fuse_projections, project, unfuse_projections
 from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
                        reuse_prompt_cache, stream_generate)
@@ -27,6 +28,7 @@ from .loading import ModelNotFoundError, load, resolve_model_dir, save
 from .registry import list_plugins, register, unregister
 from .rope import RoPE, get_rope
 from .sample import make_logits_processors, make_sampler
+from .sharding import shard_attention, shard_experts, shard_mlp
 from .tokenizer import Tokenizer, load_tokenizer
 from .weights import quantize_model as quantize
 
@@ -46,4 +48,5 @@ __all__ = [
     "GenerationResponse", "GenerationResult", "Tokenizer", "generate", "generate_step",
     "load_tokenizer", "make_logits_processors", "make_sampler", "reuse_prompt_cache",
     "stream_generate",
+    "ShardingError", "shard_attention", "shard_experts", "shard_mlp",
 ]

@@ -127,3 +127,7 @@ class TokenizerError(MlxZooError):
 
 class GenerationArgumentError(MlxZooError, ValueError):
     """An invalid sampling or generation argument (temperature < 0, top_p outside (0, 1], ...)."""
+
+
+class ShardingError(MlxZooError, ValueError):
+    """A model cannot be split over the requested number of processes (tensor parallelism)."""

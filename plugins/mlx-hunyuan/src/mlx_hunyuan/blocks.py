@@ -52,6 +52,9 @@ from mlx_zoo import (
     mask_for,
     merge_heads,
     project,
+    shard_attention,
+    shard_experts,
+    shard_mlp,
     split_heads,
     unfuse_projections,
 )
@@ -290,13 +293,8 @@ class MoE(nn.Module):
         """Split every expert's and the shared MLP's hidden units across ``group`` (router
         replicated, so all ranks route alike); each rank's output is a partial sum, added up
         across ranks with one all-reduce per layer."""
-        from mlx.nn.layers.distributed import shard_inplace
-
-        mlps = [self.switch_mlp] + ([self.shared_mlp] if "shared_mlp" in self else [])
-        for mlp in mlps:
-            shard_inplace(mlp.gate_proj, "all-to-sharded", group=group)
-            shard_inplace(mlp.up_proj, "all-to-sharded", group=group)
-            shard_inplace(mlp.down_proj, "sharded-to-all", group=group)
+        shard_experts([self.switch_mlp] + ([self.shared_mlp] if "shared_mlp" in self else []),
+                      group)
         self.sharding_group = group
 
     def __call__(self, x: mx.array) -> mx.array:
@@ -397,27 +395,16 @@ class HunYuanForCausalLM(CausalLM):
         MLP or mixture of experts. Query/key norms act per head and need no change; CLA layers
         reuse the keys/values of their rank's own heads. Needs head counts divisible by the
         group size. Fused projections are split first: each part is sharded by its own heads."""
-        from mlx.nn.layers.distributed import shard_linear
-
         unfuse_projections(self)
         group = group or mx.distributed.init()
-        ranks = group.size()
         for layer in self.layers:
             attn = layer.self_attn
-            projections = ("q_proj", "k_proj", "v_proj") if attn.computes_kv else ("q_proj",)
-            for name in projections:
-                setattr(attn, name, shard_linear(getattr(attn, name), "all-to-sharded",
-                                                 group=group))
-            attn.o_proj = shard_linear(attn.o_proj, "sharded-to-all", group=group)
-            attn.n_heads //= ranks
-            attn.n_kv_heads //= ranks
-            mlp = layer.mlp
-            if isinstance(mlp, MoE):
-                mlp.shard(group)
-                continue
-            mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
-            mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
-            mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
+            inputs = ("q_proj", "k_proj", "v_proj") if attn.computes_kv else ("q_proj",)
+            shard_attention(attn, group, inputs=inputs)
+            if isinstance(layer.mlp, MoE):
+                layer.mlp.shard(group)
+            else:
+                shard_mlp(layer.mlp, group)
 
     def quantize_predicate(self, path: str, module: nn.Module) -> bool:
         """Everything but the expert routers (``mlp.gate.wg``): they are small, and a routing

@@ -60,7 +60,11 @@ from mlx_zoo import (
     mask_for,
     merge_heads,
     project,
+    shard_attention,
+    shard_experts,
+    shard_mlp,
     split_heads,
+    unfuse_projections,
 )
 
 CHUNKED_ATTENTION = "chunked_attention"  # layer_types entry: local attention within chunks
@@ -283,6 +287,14 @@ class MoE(nn.Module):
         self.router = nn.Linear(args.hidden_size, args.num_local_experts, bias=False)
         self.experts = SwitchGLU(args.hidden_size, args.intermediate_size, args.num_local_experts)
         self.shared_expert = SwiGLU(args.hidden_size, args.intermediate_size)
+        self.sharding_group = None  # set by shard(): sum the ranks' partial outputs
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Split every routed expert's and the shared expert's hidden units across ``group``
+        (router replicated, so all ranks route alike); each rank's output is a partial sum, added
+        up across ranks with one all-reduce."""
+        shard_experts([self.experts, self.shared_expert], group)
+        self.sharding_group = group
 
     def __call__(self, x: mx.array) -> mx.array:
         logits = self.router(x)
@@ -292,7 +304,10 @@ class MoE(nn.Module):
         # sigmoid is monotonic, so picking by logit or by sigmoid(logit) picks the same experts
         weights = mx.sigmoid(mx.take_along_axis(logits, chosen, axis=-1).astype(mx.float32))
         routed = self.experts(x, chosen, input_scale=weights.astype(x.dtype))
-        return self.shared_expert(x) + routed.sum(axis=-2)
+        y = self.shared_expert(x) + routed.sum(axis=-2)
+        if self.sharding_group is not None:
+            y = mx.distributed.all_sum(y, group=self.sharding_group)
+        return y
 
 
 class TransformerBlock(nn.Module):
@@ -351,6 +366,23 @@ class Model(CausalLM):
         layers, a full :class:`~mlx_zoo.KVCache` on the global ones."""
         chunk = self.args.attention_chunk_size
         return [ChunkedKVCache(chunk) if chunked else KVCache() for chunked in self.model.chunked]
+
+    def shard(self, group: mx.distributed.Group | None = None) -> None:
+        """Megatron-style tensor parallelism over ``group`` (Shoeybi et al. 2019,
+        https://arxiv.org/abs/1909.08053), in place, through the core's
+        :mod:`mlx_zoo.sharding`: attention heads split across ranks (q/k/v by output features,
+        o_proj by input features; the query/key L2 norm and the temperature act per head, the
+        chunked and global caches per rank), dense MLPs and every expert split by hidden units.
+        One all-reduce after attention and one after each MLP / mixture of experts. Needs head
+        counts divisible by the group size. Fused projections are split first."""
+        unfuse_projections(self)
+        group = group or mx.distributed.init()
+        for layer in self.model.layers:
+            shard_attention(layer.self_attn, group)
+            if layer.is_moe:
+                layer.feed_forward.shard(group)
+            else:
+                shard_mlp(layer.feed_forward, group)
 
     def quantize_predicate(self, path: str, module: nn.Module) -> bool:
         """Keep the routers in full precision: a tiny matrix whose rounding could flip which

@@ -29,6 +29,8 @@ from mlx_zoo import (
     mask_for,
     merge_heads,
     project,
+    shard_attention,
+    shard_mlp,
     split_heads,
     unfuse_projections,
 )
@@ -139,19 +141,8 @@ class Model(CausalLM):
         by input features ("sharded-to-all", results summed across ranks), so each block needs
         one all-reduce after attention and one after the MLP. Head counts shrink accordingly.
         Fused projections are split first: each part is sharded by its own heads."""
-        from mlx.nn.layers.distributed import shard_linear
-
         unfuse_projections(self)
         group = group or mx.distributed.init()
-        ranks = group.size()
         for layer in self.model.layers:
-            attn, mlp = layer.self_attn, layer.mlp
-            for name in ("q_proj", "k_proj", "v_proj"):
-                sharded = shard_linear(getattr(attn, name), "all-to-sharded", group=group)
-                setattr(attn, name, sharded)
-            attn.o_proj = shard_linear(attn.o_proj, "sharded-to-all", group=group)
-            attn.n_heads //= ranks
-            attn.n_kv_heads //= ranks
-            mlp.gate_proj = shard_linear(mlp.gate_proj, "all-to-sharded", group=group)
-            mlp.up_proj = shard_linear(mlp.up_proj, "all-to-sharded", group=group)
-            mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
+            shard_attention(layer.self_attn, group)
+            shard_mlp(layer.mlp, group)
