@@ -7,6 +7,7 @@ import re
 import shutil
 from pathlib import Path
 
+import mlx.core as mx
 import pytest
 
 import mlx_zoo
@@ -82,6 +83,10 @@ def test_demo_reproduces_a_passage_learned_by_heart(demo):
     assert continuation(model, tokenizer, prompt, len(expected)) == expected
 
 
+@pytest.mark.skipif(
+    mx.default_device() == mx.gpu and not mx.metal.is_available(),
+    reason="MLX 0.32.4's CUDA quantized_matmul has no kernel for the demos' float32 activations "
+           "with head_dim 32 ('No implementation for problem shape'; docs/benchmarks.md)")
 def test_passage_survives_an_8_bit_kv_cache(demo):
     """With the full-attention caches quantized to 8 bits after the first 8 positions
     (``kv_bits``), greedy decoding still reproduces the passage, and the caches the generation

@@ -25,7 +25,9 @@ from mlx_zoo.weights import read_safetensors_header
 pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-ROUNDING = 1e-6  # fused vs unfused: the same products, at most float rounding apart
+# fused vs unfused: the same products, at most float rounding apart (a fused product may run a
+# different kernel, summing in another order: 1.1e-6 and 1.3e-6 measured on an H100)
+ROUNDING = 1e-5
 BROKEN = 100 * TOLERANCE  # an error this large is a wrong model, not rounding
 QUANT = dict(bits=4, group_size=32)
 
