@@ -62,7 +62,21 @@ class _Cache:
         return sum(a.nbytes for _, a in tree_flatten(self.state))
 
 
-class KVCache(_Cache):
+class _Trimmable(_Cache):
+    """A cache that holds every position it saw, in order: the last ``n`` can be forgotten by
+    moving the offset back (the next writes overwrite them)."""
+
+    def is_trimmable(self) -> bool:
+        return True
+
+    def trim(self, n: int) -> int:
+        """Forget the last ``n`` positions (speculative decoding, prompt-cache reuse)."""
+        n = min(self.offset, n)
+        self.offset -= n
+        return n
+
+
+class KVCache(_Trimmable):
     """Full causal attention: keeps every key/value, preallocated in steps of ``STEP`` tokens so
     that decoding writes in place instead of concatenating each step."""
 
@@ -103,15 +117,6 @@ class KVCache(_Cache):
         if value:
             self.keys, self.values = value
             self.offset = self.keys.shape[2]
-
-    def is_trimmable(self) -> bool:
-        return True
-
-    def trim(self, n: int) -> int:
-        """Forget the last ``n`` positions (speculative decoding, prompt-cache reuse)."""
-        n = min(self.offset, n)
-        self.offset -= n
-        return n
 
     def to_quantized(self, group_size: int = 64, bits: int = 8) -> QuantizedKVCache:
         cache = QuantizedKVCache(group_size=group_size, bits=bits)
@@ -254,7 +259,7 @@ def chunked_causal_mask(offset: int, n: int, stored: int, chunk_size: int) -> mx
     return causal & same_chunk
 
 
-class QuantizedKVCache(_Cache):
+class QuantizedKVCache(_Trimmable):
     """Full attention with keys and values stored quantized (``bits`` per element in groups of
     ``group_size``); :func:`mlx_zoo.layers.attention` reads it with quantized matmuls. Like
     :class:`KVCache`, storage is preallocated in steps of ``STEP`` tokens and written in place."""
@@ -292,15 +297,6 @@ class QuantizedKVCache(_Cache):
     def state(self, value) -> None:
         if value:
             self.keys, self.values = (tuple(v) for v in value)
-
-    def is_trimmable(self) -> bool:
-        return True
-
-    def trim(self, n: int) -> int:
-        """Forget the last ``n`` positions."""
-        n = min(self.offset, n)
-        self.offset -= n
-        return n
 
     @property
     def meta_state(self) -> tuple[str, ...]:
