@@ -29,6 +29,9 @@ PROMPT_TOKENS = 40  # crosses the llama4 checkpoints' 16-position chunks
 SPLIT = 24  # cached decoding: the first SPLIT tokens, then the rest
 SMALLEST_VOCAB = 91
 HEADS_PER_RANK = 2  # every checkpoint has 4 attention heads
+# Sharded vs unsharded: the same products, summed across ranks in another order; 10x tighter
+# than the parity tolerance against transformers (the Qwen2-only test this replaces used 1e-5).
+SHARD_TOLERANCE = TOLERANCE / 10
 
 SCRIPT = textwrap.dedent(f"""
     import sys
@@ -92,7 +95,7 @@ def test_two_way_tensor_parallel_matches_single_process(checkpoints, tmp_path):
     assert set(runs) == expected, out.stdout + out.stderr
     for fields in runs.values():
         assert fields["size"] == "2" and fields["heads"] == str(HEADS_PER_RANK)
-        assert float(fields["err"]) < TOLERANCE, fields
+        assert float(fields["err"]) < SHARD_TOLERANCE, fields
 
 
 def test_heads_that_do_not_divide_are_a_clear_error():

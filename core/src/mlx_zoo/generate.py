@@ -306,7 +306,6 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
     carries the ``finish_reason``. ``kv_bits``, ``kv_group_size``, ``quantized_kv_start``: see
     :func:`generate_step`.
     """
-    check_kv_args(kv_bits, kv_group_size, quantized_kv_start)
     if sampler is None:
         sampler = make_sampler(temp, top_p, top_k, min_p)
     if logits_processors is None:
