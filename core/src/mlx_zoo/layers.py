@@ -7,7 +7,11 @@ kernel here serves every architecture.
 
 from __future__ import annotations
 
+import copy
 import math
+import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import mlx.core as mx
@@ -207,21 +211,73 @@ def _sort_by_expert(x: mx.array, indices: mx.array) -> tuple[mx.array, mx.array,
     return rows[order if per_pair else order // top_k], flat[order], inverse
 
 
+_COMPILED_FUNCTION = type(nn.silu)
+"""The type of an ``mx.compile``-d function, which is what ``mlx.nn``'s activations
+(``nn.silu``, ``nn.gelu``, ...) are: it can be neither pickled nor deep-copied."""
+
+
+@dataclass(frozen=True)
+class _MlxNNFunction:
+    """Stands in, in a pickled :class:`SwitchGLU`, for one of ``mlx.nn``'s compiled activations:
+    they are pickled by name and looked up again in ``mlx.nn`` when unpickled."""
+
+    name: str
+
+
+def _mlx_nn_name(function: Any) -> str | None:
+    """The name under which ``function`` is an attribute of ``mlx.nn``, if it is one."""
+    name = getattr(function, "__name__", None)
+    return name if isinstance(name, str) and getattr(nn, name, None) is function else None
+
+
 class SwitchGLU(nn.Module):
     """A gated MLP per expert, ``down(act(gate(x)) * up(x))`` (SwiGLU with the default SiLU),
     applied to the ``top_k`` experts chosen for each token.
 
     ``x``: ``(..., hidden)``; ``indices``: ``(..., top_k)`` expert ids. Returns
     ``(..., top_k, hidden)``: each chosen expert's output, for the caller to weight and sum.
+
+    Copying: ``activation`` is kept as given (``self.activation is nn.silu`` by default), and
+    ``mlx.nn``'s activations are ``mx.compile``-d function objects that ``copy`` and ``pickle``
+    cannot handle. So :func:`copy.deepcopy` shares the activation (as it shares plain functions)
+    and copies everything else, and pickling stores an ``mlx.nn`` activation by its name. Any
+    other activation must be picklable itself (a module-level function) for the layer to pickle.
     """
 
     def __init__(self, input_dims: int, hidden_dims: int, num_experts: int,
-                 activation=nn.silu, bias: bool = False):
+                 activation: Callable[[mx.array], mx.array] = nn.silu, bias: bool = False):
         super().__init__()
         self.gate_proj = SwitchLinear(input_dims, hidden_dims, num_experts, bias)
         self.up_proj = SwitchLinear(input_dims, hidden_dims, num_experts, bias)
         self.down_proj = SwitchLinear(hidden_dims, input_dims, num_experts, bias)
         self.activation = activation
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> SwitchGLU:
+        memo.setdefault(id(self.activation), self.activation)  # shared, like any function
+        new = type(self).__new__(type(self))
+        memo[id(self)] = new
+        for key, value in self.items():  # the sub-layers and arrays (nn.Module is a dict)
+            dict.__setitem__(new, key, copy.deepcopy(value, memo))
+        vars(new).update(copy.deepcopy(vars(self), memo))
+        return new
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(vars(self))
+        activation = state.get("activation")
+        name = _mlx_nn_name(activation)
+        if name is not None:
+            state["activation"] = _MlxNNFunction(name)
+        elif isinstance(activation, _COMPILED_FUNCTION):
+            raise pickle.PicklingError(
+                f"SwitchGLU.activation is {activation!r}, an mx.compile'd function, which cannot "
+                "be pickled: pass one of mlx.nn's activations or a module-level Python function")
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        activation = state.get("activation")
+        if isinstance(activation, _MlxNNFunction):
+            state = {**state, "activation": getattr(nn, activation.name)}
+        vars(self).update(state)
 
     def __call__(self, x: mx.array, indices: mx.array,
                  input_scale: mx.array | None = None) -> mx.array:
