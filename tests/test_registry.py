@@ -90,12 +90,12 @@ def test_register_in_process_without_packaging(tmp_path, testplugin):
 
 
 def test_unknown_model_type_names_package_and_installed(tmp_path, testplugin, monkeypatch):
-    ckpt = write_tiny_checkpoint(tmp_path / "q", model_type="qwen2")
-    monkeypatch.setenv("MLX_ZOO_PLUGINS", "-mlx-qwen2")  # as if it were not installed
+    monkeypatch.setitem(registry.KNOWN_PACKAGES, "zoo_absent", "mlx-zoo-absent")
+    ckpt = write_tiny_checkpoint(tmp_path / "q", model_type="zoo_absent")
     with pytest.raises(PluginNotFoundError) as e:
         mlx_zoo.load(ckpt)
     msg = str(e.value)
-    assert "'qwen2'" in msg and "pip install mlx-qwen2" in msg and "zoo_tiny" in msg
+    assert "'zoo_absent'" in msg and "pip install mlx-zoo-absent" in msg and "zoo_tiny" in msg
     assert "config.json" in msg
     ckpt2 = write_tiny_checkpoint(tmp_path / "x", model_type="no_such_arch")
     with pytest.raises(PluginNotFoundError, match="no_such_arch.*Installed model types"):

@@ -37,19 +37,60 @@ class PluginError(MlxZooError):
 
 
 class PluginNotFoundError(PluginError):
-    """No installed (or registered) plugin serves the checkpoint's model_type."""
+    """No installed (or registered) plugin serves the checkpoint's model_type -- none is
+    installed, the ones installed are switched off by ``MLX_ZOO_PLUGINS``, or the distribution
+    chosen with ``plugin=`` / ``MLX_ZOO_PREFER`` is not one of them.
+
+    Attributes: ``model_type``; ``installed``, the model types that can be loaded now;
+    ``disabled``, the installed distributions providing ``model_type`` that ``MLX_ZOO_PLUGINS``
+    (whose value is ``disabled_by``) switches off; ``chosen``, the distribution asked for, and
+    ``chosen_by``, where that came from (``"plugin="`` or ``"MLX_ZOO_PREFER"``); ``providers``,
+    the enabled distributions that do provide ``model_type``.
+    """
 
     def __init__(self, model_type: str, installed: list[str], hint: str | None = None,
-                 path: Path | str | None = None):
+                 path: Path | str | None = None, *, disabled: list[str] | None = None,
+                 disabled_by: str | None = None, chosen: str | None = None,
+                 chosen_by: str | None = None, providers: list[str] | None = None):
         self.model_type = model_type
         self.installed = installed
+        self.disabled = sorted(disabled or [])
+        self.disabled_by = disabled_by
+        self.chosen = chosen
+        self.chosen_by = chosen_by
+        self.providers = sorted(providers or [])
         where = f"{path}: " if path is not None else ""
-        msg = f"{where}no plugin provides model_type {model_type!r}."
-        if hint:
-            msg += f" Install it with: pip install {hint}."
+        off = f"disabled by MLX_ZOO_PLUGINS={disabled_by!r}"
+        if chosen is not None:
+            how = (f"plugin={chosen!r}" if chosen_by == "plugin="
+                   else f"{chosen_by}='{model_type}={chosen}'")
+            if chosen in self.disabled:
+                msg = f"{where}{chosen} (chosen by {how}) provides {model_type!r} but is {off}."
+            else:
+                msg = (f"{where}{chosen} (chosen by {how}) does not provide model_type "
+                       f"{model_type!r}.")
+            others = self.providers + [f"{d} ({off})" for d in self.disabled if d != chosen]
+            if others:
+                msg += " Installed distributions that provide it: " + ", ".join(others) + "."
+            elif chosen not in self.disabled:
+                msg += " No installed distribution provides it." + self._install(hint)
+            super().__init__(msg)
+            return
+        if self.disabled:
+            names = " and ".join(self.disabled)
+            verb = "provides" if len(self.disabled) == 1 else "provide"
+            super().__init__(f"{where}{names} {verb} {model_type!r} but "
+                             f"{'is' if len(self.disabled) == 1 else 'are'} {off}; change "
+                             "MLX_ZOO_PLUGINS to load this checkpoint.")
+            return
+        msg = f"{where}no plugin provides model_type {model_type!r}." + self._install(hint)
         listed = ", ".join(sorted(installed)) if installed else "none"
         msg += f" Installed model types: {listed}."
         super().__init__(msg)
+
+    @staticmethod
+    def _install(hint: str | None) -> str:
+        return f" Install it with: pip install {hint}." if hint else ""
 
 
 class PluginConflictError(PluginError):

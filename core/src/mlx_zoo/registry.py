@@ -46,6 +46,12 @@ KNOWN_PACKAGES = {
 }
 """Where to find the project's own plugins: used only in the "install ..." hint of an error."""
 
+PROPAGATED = (KeyboardInterrupt, GeneratorExit)
+"""The only base exceptions a plugin's import or hook may pass on to the caller: the user's
+Ctrl-C, and a generator being closed. Anything else it raises -- ``SystemExit`` from a module-top
+``sys.exit()``, a custom ``BaseException`` subclass -- becomes a :class:`PluginLoadError`, so that
+one broken plugin never ends the process (``mlx-zoo list`` still lists the others)."""
+
 
 @dataclass(frozen=True)
 class PluginEntry:
@@ -155,10 +161,12 @@ def _call_models_hook(plugin: Any, distribution: str) -> list[Architecture]:
     architectures: list[Architecture] = []
     for impl in _impls("register_models", plugin):
         try:
-            result = impl.function()
-        except Exception as e:
+            result = list(impl.function() or [])
+        except PROPAGATED:
+            raise
+        except BaseException as e:
             raise PluginLoadError(distribution, "its register_models hook", e) from e
-        for arch in result or []:
+        for arch in result:
             if not isinstance(arch, Architecture):
                 raise PluginLoadError(distribution, "its register_models hook",
                                       TypeError(f"returned {arch!r}, expected Architecture"))
@@ -173,7 +181,9 @@ def call_hook(hook_name: str) -> list[Any]:
     for impl in getattr(pm.hook, hook_name).get_hookimpls():
         try:
             results.append(impl.function())
-        except Exception as e:
+        except PROPAGATED:
+            raise
+        except BaseException as e:
             name = pm.get_name(impl.plugin) or "?"
             raise PluginLoadError(name, f"its {hook_name} hook", e) from e
     return results
@@ -210,13 +220,27 @@ def resolve(model_type: str, plugin: str | None = None, path: Any = None) -> Arc
     if choice is not None:
         entries = [e for e in entries if e.distribution == choice]
     if not entries:
-        hint = KNOWN_PACKAGES.get(model_type)
-        if choice is not None:
-            hint = choice
-        raise PluginNotFoundError(model_type, available_model_types(), hint, path)
+        raise _not_found(model_type, path, choice, "plugin=" if plugin else PREFER_ENV)
     if len(entries) > 1:
         raise PluginConflictError(model_type, [e.distribution for e in entries])
     return _architecture_from(entries[0])
+
+
+def _not_found(model_type: str, path: Any, choice: str | None,
+               chosen_by: str) -> PluginNotFoundError:
+    """The error for a model_type that nothing enabled serves, saying why: nothing installed
+    provides it (with an install hint), ``MLX_ZOO_PLUGINS`` switches its providers off, or the
+    distribution chosen (``plugin=`` or ``MLX_ZOO_PREFER``) is not one of them."""
+    every = {e.distribution for e in installed_entries() if e.model_type == model_type}
+    providers = sorted(d for d in every if is_enabled(d))
+    if model_type in _in_process:
+        providers.append(IN_PROCESS)
+    disabled = sorted(every.difference(providers))
+    hint = None if every or model_type in _in_process else KNOWN_PACKAGES.get(model_type)
+    return PluginNotFoundError(
+        model_type, available_model_types(), hint, path, disabled=disabled,
+        disabled_by=os.environ.get(PLUGINS_ENV) if disabled else None, chosen=choice,
+        chosen_by=chosen_by if choice is not None else None, providers=providers)
 
 
 def import_plugin(entry: PluginEntry) -> ModuleType:
@@ -231,13 +255,17 @@ def import_plugin(entry: PluginEntry) -> ModuleType:
         if attr:
             for part in attr.split("."):
                 module = getattr(module, part)
-    except Exception as e:
+    except PROPAGATED:
+        raise
+    except BaseException as e:
         raise PluginLoadError(entry.distribution, f"importing {entry.module!r}", e) from e
     if pm.is_registered(module):
         return module
     try:
         pm.register(module, name=entry.distribution)
-    except Exception as e:  # pluggy validates hook implementations against the specs
+    except PROPAGATED:
+        raise
+    except BaseException as e:  # pluggy validates hook implementations against the specs
         raise PluginLoadError(entry.distribution, "registering its hooks", e) from e
     return module
 
