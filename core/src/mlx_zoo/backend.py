@@ -20,14 +20,15 @@ the fast path is there by default. That last one names its symbols ``scipy_cblas
 MLX cannot bind to by itself; the shim below provides the plain ``cblas_sgemm`` in front of it.
 
 MLX multiplies a single row (decoding one token) with ``cblas_sgemm`` too, and OpenBLAS's sgemm
-packs the whole matrix even then: 2-2.5x slower than its ``cblas_sgemv``. Where a C compiler exists,
-a 50-line shim (:data:`GEMV_SHIM_SOURCE`, compiled once into ``~/.cache/mlx_zoo``) is put first in
-the global scope: its ``cblas_sgemm`` sends matrix-vector products to the library's
-``[prefix]cblas_sgemv`` and all else to its ``[prefix]cblas_sgemm``. ``MLX_ZOO_BLAS_SHIM=0`` turns
-it off; without it (or without a compiler) only a library exporting the plain ``cblas_sgemm``
-can serve, and :func:`blas_status` says why MLX kept its reference BLAS otherwise. Only
-``cblas_sgemm`` (MLX's float32 matmuls) goes through the shim: float64/complex matmuls and LAPACK
-stay with the reference libraries when the renamed library serves.
+packs the whole matrix even then: 2-2.5x slower than its ``cblas_sgemv``. Where a C compiler
+exists, a 50-line shim (:data:`GEMV_SHIM_SOURCE`, compiled once into ``~/.cache/mlx_zoo`` or a
+fallback, see :func:`_shim_cache_dir`) is put first in the global scope: its ``cblas_sgemm`` sends
+matrix-vector products to the library's ``[prefix]cblas_sgemv`` and all else to its
+``[prefix]cblas_sgemm``. ``MLX_ZOO_BLAS_SHIM=0`` turns it off; without it (or without a compiler)
+only a library exporting the plain ``cblas_sgemm`` can serve, and :func:`blas_status` says why MLX
+kept its reference BLAS otherwise. Only ``cblas_sgemm`` (MLX's float32 matmuls) goes through the
+shim: float64/complex matmuls and LAPACK stay with the reference libraries when the renamed library
+serves.
 
 Even with OpenBLAS, MLX's CPU kernels for 4-bit quantized matmuls and for bfloat16/float16
 matmuls are slow paths (a Qwen2-0.5B shape decodes ~4x slower in bf16 than in float32, and
@@ -42,6 +43,7 @@ import ctypes
 import ctypes.util
 import logging
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -168,7 +170,11 @@ def preload_fast_blas() -> BlasStatus:
     global _status
     if _status is not None:
         return _status
-    _status = _preload()
+    try:
+        _status = _preload()
+    except Exception as e:  # runs at import of mlx_zoo: a surprise here must not stop it
+        _status = BlasStatus(None, f"kept the reference BLAS: preloading failed with "
+                             f"{type(e).__name__}: {e}")
     log.debug("BLAS for MLX: %s (%s)", _status.library or "reference", _status.reason)
     return _status
 
@@ -271,22 +277,73 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
 """
 
 
-def _shim_cache_dir() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-    return Path(base) / "mlx_zoo"
+CACHE_SUBDIR = "mlx_zoo"
+"""The gemv shim's directory inside the user's cache directory (``~/.cache/mlx_zoo``)."""
+
+PRIVATE_DIR_MODE = 0o700
+"""Mode of the per-uid fallback cache directory in the shared temporary directory: only its
+owner may put a library there that this process would then load."""
 
 
-def _build_gemv_shim() -> tuple[Path | None, str]:
-    """Compile :data:`GEMV_SHIM_SOURCE` once (C compiler ``$CC`` or ``cc``), cached by the hash
-    of its source. Returns the library, or None and why not."""
+def _shim_cache_dir() -> tuple[Path | None, str]:
+    """Where the compiled gemv shim is cached, or None and why there is nowhere. Never raises.
+
+    In order: ``$XDG_CACHE_HOME/mlx_zoo`` (an absolute path, as the XDG spec requires), then
+    ``~/.cache/mlx_zoo`` if the home directory is known (``$HOME``, else the passwd entry), else
+    ``<tempdir>/mlx_zoo-<uid>`` -- containers often run a uid that has neither, and
+    ``Path.home()`` then raises. The temporary fallback is used only as a directory of this uid
+    that no one else may write to, since a library found there is loaded into the process."""
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    if os.path.isabs(xdg):
+        return Path(xdg) / CACHE_SUBDIR, ""
+    try:
+        return Path.home() / ".cache" / CACHE_SUBDIR, ""
+    except (RuntimeError, KeyError, OSError):  # no $HOME and no passwd entry for this uid
+        pass
+    import stat
+    import tempfile
+
+    try:
+        uid = os.geteuid()  # the owner of the files this process creates
+        private = Path(tempfile.gettempdir()) / f"{CACHE_SUBDIR}-{uid}"
+        private.mkdir(mode=PRIVATE_DIR_MODE, exist_ok=True)
+        info = private.lstat()
+    except (OSError, AttributeError) as e:  # no usable temporary directory; os.getuid: POSIX
+        return None, f"the gemv shim has no cache directory (no home directory, and {e})"
+    if (not stat.S_ISDIR(info.st_mode) or info.st_uid != uid
+            or info.st_mode & (stat.S_IWGRP | stat.S_IWOTH)):
+        return None, (f"the gemv shim has no cache directory (no home directory, and {private} "
+                      f"is not a directory of uid {uid} closed to other users)")
+    return private, ""
+
+
+def shim_file_name(blas_path: str) -> str:
+    """The cached shim's file name: ``gemv_shim-<machine>-<digest>.so``. The digest covers the
+    shim's source, the operating system, the machine architecture and the BLAS library's path,
+    so that a home directory shared by x86_64 and aarch64 hosts (or by two BLAS libraries) never
+    serves one a library built for the other. The compiler is not part of it: the C ABI of the
+    platform, not the compiler, decides whether a library loads and works."""
     import hashlib
+    import platform
+
+    machine = re.sub(r"[^A-Za-z0-9_]", "_", platform.machine() or "unknown")
+    key = "\0".join((GEMV_SHIM_SOURCE, sys.platform, machine, str(blas_path)))
+    return f"gemv_shim-{machine}-{hashlib.sha256(key.encode()).hexdigest()[:16]}.so"
+
+
+def _build_gemv_shim(blas_path: str = "", rebuild: bool = False) -> tuple[Path | None, str]:
+    """Compile :data:`GEMV_SHIM_SOURCE` once (C compiler ``$CC`` or ``cc``), cached under
+    :func:`shim_file_name`; ``rebuild`` replaces a cached file (one that failed to load).
+    Returns the library, or None and why not."""
     import shutil
     import subprocess
     import tempfile
 
-    digest = hashlib.sha256(GEMV_SHIM_SOURCE.encode()).hexdigest()[:16]
-    target = _shim_cache_dir() / f"gemv_shim-{digest}.so"
-    if target.exists():
+    cache_dir, why_not = _shim_cache_dir()
+    if cache_dir is None:
+        return None, why_not
+    target = cache_dir / shim_file_name(blas_path)
+    if target.exists() and not rebuild:
         return target, ""
     cc = os.environ.get("CC", "cc")
     compiler = shutil.which(cc)
@@ -315,20 +372,24 @@ def _load_gemv_shim(blas_path: str, prefix: str = "") -> tuple[str | None, str]:
     it in the global scope. Returns its path, or None and why not (never raises)."""
     if os.environ.get(SHIM_ENV, "").strip() == "0":
         return None, f"the gemv shim is off ({SHIM_ENV}=0)"
-    shim, why_not = _build_gemv_shim()
-    if shim is None:
-        log.debug(why_not)
-        return None, why_not
-    try:
-        lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_LOCAL)
-        lib.mlx_zoo_gemv_shim_init.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    failed = ""  # why a cached shim did not load
+    for rebuild in (False, True):  # a cached file that does not load is built again, once
+        shim, why_not = _build_gemv_shim(blas_path, rebuild=rebuild)
+        if shim is None:
+            why_not = f"{failed}; building it again: {why_not}" if failed else why_not
+            break
+        try:
+            lib = ctypes.CDLL(str(shim), mode=ctypes.RTLD_LOCAL)
+            lib.mlx_zoo_gemv_shim_init.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+        except (OSError, AttributeError) as e:  # truncated, corrupt, another architecture
+            why_not = failed = f"the gemv shim {shim} did not load: {e}"
+            continue
         if lib.mlx_zoo_gemv_shim_init(blas_path.encode(), prefix.encode()):
             ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)  # only now may MLX bind to it
             return str(shim), ""
         return None, f"the gemv shim found no {prefix}cblas_sgemm/sgemv in {blas_path}"
-    except (OSError, AttributeError) as e:
-        log.debug("gemv shim not loaded: %s", e)
-        return None, f"the gemv shim did not load: {e}"
+    log.debug("gemv shim not loaded: %s", why_not)
+    return None, why_not
 
 
 def blas_status() -> BlasStatus:
