@@ -29,7 +29,7 @@ from typing import Any
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .errors import CacheFileError
+from .errors import CacheFileError, GenerationArgumentError
 
 Mask = None | str | mx.array
 
@@ -355,12 +355,77 @@ def make_prompt_cache(model: Any) -> list:
     return [KVCache() for _ in model.layers]
 
 
+LAYOUT_ATTRS = ("max_size", "chunk_size")
+"""Cache attributes fixed by the model's config (window, chunk): part of a layer's layout."""
+
+
+def _same_kind(got: Any, want: Any) -> bool:
+    """A quantized full-attention cache stands in for a plain one (``kv_bits`` makes one)."""
+    return type(got) is type(want) or (type(want) is KVCache and type(got) is QuantizedKVCache)
+
+
+def prompt_cache_mismatch(model: Any, cache: Any) -> str | None:
+    """Why ``cache`` cannot serve ``model`` -- not a list, another number of entries, another
+    cache class or window/chunk size on some layer, layers at different positions -- or None when
+    it matches the model's own layout (:func:`make_prompt_cache`)."""
+    if not isinstance(cache, list):
+        return f"expected a list of caches (make_prompt_cache(model)), got {type(cache).__name__}"
+    expected = make_prompt_cache(model)
+    name = getattr(model, "model_type", type(model).__name__)
+    if len(cache) != len(expected):
+        return (f"it has {len(cache)} layer caches, the model ({name}) needs {len(expected)} "
+                "(make_prompt_cache(model) builds them)")
+    for i, (got, want) in enumerate(zip(cache, expected, strict=True)):
+        if not _same_kind(got, want):
+            return (f"layer {i} is a {type(got).__name__}, the model ({name}) needs a "
+                    f"{type(want).__name__}")
+        for attr in LAYOUT_ATTRS:
+            if getattr(got, attr, None) != getattr(want, attr, None):
+                return (f"layer {i}: {attr} is {getattr(got, attr, None)}, the model ({name}) "
+                        f"needs {getattr(want, attr, None)}")
+    offsets = {getattr(c, "offset", None) for c in cache}
+    if len(offsets) > 1:
+        return f"its layers hold different numbers of positions ({sorted(map(str, offsets))})"
+    return None
+
+
+def check_prompt_cache(model: Any, cache: Any) -> None:
+    """Raise :class:`GenerationArgumentError` unless ``cache`` has ``model``'s layout
+    (:func:`prompt_cache_mismatch`). Checked once per generation, in Python only."""
+    problem = prompt_cache_mismatch(model, cache)
+    if problem is not None:
+        raise GenerationArgumentError(f"prompt_cache does not fit the model: {problem}")
+
+
 CACHE_FORMAT = "mlx_zoo.prompt_cache/1"
 
 
-def save_prompt_cache(path: str | Path, cache: list,
-                      metadata: dict[str, str] | None = None) -> None:
-    """Save ``cache`` (a list from :func:`make_prompt_cache`) to a safetensors file."""
+def model_identity(model: Any) -> dict[str, Any]:
+    """What a saved prompt cache records of the model it was made for: ``model_type``, the
+    number of layers and of cache entries, and the vocabulary size -- cheap to read, and enough
+    to tell architectures and sizes apart (the cache layout is checked on top)."""
+    args = getattr(model, "args", None)
+    vocab = getattr(model, "vocab_size", None) or getattr(args, "vocab_size", None)
+    return {"model_type": str(getattr(model, "model_type", type(model).__name__)),
+            "num_layers": len(model.layers),
+            "cache_entries": len(make_prompt_cache(model)),
+            "vocab_size": vocab if isinstance(vocab, int) else None}
+
+
+def save_prompt_cache(path: str | Path, cache: list, metadata: dict[str, str] | None = None,
+                      model: Any = None) -> None:
+    """Save ``cache`` (a list from :func:`make_prompt_cache`) to a safetensors file, with the
+    string ``metadata`` given. With ``model``, the cache is first checked against it and the
+    model's identity (:func:`model_identity`) is recorded, so that
+    :func:`load_prompt_cache` ``(..., model=)`` refuses the file for another model."""
+    if metadata is not None and (not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items())):
+        raise CacheFileError(f"{path}: metadata must be a dict of strings to strings, got "
+                             f"{metadata!r}")
+    if model is not None:
+        problem = prompt_cache_mismatch(model, cache)
+        if problem is not None:
+            raise CacheFileError(f"{path}: the cache does not fit the model given: {problem}")
     registry = cache_classes()
     arrays = {}
     for i, c in enumerate(cache):
@@ -368,11 +433,102 @@ def save_prompt_cache(path: str | Path, cache: list,
     layout = [{"class": _registered_name(c, registry), "meta": list(c.meta_state)} for c in cache]
     header = {"format": CACHE_FORMAT, "layers": json.dumps(layout),
               "user": json.dumps(metadata or {})}
+    if model is not None:
+        header["model"] = json.dumps(model_identity(model))
     mx.save_safetensors(str(path), arrays, metadata=header)
 
 
-def load_prompt_cache(path: str | Path, return_metadata: bool = False):
-    """Rebuild the caches saved by :func:`save_prompt_cache`, each with its registered class."""
+def _json_key(path: Path, header: dict[str, str], key: str, expected: type, default: Any) -> Any:
+    """``header[key]`` parsed as JSON and of type ``expected``; ``default`` when absent."""
+    if key not in header:
+        if default is None:
+            raise CacheFileError(f"{path}: key {key!r} is missing from the metadata (a file "
+                                 "written by mlx_zoo.save_prompt_cache has it)")
+        return default
+    try:
+        value = json.loads(header[key])
+    except (json.JSONDecodeError, TypeError) as e:
+        raise CacheFileError(f"{path}: key {key!r} is not valid JSON ({e})") from e
+    if not isinstance(value, expected):
+        raise CacheFileError(f"{path}: key {key!r} must be a JSON {expected.__name__}, got "
+                             f"{type(value).__name__}")
+    return value
+
+
+def _layout_entry(path: Path, i: int, entry: Any) -> tuple[str, tuple[str, ...]]:
+    where = f"{path}: key 'layers', entry {i}"
+    if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
+        raise CacheFileError(f"{where}: expected an object with a string 'class' and a 'meta' "
+                             f"list, got {entry!r}")
+    meta = entry.get("meta")
+    if not isinstance(meta, list) or not all(
+            isinstance(m, str) and m.isascii() and m.isdigit() for m in meta):
+        raise CacheFileError(f"{where}: 'meta' must be a list of non-negative integers written "
+                             f"as strings, got {meta!r}")
+    return entry["class"], tuple(meta)
+
+
+def _stored_length(cache: Any) -> int | None:
+    """Positions a built-in cache stores for its offset (None: a plugin's class, not checked)."""
+    if type(cache) in (KVCache, QuantizedKVCache):
+        return cache.offset
+    if type(cache) is RotatingKVCache:
+        return min(cache.offset, cache.max_size)
+    if type(cache) is ChunkedKVCache:
+        return cache.offset - cache.start
+    return None
+
+
+def _check_meta(where: str, cache: Any) -> None:
+    if isinstance(cache, RotatingKVCache) and cache.max_size < 1:
+        raise CacheFileError(f"{where}: max_size must be >= 1, got {cache.max_size}")
+    if isinstance(cache, ChunkedKVCache):
+        if cache.chunk_size < 1:
+            raise CacheFileError(f"{where}: chunk_size must be >= 1, got {cache.chunk_size}")
+        if cache.start > cache.offset or cache.start % cache.chunk_size:
+            raise CacheFileError(f"{where}: start {cache.start} must be a multiple of chunk_size "
+                                 f"{cache.chunk_size} and <= offset {cache.offset}")
+    if isinstance(cache, QuantizedKVCache):
+        from .generate import KV_BITS, KV_GROUP_SIZES
+
+        if cache.bits not in KV_BITS or cache.group_size not in KV_GROUP_SIZES:
+            raise CacheFileError(f"{where}: bits {cache.bits} / group_size {cache.group_size} "
+                                 f"must be in {KV_BITS} / {KV_GROUP_SIZES}")
+
+
+def _check_state(where: str, cache: Any, arrays: list) -> None:
+    """The arrays of a built-in cache: 4-D ``(batch, heads, positions, width)``, as many
+    positions as its offset implies, keys and values alike."""
+    length = _stored_length(cache)
+    if length is None:
+        return
+    if length == 0:
+        if arrays:
+            raise CacheFileError(f"{where}: offset 0 but {len(arrays)} arrays stored")
+        return
+    if not arrays:
+        raise CacheFileError(f"{where}: offset {cache.offset} but no arrays stored")
+    expected_count = 6 if isinstance(cache, QuantizedKVCache) else 2
+    if len(arrays) != expected_count:
+        raise CacheFileError(f"{where}: expected {expected_count} arrays, found {len(arrays)}")
+    for name, array in arrays:
+        if array.ndim != 4 or array.shape[2] != length:
+            raise CacheFileError(
+                f"{where}, tensor {name!r}: shape {array.shape}, expected (batch, heads, "
+                f"{length}, width) for offset {cache.offset}")
+    if len({a.shape[:2] for _, a in arrays}) > 1:
+        raise CacheFileError(f"{where}: keys and values differ in batch or heads "
+                             f"({[a.shape for _, a in arrays]})")
+
+
+def load_prompt_cache(path: str | Path, return_metadata: bool = False, model: Any = None):
+    """Rebuild the caches saved by :func:`save_prompt_cache`, each with its registered class.
+
+    Every piece of the file is checked (:class:`CacheFileError` naming the file and key): the
+    metadata's JSON, each layer's class and integer meta values, tensor names, shapes against the
+    offsets. With ``model``, the file must have been saved for the same model (the identity
+    recorded by ``save_prompt_cache(..., model=)``, when it was) and the caches must have the
+    model's layout (:func:`prompt_cache_mismatch`)."""
     path = Path(path)
     if not path.is_file():
         raise CacheFileError(f"{path}: prompt cache file not found")
@@ -383,27 +539,63 @@ def load_prompt_cache(path: str | Path, return_metadata: bool = False):
     if header.get("format") != CACHE_FORMAT:
         raise CacheFileError(f"{path}: key 'format' is {header.get('format')!r}, expected "
                              f"{CACHE_FORMAT!r} (a file written by mlx_zoo.save_prompt_cache)")
-    layout = json.loads(header["layers"])
+    layout = [_layout_entry(path, i, e)
+              for i, e in enumerate(_json_key(path, header, "layers", list, None))]
+    user = _json_key(path, header, "user", dict, {})
+    if not all(isinstance(k, str) and isinstance(v, str) for k, v in user.items()):
+        raise CacheFileError(f"{path}: key 'user' must map strings to strings, got {user!r}")
     registry = cache_classes()
     by_layer: dict[int, list] = {}
     for key, array in arrays.items():
         layer, _, rest = key.partition(".")
+        if not (layer.isascii() and layer.isdigit() and int(layer) < len(layout) and rest):
+            raise CacheFileError(f"{path}, tensor {key!r}: expected '<layer>.<index>' with a "
+                                 f"layer in 0 .. {len(layout) - 1}")
         by_layer.setdefault(int(layer), []).append((rest, array))
     caches = []
-    for i, entry in enumerate(layout):
-        cls = registry.get(entry["class"])
+    for i, (class_name, meta) in enumerate(layout):
+        where = f"{path}: key 'layers', entry {i} ({class_name})"
+        cls = registry.get(class_name)
         if cls is None:
             known = ", ".join(sorted(registry))
-            raise CacheFileError(f"{path}: layer {i} uses cache class {entry['class']!r}, which no "
+            raise CacheFileError(f"{path}: layer {i} uses cache class {class_name!r}, which no "
                                  f"installed plugin registers (known: {known})")
         cache = cls.__new__(cls)
         _Cache.__init__(cache)
         for attr in ("keys", "values"):
             setattr(cache, attr, None)
-        cache.meta_state = tuple(entry["meta"])
-        if i in by_layer:
-            cache.state = tree_unflatten(by_layer[i])
+        stored = sorted(by_layer.get(i, []), key=lambda item: item[0])
+        try:
+            cache.meta_state = meta
+            _check_meta(where, cache)
+            _check_state(where, cache, stored)
+            if stored:
+                cache.state = tree_unflatten(stored)
+        except CacheFileError:
+            raise
+        except (ValueError, TypeError, IndexError, KeyError, AttributeError) as e:
+            raise CacheFileError(f"{where}: meta {list(meta)} and tensors "
+                                 f"{[k for k, _ in stored]} do not make a "
+                                 f"{class_name} ({type(e).__name__}: {e})") from e
+        if _stored_length(cache) is not None and cache.offset != int(meta[0]):
+            raise CacheFileError(f"{where}: offset {meta[0]} does not match the stored "
+                                 f"tensors ({cache.offset} positions)")
         caches.append(cache)
+    if model is not None:
+        _check_saved_for(path, header, model, caches)
     if return_metadata:
-        return caches, json.loads(header.get("user", "{}"))
+        return caches, user
     return caches
+
+
+def _check_saved_for(path: Path, header: dict[str, str], model: Any, caches: list) -> None:
+    saved = _json_key(path, header, "model", dict, {})
+    if saved:
+        mine = model_identity(model)
+        for key, value in mine.items():
+            if key in saved and saved[key] != value:
+                raise CacheFileError(f"{path}: key 'model': saved for {key} {saved[key]!r}, "
+                                     f"the model given has {value!r}")
+    problem = prompt_cache_mismatch(model, caches)
+    if problem is not None:
+        raise CacheFileError(f"{path}: the cache does not fit the model given: {problem}")

@@ -88,8 +88,9 @@ def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=None, help="random seed: reproducible sampling")
     p.add_argument("--kv-bits", type=int, default=None,
                    help="store the attention cache quantized to this many bits (default: off)")
-    p.add_argument("--kv-group-size", type=int, default=64,
-                   help="elements per scale of the quantized cache")
+    p.add_argument("--kv-group-size", type=int, default=None,
+                   help="elements per scale of the quantized cache, 32, 64 or 128 (default: "
+                        "the largest dividing the model's head dim)")
     p.add_argument("--quantized-kv-start", type=int, default=0,
                    help="positions held before the cache is quantized")
     p.add_argument("--system", default=None, help="system prompt (through the chat template)")
@@ -107,6 +108,10 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
                    help="stop when this text is generated (repeatable)")
     p.add_argument("--prefill-step-size", type=int, default=2048,
                    help="prompt tokens processed at once")
+    p.add_argument("--allow-long-context", action="store_true",
+                   help="run even when the prompt plus --max-tokens exceeds the model's "
+                        "max_position_embeddings (refused by default: quality degrades past it "
+                        "and a huge prompt can prefill for a long time)")
 
 
 def _add_chat(p: argparse.ArgumentParser) -> None:
@@ -118,10 +123,11 @@ def _load_for_generation(args: argparse.Namespace):
     reported before anything is loaded)."""
     import mlx_zoo
 
-    from .generate import check_generation_args, check_kv_args
+    from .generate import check_generation_args, check_kv_args, check_seed
 
     check_generation_args(args.max_tokens, getattr(args, "prefill_step_size", 1))
     check_kv_args(args.kv_bits, args.kv_group_size, args.quantized_kv_start)
+    check_seed(args.seed)
     mlx_zoo.make_sampler(args.temp, args.top_p, args.top_k, args.min_p)
     mlx_zoo.make_logits_processors(args.repetition_penalty, args.repetition_context_size)
 
@@ -144,11 +150,45 @@ def _messages(system: str | None, turns: list[dict[str, str]]) -> list[dict[str,
     return ([{"role": "system", "content": system}] if system else []) + turns
 
 
+def _decode_input(data: bytes, what: str) -> str:
+    """Bytes read from standard input as UTF-8, else a :class:`GenerationArgumentError` naming
+    the first invalid byte (rather than a guess at what was meant)."""
+    from .errors import GenerationArgumentError
+
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise GenerationArgumentError(f"{what} is not valid UTF-8: byte {e.start} is "
+                                      f"{data[e.start]:#04x} ({e.reason})") from None
+
+
+def _check_context(model, n_tokens: int, args: argparse.Namespace) -> None:
+    """Refuse, before the prefill starts, a prompt that with ``--max-tokens`` runs past the
+    model's ``max_position_embeddings``, unless ``--allow-long-context``."""
+    from .errors import GenerationArgumentError
+    from .generate import model_context_length
+
+    limit = model_context_length(model)
+    if limit is None or args.allow_long_context or n_tokens + args.max_tokens <= limit:
+        return
+    raise GenerationArgumentError(
+        f"{args.model}: the prompt ({n_tokens} tokens) plus --max-tokens {args.max_tokens} "
+        f"exceeds the model's context length (max_position_embeddings {limit} in config.json); "
+        "shorten the prompt, lower --max-tokens, or pass --allow-long-context")
+
+
 def cmd_generate(args: argparse.Namespace) -> int:
     """Generate from one prompt, streaming the text, then print speed and peak memory."""
-    from .generate import print_stats, stream_generate
+    import warnings
 
-    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    from .generate import ContextLengthWarning, print_stats, stream_generate
+    from .tokenizer import check_text
+
+    if args.prompt == "-":
+        prompt = _decode_input(sys.stdin.buffer.read(), "the prompt read from standard input")
+    else:
+        prompt = args.prompt
+    check_text(prompt)  # invalid UTF-8 in argv arrives as lone surrogates (surrogateescape)
     model, tokenizer = _load_for_generation(args)
     use_template = tokenizer.has_chat_template if args.chat_template is None else args.chat_template
     if use_template:
@@ -156,11 +196,15 @@ def cmd_generate(args: argparse.Namespace) -> int:
                                                                "content": prompt}]))
     else:
         tokens = tokenizer.encode(prompt)
+    _check_context(model, len(tokens), args)
     last = None
-    for last in stream_generate(model, tokenizer, tokens, stop=args.stop,
-                                prefill_step_size=args.prefill_step_size,
-                                **_sampling_kwargs(args)):
-        print(last.text, end="", flush=True)
+    with warnings.catch_warnings():
+        if args.allow_long_context:  # asked for: no need to warn about it
+            warnings.simplefilter("ignore", ContextLengthWarning)
+        for last in stream_generate(model, tokenizer, tokens, stop=args.stop,
+                                    prefill_step_size=args.prefill_step_size,
+                                    **_sampling_kwargs(args)):
+            print(last.text, end="", flush=True)
     print()
     print_stats(last)
     return 0
@@ -189,7 +233,7 @@ def cmd_chat(args: argparse.Namespace) -> int:
     while True:
         if interactive:
             print(">> ", end="", flush=True)
-        line = sys.stdin.readline()
+        line = _decode_input(sys.stdin.buffer.readline(), "the message")
         if not line or line.strip() == "q":
             return 0
         message = line.strip()

@@ -15,8 +15,10 @@ Layers, from the inside out:
 
 from __future__ import annotations
 
+import numbers
 import sys
 import time
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -24,9 +26,10 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cache import KVCache, make_prompt_cache
+from .cache import KVCache, check_prompt_cache, make_prompt_cache
 from .compiled import compiled_decoder, enabled_by_default
 from .errors import GenerationArgumentError
+from .layers import checked_token_ids
 from .sample import (
     DEFAULT_REPETITION_CONTEXT,
     LogitsProcessor,
@@ -56,47 +59,177 @@ def check_generation_args(max_tokens: int, prefill_step_size: int) -> None:
             f"prefill_step_size must be an integer >= 1, got {prefill_step_size!r}")
 
 
+SEED_LIMIT = 2**64
+"""Seeds are unsigned 64-bit integers (``mx.random.seed``): 0 .. 2**64 - 1."""
+
+
+def check_seed(seed: int | None) -> None:
+    """Raise :class:`GenerationArgumentError` unless ``seed`` is None or in [0, 2**64)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < SEED_LIMIT:
+        raise GenerationArgumentError(
+            f"seed must be an integer in [0, 2**64) (MLX's random seed is 64-bit), got {seed!r}")
+
+
 KV_BITS = (2, 3, 4, 5, 6, 8)
 """Bit widths MLX quantizes to (``mx.quantize``, affine mode)."""
 KV_GROUP_SIZES = (32, 64, 128)
 """Group sizes MLX quantizes with: consecutive elements of a key/value vector sharing a scale."""
-DEFAULT_KV_GROUP_SIZE = 64
+DEFAULT_KV_GROUP_SIZE = None
+"""None: the largest of :data:`KV_GROUP_SIZES` dividing the head dimension
+(:func:`resolve_kv_group_size`) -- a fixed 64 would fail on every model with 32-wide heads."""
 
 
-def check_kv_args(kv_bits: int | None, kv_group_size: int, quantized_kv_start: int) -> None:
+def check_kv_args(kv_bits: int | None, kv_group_size: int | None,
+                  quantized_kv_start: int) -> None:
     """Raise :class:`GenerationArgumentError` unless the KV-cache quantization is valid."""
     if kv_bits is not None and kv_bits not in KV_BITS:
         raise GenerationArgumentError(f"kv_bits must be one of {KV_BITS} (or None), "
                                       f"got {kv_bits!r}")
-    if kv_group_size not in KV_GROUP_SIZES:
-        raise GenerationArgumentError(f"kv_group_size must be one of {KV_GROUP_SIZES}, "
-                                      f"got {kv_group_size!r}")
+    if kv_group_size is not None and (isinstance(kv_group_size, bool)
+                                      or kv_group_size not in KV_GROUP_SIZES):
+        raise GenerationArgumentError(f"kv_group_size must be one of {KV_GROUP_SIZES} (or None: "
+                                      f"the largest dividing the head dim), got {kv_group_size!r}")
     if (isinstance(quantized_kv_start, bool) or not isinstance(quantized_kv_start, int)
             or quantized_kv_start < 0):
         raise GenerationArgumentError(
             f"quantized_kv_start must be an integer >= 0, got {quantized_kv_start!r}")
 
 
-def quantize_kv_caches(cache: list, kv_bits: int | None, kv_group_size: int,
+def resolve_kv_group_size(kv_group_size: int | None, head_dims: Iterable[int]) -> int:
+    """The group size to quantize keys/values of widths ``head_dims`` with: ``kv_group_size``
+    when it divides each of them (else :class:`GenerationArgumentError`), or, when it is None,
+    the largest of :data:`KV_GROUP_SIZES` that does (a group never straddles two heads)."""
+    dims = sorted(set(head_dims))
+    candidates = (KV_GROUP_SIZES[::-1] if kv_group_size is None else (kv_group_size,))
+    for size in candidates:
+        if all(d % size == 0 for d in dims):
+            return size
+    if kv_group_size is None:
+        raise GenerationArgumentError(
+            f"kv_bits: no KV group size of {KV_GROUP_SIZES} divides the head dim {dims}; "
+            "this model's cache cannot be quantized (leave kv_bits unset)")
+    fitting = [g for g in KV_GROUP_SIZES if all(d % g == 0 for d in dims)]
+    raise GenerationArgumentError(
+        f"kv_group_size {kv_group_size} does not divide the model's head dim {dims}: use one of "
+        f"{fitting or 'none'} or leave it unset (the largest that divides)")
+
+
+def model_head_dims(model: Any) -> list[int] | None:
+    """The key/value head widths from the model's config (``args.head_dim``, else
+    ``hidden_size // num_attention_heads``), or None when the config says neither."""
+    args = getattr(model, "args", None)
+    head_dim = getattr(args, "head_dim", None)
+    if not _positive_int(head_dim):
+        hidden = getattr(args, "hidden_size", None)
+        heads = getattr(args, "num_attention_heads", None)
+        if not (_positive_int(hidden) and _positive_int(heads)):
+            return None
+        head_dim = hidden // heads
+    return [head_dim]
+
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def quantize_kv_caches(cache: list, kv_bits: int | None, kv_group_size: int | None,
                        quantized_kv_start: int) -> None:
     """Replace, in ``cache`` (in place), each full-attention :class:`~mlx_zoo.KVCache` that holds
     at least ``quantized_kv_start`` positions by a :class:`~mlx_zoo.QuantizedKVCache` with the same
     contents (keys/values stored in ``kv_bits`` bits: less memory for long contexts, at a small
     loss). Sliding-window and chunked caches stay as they are; nothing happens when ``kv_bits`` is
-    None."""
+    None. The group size is :func:`resolve_kv_group_size` of the cached keys' and values' widths."""
     if kv_bits is None:
         return
     for i, layer_cache in enumerate(cache):
         if type(layer_cache) is KVCache and layer_cache.offset >= quantized_kv_start:
-            cache[i] = layer_cache.to_quantized(group_size=kv_group_size, bits=kv_bits)
+            group = kv_group_size
+            if layer_cache.keys is not None:
+                group = resolve_kv_group_size(
+                    kv_group_size, (layer_cache.keys.shape[-1], layer_cache.values.shape[-1]))
+            cache[i] = layer_cache.to_quantized(group_size=group or KV_GROUP_SIZES[-1],
+                                                bits=kv_bits)
 
 
-def _as_prompt_array(prompt: Any) -> mx.array:
-    tokens = prompt if isinstance(prompt, mx.array) else mx.array(list(prompt), dtype=mx.uint32)
-    if tokens.ndim != 1 or tokens.size == 0:
+def model_vocab_size(model: Any) -> int | None:
+    """Token ids ``model`` reads: its ``vocab_size`` (:attr:`mlx_zoo.CausalLM.vocab_size`: the
+    embedding's rows), else ``args.vocab_size``; None when neither is known."""
+    size = getattr(model, "vocab_size", None)
+    if not _positive_int(size):
+        size = getattr(getattr(model, "args", None), "vocab_size", None)
+    return size if _positive_int(size) else None
+
+
+def model_context_length(model: Any) -> int | None:
+    """``args.max_position_embeddings`` (the context length the model was trained for), or None."""
+    limit = getattr(getattr(model, "args", None), "max_position_embeddings", None)
+    return limit if _positive_int(limit) else None
+
+
+class ContextLengthWarning(UserWarning):
+    """A generation may run past the model's ``max_position_embeddings``."""
+
+
+def _as_prompt_array(prompt: Any, vocab_size: int | None = None) -> mx.array:
+    """``prompt`` as a 1-D uint32 array of ids in ``[0, vocab_size)``, else
+    :class:`GenerationArgumentError` naming the position and value. An ``mx.array`` is checked
+    on the device with one synchronisation; a Python sequence element by element."""
+    if prompt is None or isinstance(prompt, (str, bytes, bytearray)):
         raise GenerationArgumentError(
-            f"the prompt must be a non-empty 1-D sequence of token ids, got shape {tokens.shape}")
-    return tokens
+            "the prompt must be token ids (a 1-D sequence of ints or an mx.array; text goes "
+            f"through stream_generate/generate), got {type(prompt).__name__}")
+    if isinstance(prompt, mx.array):
+        if prompt.ndim != 1 or prompt.size == 0:
+            raise GenerationArgumentError(
+                f"the prompt must be a non-empty 1-D sequence of token ids, got shape "
+                f"{prompt.shape}")
+        if not mx.issubdtype(prompt.dtype, mx.integer):
+            raise GenerationArgumentError(
+                f"the prompt's token ids must have an integer dtype, got {prompt.dtype}")
+        if vocab_size is not None:
+            invalid = prompt >= vocab_size
+            if mx.issubdtype(prompt.dtype, mx.signedinteger):
+                invalid = invalid | (prompt < 0)
+            if mx.any(invalid).item():
+                position = int(mx.argmax(invalid).item())
+                _raise_bad_id(position, prompt[position].item(), vocab_size)
+        return prompt.astype(mx.uint32)
+    try:
+        items = list(prompt)
+    except TypeError:
+        raise GenerationArgumentError(
+            f"the prompt must be a sequence of token ids, got {type(prompt).__name__}") from None
+    if not items:
+        raise GenerationArgumentError("the prompt must be a non-empty 1-D sequence of token ids, "
+                                      "got an empty one")
+    upper = vocab_size if vocab_size is not None else 2**32  # uint32 holds the ids
+    for position, item in enumerate(items):
+        if isinstance(item, bool) or not isinstance(item, numbers.Integral):
+            raise GenerationArgumentError(
+                f"the prompt's token at position {position} is {item!r} "
+                f"({type(item).__name__}): expected an integer token id")
+        if not 0 <= item < upper:
+            _raise_bad_id(position, int(item), vocab_size)
+    return mx.array([int(i) for i in items], dtype=mx.uint32)
+
+
+def _raise_bad_id(position: int, value: Any, vocab_size: int | None) -> None:
+    bound = f"[0, {vocab_size}), the model's vocabulary" if vocab_size else "[0, 2**32)"
+    raise GenerationArgumentError(
+        f"the prompt's token id at position {position} is {value}: expected an id in {bound}")
+
+
+def _sampler_name(sampler: Any) -> str:
+    return getattr(sampler, "__qualname__", None) or repr(sampler)
+
+
+def _bad_sample(sampler: Any, what: str, width: int | None = None) -> GenerationArgumentError:
+    bound = f"[0, {width})" if width is not None else "[0, vocab)"
+    return GenerationArgumentError(f"the sampler {_sampler_name(sampler)} returned {what}: "
+                                   f"expected one integer token id per row of logprobs, in "
+                                   f"{bound}")
 
 
 def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
@@ -106,7 +239,7 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
                   prefill_step_size: int = DEFAULT_PREFILL_STEP_SIZE,
                   compile_step: bool | None = None,
                   kv_bits: int | None = None,
-                  kv_group_size: int = DEFAULT_KV_GROUP_SIZE,
+                  kv_group_size: int | None = DEFAULT_KV_GROUP_SIZE,
                   quantized_kv_start: int = 0,
                   ) -> Iterator[tuple[int, mx.array]]:
     """Yield ``(token, logprobs)`` for up to ``max_tokens`` new tokens after ``prompt``.
@@ -120,13 +253,37 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
     (None): off unless ``MLX_ZOO_COMPILE=1`` (:func:`mlx_zoo.compiled.enabled_by_default`).
 
     ``kv_bits`` stores the full-attention caches' keys and values quantized (``kv_group_size``
-    elements per scale) once they hold ``quantized_kv_start`` positions, as mlx-lm's options of
-    the same names do (:func:`quantize_kv_caches`); the compiled step is then not used.
+    elements per scale; None: the largest of 128/64/32 dividing the head dim) once they hold
+    ``quantized_kv_start`` positions, as mlx-lm's options of the same names do
+    (:func:`quantize_kv_caches`); the compiled step is then not used.
+
+    Checked before anything runs (:class:`GenerationArgumentError`): prompt ids must be integers
+    in ``[0, vocab)`` (:func:`model_vocab_size`); a ``prompt_cache`` must have the model's layout
+    (:func:`mlx_zoo.cache.check_prompt_cache`: an empty list is not "no cache"). A ``sampler``
+    returning anything but one id in ``[0, vocab)`` raises when that token is handed out; the
+    model is only ever fed the id clamped into range (lazily, no extra synchronisation). A
+    :class:`ContextLengthWarning` is issued when the cached positions, the prompt and
+    ``max_tokens`` together exceed the model's ``max_position_embeddings``
+    (:func:`model_context_length`): quality degrades past it, but it is not refused here.
     """
     check_generation_args(max_tokens, prefill_step_size)
     check_kv_args(kv_bits, kv_group_size, quantized_kv_start)
-    tokens = _as_prompt_array(prompt)
+    vocab = model_vocab_size(model)
+    tokens = _as_prompt_array(prompt, vocab)
+    if prompt_cache is not None:
+        check_prompt_cache(model, prompt_cache)
     cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
+    if kv_bits is not None:
+        head_dims = model_head_dims(model)
+        if head_dims is not None:  # else decided from the cached keys' width when quantizing
+            kv_group_size = resolve_kv_group_size(kv_group_size, head_dims)
+    limit = model_context_length(model)
+    cached = cache[0].offset if cache and isinstance(getattr(cache[0], "offset", None), int) else 0
+    if limit is not None and cached + tokens.size + max_tokens > limit:
+        warnings.warn(
+            f"{cached} cached + {tokens.size} prompt + max_tokens {max_tokens} positions exceed "
+            f"the model's max_position_embeddings ({limit}): output past it may degrade",
+            ContextLengthWarning, stacklevel=2)
     sampler = sampler or greedy
     processors = list(logits_processors or ())
     history = tokens  # the prompt and the tokens generated so far: read by logits processors
@@ -136,16 +293,35 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
     def quantize_caches() -> None:
         quantize_kv_caches(cache, kv_bits, kv_group_size, quantized_kv_start)
 
-    def step(inputs: mx.array) -> tuple[mx.array, mx.array]:
+    def step(inputs: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """Queue the next token: ``(drawn, fed, logprobs)`` -- the sampler's id as it returned
+        it (checked on the host when handed out), the same clamped into the vocabulary and
+        as uint32 (what the model and the logits processors are fed), and its logprobs."""
         quantize_caches()
-        if decoder is not None:
-            logits = decoder.step(inputs)
-        else:
-            logits = model(inputs[None], cache=cache)[:, -1, :]
+        with checked_token_ids():  # the prompt was checked above; sampled ids are clamped
+            if decoder is not None:
+                logits = decoder.step(inputs)
+            else:
+                logits = model(inputs[None], cache=cache)[:, -1, :]
         for process in processors:
             logits = process(history, logits)
         logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        return sampler(logprobs).astype(mx.uint32), logprobs.squeeze(0)
+        drawn = sampler(logprobs)
+        if not isinstance(drawn, mx.array):
+            raise _bad_sample(sampler, f"a {type(drawn).__name__}, not an mx.array")
+        if drawn.size != 1 or not mx.issubdtype(drawn.dtype, mx.integer):
+            raise _bad_sample(sampler, f"an array of shape {drawn.shape} and dtype {drawn.dtype}")
+        width = logprobs.shape[-1] if vocab is None else min(vocab, logprobs.shape[-1])
+        fed = mx.clip(drawn.reshape(1), 0, width - 1).astype(mx.uint32)
+        return drawn, fed, logprobs.squeeze(0)
+
+    def handed_out(drawn: mx.array) -> int:
+        """The drawn id, checked on the ``.item()`` that reads it anyway."""
+        token = drawn.item()
+        width = logprobs.shape[-1] if vocab is None else min(vocab, logprobs.shape[-1])
+        if not 0 <= token < width:
+            raise _bad_sample(sampler, f"token id {token}", width)
+        return token
 
     # Prefill: every prompt token but the last, in chunks, evaluating only the caches after each
     # (bounds memory). No logits are computed for the prompt: the output head over a vocabulary
@@ -153,25 +329,27 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
     while tokens.size > 1:
         chunk = min(prefill_step_size, tokens.size - 1)
         quantize_caches()
-        model(tokens[None, :chunk], cache=cache)
+        with checked_token_ids():
+            model(tokens[None, :chunk], cache=cache)
         mx.eval([c.state for c in cache])
         tokens = tokens[chunk:]
 
-    y, logprobs = step(tokens)
-    mx.async_eval(y, logprobs)
+    drawn, y, logprobs = step(tokens)
+    mx.async_eval(drawn, y, logprobs)
     compile_wanted = enabled_by_default() if compile_step is None else compile_step
     if max_tokens > 1 and compile_wanted and kv_bits is None:
-        decoder = compiled_decoder(model, cache, max_tokens)
+        with checked_token_ids():  # traced here
+            decoder = compiled_decoder(model, cache, max_tokens)
     try:
         for n in range(max_tokens):
             if n + 1 < max_tokens:  # queue token n + 1 before handing out token n
                 if processors:
                     history = mx.concatenate([history, y])
-                next_y, next_logprobs = step(y)
-                mx.async_eval(next_y, next_logprobs)
-            yield y.item(), logprobs
+                next_drawn, next_y, next_logprobs = step(y)
+                mx.async_eval(next_drawn, next_y, next_logprobs)
+            yield handed_out(drawn), logprobs
             if n + 1 < max_tokens:
-                y, logprobs = next_y, next_logprobs
+                drawn, y, logprobs = next_drawn, next_y, next_logprobs
     finally:
         if decoder is not None:  # the caller's caches hold every decoded position
             decoder.finish()
@@ -275,10 +453,12 @@ class _StopStrings:
         return piece
 
 
-def _encode_prompt(tokenizer: Any, prompt: str | Sequence[int] | mx.array) -> mx.array:
+def _encode_prompt(tokenizer: Any, prompt: str | Sequence[int] | mx.array,
+                   vocab_size: int | None) -> mx.array:
+    """Text through the tokenizer, or token ids: checked ids in ``[0, vocab_size)``."""
     if isinstance(prompt, str):
-        return _as_prompt_array(tokenizer.encode(prompt))
-    return _as_prompt_array(prompt)
+        return _as_prompt_array(tokenizer.encode(prompt), vocab_size)
+    return _as_prompt_array(prompt, vocab_size)
 
 
 def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int] | mx.array, *,
@@ -292,7 +472,7 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
                     sampler: Sampler | None = None,
                     logits_processors: Sequence[LogitsProcessor] | None = None,
                     kv_bits: int | None = None,
-                    kv_group_size: int = DEFAULT_KV_GROUP_SIZE,
+                    kv_group_size: int | None = DEFAULT_KV_GROUP_SIZE,
                     quantized_kv_start: int = 0,
                     ) -> Iterator[GenerationResponse]:
     """Generate text after ``prompt`` (a string, tokenised with the tokenizer's special tokens,
@@ -304,18 +484,21 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
     of the tokenizer's ``eos_token_ids`` (the EOS is not part of the text), on a ``stop`` string
     (which is not part of the text either), or after ``max_tokens`` tokens; the last response
     carries the ``finish_reason``. ``kv_bits``, ``kv_group_size``, ``quantized_kv_start``: see
-    :func:`generate_step`.
+    :func:`generate_step`, which also checks the prompt ids and the ``prompt_cache``. A text
+    prompt must be encodable as UTF-8 (no lone surrogates such as ``"\\ud800"``); ``seed`` must
+    be in ``[0, 2**64)``; otherwise :class:`GenerationArgumentError`.
     """
+    if prompt is None:
+        raise GenerationArgumentError("the prompt is None: expected text or token ids")
     if sampler is None:
         sampler = make_sampler(temp, top_p, top_k, min_p)
     if logits_processors is None:
         logits_processors = make_logits_processors(repetition_penalty, repetition_context_size)
     if seed is not None:
-        if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-            raise GenerationArgumentError(f"seed must be an integer >= 0, got {seed!r}")
+        check_seed(seed)
         mx.random.seed(seed)
     stops = _StopStrings([stop] if isinstance(stop, str) else list(stop)) if stop else None
-    tokens = _encode_prompt(tokenizer, prompt)
+    tokens = _encode_prompt(tokenizer, prompt, model_vocab_size(model))
     eos_ids = frozenset(tokenizer.eos_token_ids)
     detokenizer = tokenizer.detokenizer()
 

@@ -10,7 +10,9 @@ from __future__ import annotations
 import copy
 import math
 import pickle
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -18,6 +20,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from .cache import Mask, QuantizedKVCache
+from .errors import GenerationArgumentError
 from .fusion import project
 
 
@@ -97,6 +100,83 @@ class SwiGLU(nn.Module):
         return self.down_proj(nn.silu(gate) * up)
 
 
+# -- token ids at the model's door ---------------------------------------------------------------
+
+_IDS_CHECKED: ContextVar[bool] = ContextVar("mlx_zoo_ids_checked", default=False)
+"""True while :func:`checked_token_ids` is active: the caller vouches for its ids."""
+
+
+@contextmanager
+def checked_token_ids() -> Iterator[None]:
+    """Within this block :class:`CausalLM` skips its own id check (:func:`guard_token_ids`): for
+    callers that checked the ids already, as :func:`mlx_zoo.generate_step` does (the prompt once,
+    each sampled id clamped on the device and checked on the ``.item()`` that hands it out), so
+    that its decode loop pays nothing for the check."""
+    token = _IDS_CHECKED.set(True)
+    try:
+        yield
+    finally:
+        _IDS_CHECKED.reset(token)
+
+
+def guard_token_ids(inputs: Any, vocab_size: int) -> tuple[mx.array, mx.array | None]:
+    """Make ``inputs`` safe to embed: MLX's embedding lookup (``weight[ids]``) does no bounds
+    check, so an id >= ``vocab_size`` reads outside the table (a segfault, or plausible text from
+    whatever memory follows) and a negative one wraps around.
+
+    Returns ``(ids, invalid)``:
+
+    * not an ``mx.array`` of an integer dtype: :class:`GenerationArgumentError` (static: no
+      evaluation);
+    * more than one id (a prompt or a prefill chunk): the ids are checked on the host -- one
+      synchronisation per call, negligible next to the forward pass over a prompt -- and an id
+      outside ``[0, vocab_size)`` raises :class:`GenerationArgumentError` naming its position
+      and value; ``invalid`` is None;
+    * a single id (a decode step): checking it on the host would stall the pipelined decode loop
+      of any caller (the next step's graph is built before the current token is read), so it is
+      clamped into the table on the device instead, lazily, and ``invalid`` (True where the id was
+      out of range) is returned for the caller to poison the output with NaN: never a read
+      outside the table, never a plausible answer for a wrong id;
+    * inside :func:`checked_token_ids`, or while being traced by ``mx.compile`` (values unknown):
+      the ids as given (checked by the caller) / clamped.
+    """
+    if not isinstance(inputs, mx.array):
+        raise GenerationArgumentError(
+            f"token ids must be an mx.array of integers, got {type(inputs).__name__}")
+    if not mx.issubdtype(inputs.dtype, mx.integer):
+        raise GenerationArgumentError(f"token ids must have an integer dtype, got {inputs.dtype}")
+    if inputs.size == 0 or _IDS_CHECKED.get():
+        return inputs, None
+    invalid = inputs >= vocab_size
+    if mx.issubdtype(inputs.dtype, mx.signedinteger):
+        invalid = invalid | (inputs < 0)
+    if inputs.size > 1:
+        try:
+            any_invalid = mx.any(invalid).item()
+        except ValueError:  # inside mx.compile / vmap: no values to look at; clamp instead
+            any_invalid = None
+        if any_invalid is False:
+            return inputs, None
+        if any_invalid:
+            flat = invalid.reshape(-1)
+            position = int(mx.argmax(flat).item())
+            value = int(inputs.reshape(-1)[position].item())
+            where = (f"position {position}" if inputs.ndim <= 1 else
+                     f"position {tuple(int(i) for i in _unravel(position, inputs.shape))}")
+            raise GenerationArgumentError(
+                f"token id {value} at {where} is outside the model's vocabulary: ids must be in "
+                f"[0, {vocab_size})")
+    return mx.clip(inputs, 0, vocab_size - 1).astype(inputs.dtype), invalid
+
+
+def _unravel(index: int, shape: tuple[int, ...]) -> list[int]:
+    coords = []
+    for size in reversed(shape):
+        index, rest = divmod(index, size)
+        coords.append(rest)
+    return coords[::-1]
+
+
 class CausalLM(nn.Module):
     """The output end shared by decoder-only language models: ``self.model`` (a backbone with
     ``embed_tokens`` and ``layers``, returning final hidden states) followed by ``lm_head`` -- or,
@@ -112,10 +192,29 @@ class CausalLM(nn.Module):
             self.lm_head = nn.Linear(args.hidden_size, args.vocab_size, bias=False)
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        """Logits ``(B, L, vocab)`` for token ids ``inputs`` ``(B, L)``. Ids outside
+        ``[0, vocab_size)`` never reach the embedding lookup: see :func:`guard_token_ids` (a
+        prompt raises :class:`~mlx_zoo.GenerationArgumentError`; a single out-of-range id gives
+        NaN logits; inside :func:`checked_token_ids` the caller has checked them)."""
+        inputs, invalid = guard_token_ids(inputs, self.vocab_size)
         h = self.model(inputs, cache)
         if "lm_head" in self:
-            return self.lm_head(h)
-        return self.model.embed_tokens.as_linear(h)
+            logits = self.lm_head(h)
+        else:
+            logits = self.model.embed_tokens.as_linear(h)
+        if invalid is not None:
+            logits = mx.where(mx.expand_dims(invalid, -1), mx.array(mx.nan, logits.dtype), logits)
+        return logits
+
+    @property
+    def vocab_size(self) -> int:
+        """Token ids the model reads: the rows of the input embedding (``args.vocab_size`` where
+        the backbone has no ``embed_tokens``). Quantized embeddings pack along the columns, so
+        the rows are the vocabulary either way."""
+        embed = self.model.get("embed_tokens") if isinstance(self.model, dict) else None
+        if isinstance(embed, nn.Module) and "weight" in embed:
+            return int(embed["weight"].shape[0])
+        return int(self.args.vocab_size)
 
     @property
     def layers(self) -> list:

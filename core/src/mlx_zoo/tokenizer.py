@@ -26,12 +26,13 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from .errors import TokenizerError
+from .errors import GenerationArgumentError, TokenizerError
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 CONFIG_FILE = "config.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
 REPLACEMENT_CHAR = "\ufffd"  # what a decoder yields for incomplete UTF-8
 
 
@@ -159,8 +160,9 @@ class Tokenizer:
     streaming detokenizer. The wrapped ``AutoTokenizer`` is :attr:`hf`."""
 
     def __init__(self, hf_tokenizer: Any, eos_token_ids: Iterable[int] = (),
-                 tokenizer_json: dict[str, Any] | None = None):
+                 tokenizer_json: dict[str, Any] | None = None, model_dir: Path | None = None):
         self.hf = hf_tokenizer
+        self.model_dir = model_dir
         ids = set(eos_token_ids)
         if hf_tokenizer.eos_token_id is not None:
             ids.add(hf_tokenizer.eos_token_id)
@@ -176,6 +178,10 @@ class Tokenizer:
         return bool(getattr(self.hf, "chat_template", None))
 
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
+        """Token ids of ``text``; :class:`GenerationArgumentError` for what is not a string of
+        valid Unicode (a lone surrogate such as ``"\\ud800"`` -- what invalid UTF-8 bytes on a
+        command line decode to -- has no UTF-8 encoding to tokenise)."""
+        check_text(text)
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
     def decode(self, ids: Iterable[int]) -> str:
@@ -189,12 +195,36 @@ class Tokenizer:
             raise TokenizerError("this tokenizer has no chat template (no 'chat_template' in "
                                  "tokenizer_config.json or chat_template.jinja): pass the prompt "
                                  "as plain text (--no-chat-template)")
+        for message in messages:
+            content = message.get("content") if isinstance(message, dict) else None
+            if isinstance(content, str):
+                check_text(content, f"the {message.get('role', 'message')!s} message")
         try:
-            return self.hf.apply_chat_template(messages, tokenize=False,
+            text = self.hf.apply_chat_template(messages, tokenize=False,
                                                add_generation_prompt=add_generation_prompt)
         except ImportError as e:  # transformers renders templates with jinja2, an optional dep
             raise TokenizerError(f"rendering the chat template needs jinja2 ({e}): pip install "
                                  "'mlx-zoo[generate]'") from e
+        except Exception as e:
+            # The template is code from the checkpoint: jinja2's TemplateError family
+            # (UndefinedError, TemplateSyntaxError, its raise_exception()), or any Python error
+            # it trips over (TypeError, KeyError, ...). Either way the checkpoint is at fault.
+            raise TokenizerError(f"{self.chat_template_source}, key 'chat_template': rendering "
+                                 f"failed ({type(e).__name__}: {e})") from e
+        if not isinstance(text, str):
+            raise TokenizerError(f"{self.chat_template_source}, key 'chat_template': rendered "
+                                 f"a {type(text).__name__}, expected a string")
+        return text
+
+    @property
+    def chat_template_source(self) -> str:
+        """Where the chat template comes from, for error messages: chat_template.jinja when the
+        model directory has one, else tokenizer_config.json."""
+        if self.model_dir is not None and (self.model_dir / CHAT_TEMPLATE_FILE).is_file():
+            return str(self.model_dir / CHAT_TEMPLATE_FILE)
+        if self.model_dir is not None:
+            return str(self.model_dir / TOKENIZER_CONFIG_FILE)
+        return TOKENIZER_CONFIG_FILE
 
     def encode_chat(self, messages: list[dict[str, str]],
                     add_generation_prompt: bool = True) -> list[int]:
@@ -206,6 +236,18 @@ class Tokenizer:
         if self._token_bytes is not None:
             return ByteLevelDetokenizer(self._token_bytes)
         return GenericDetokenizer(self.decode)
+
+
+def check_text(text: Any, what: str = "the prompt") -> None:
+    """Raise :class:`GenerationArgumentError` unless ``text`` is a string UTF-8 can encode."""
+    if not isinstance(text, str):
+        raise GenerationArgumentError(f"{what} must be a string, got {type(text).__name__}")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        raise GenerationArgumentError(
+            f"{what} is not valid Unicode: character {e.start} is U+{ord(text[e.start]):04X}, a "
+            "lone surrogate (invalid UTF-8 input?); it cannot be tokenised") from None
 
 
 def _byte_level_table(tokenizer_json: dict[str, Any] | None, size: int) -> list[bytes] | None:
@@ -227,6 +269,57 @@ def _byte_level_table(tokenizer_json: dict[str, Any] | None, size: int) -> list[
         if 0 <= added["id"] < size:
             table[added["id"]] = added["content"].encode("utf-8")
     return table
+
+
+def read_model_vocab_size(model_dir: Path) -> int | None:
+    """config.json's ``vocab_size`` (or ``text_config.vocab_size``): the rows of the model's
+    embedding. None when config.json is absent or has neither."""
+    path = model_dir / CONFIG_FILE
+    data = _read_json(path)
+    text_config = data.get("text_config")
+    for key, value in (("vocab_size", data.get("vocab_size")),
+                       ("text_config.vocab_size",
+                        text_config.get("vocab_size") if isinstance(text_config, dict) else None)):
+        if value is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise TokenizerError(f"{path}, key {key!r}: expected a positive integer, got "
+                                 f"{value!r}")
+        return value
+    return None
+
+
+def check_ids_fit_vocab(model_dir: Path, tokenizer_json: dict[str, Any], hf: Any,
+                        vocab_size: int) -> None:
+    """Raise :class:`TokenizerError` when the tokenizer can produce an id the model has no
+    embedding row for (``>= vocab_size``): one in tokenizer.json's ``model.vocab`` or
+    ``added_tokens``, or one the tokenizers library gives an added token it renumbered past the
+    vocabulary (``len(hf)``). Such an id would read outside the embedding table."""
+    path = model_dir / TOKENIZER_FILE
+    model = tokenizer_json.get("model") if isinstance(tokenizer_json, dict) else None
+    vocab = model.get("vocab") if isinstance(model, dict) else None
+    beyond = (f"beyond the model's vocab_size {vocab_size} (config.json): ids must be in "
+              f"[0, {vocab_size})")
+    if isinstance(vocab, dict):
+        for token, i in vocab.items():
+            if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+                raise TokenizerError(f"{path}, key 'model.vocab': token {token!r} has id {i!r}, "
+                                     f"{beyond}")
+    elif isinstance(vocab, list) and len(vocab) > vocab_size:  # Unigram: ids are positions
+        raise TokenizerError(f"{path}, key 'model.vocab': {len(vocab)} entries, {beyond}")
+    added = tokenizer_json.get("added_tokens") if isinstance(tokenizer_json, dict) else None
+    for entry in added if isinstance(added, list) else []:
+        i = entry.get("id") if isinstance(entry, dict) else None
+        if isinstance(i, bool) or not isinstance(i, int) or not 0 <= i < vocab_size:
+            content = entry.get("content") if isinstance(entry, dict) else entry
+            raise TokenizerError(f"{path}, key 'added_tokens': token {content!r} has id {i!r}, "
+                                 f"{beyond}")
+    size = len(hf)
+    if size > vocab_size:
+        raise TokenizerError(
+            f"{path}: the tokenizer has {size} ids; id {size - 1} (token "
+            f"{hf.convert_ids_to_tokens(size - 1)!r}, an added token the tokenizers library "
+            f"numbered after the vocabulary?) is {beyond}")
 
 
 def _check_no_custom_code(model_dir: Path, tokenizer_config: dict[str, Any]) -> None:
@@ -280,7 +373,8 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
     """Load the tokenizer of a model directory, Hub repo id or ``demo:NAME``.
 
     ``eos_token_ids`` adds to the ids read from the checkpoint. Raises :class:`TokenizerError`
-    when the tokenizer files are missing or need custom code.
+    when the tokenizer files are missing or need custom code, or when the tokenizer has ids the
+    model cannot embed (>= config.json's ``vocab_size``, :func:`check_ids_fit_vocab`).
     """
     from .loading import resolve_model_dir
 
@@ -293,6 +387,9 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
     if not has_files:
         raise TokenizerError(f"{model_dir}: no tokenizer files (expected {TOKENIZER_FILE} and "
                              f"{TOKENIZER_CONFIG_FILE})")
+    vocab_size = read_model_vocab_size(model_dir)
     hf = _auto_tokenizer(model_dir)
+    if vocab_size is not None:
+        check_ids_fit_vocab(model_dir, tokenizer_json, hf, vocab_size)
     ids = read_eos_token_ids(model_dir) | set(eos_token_ids or ())
-    return Tokenizer(hf, ids, tokenizer_json)
+    return Tokenizer(hf, ids, tokenizer_json, model_dir)
