@@ -172,3 +172,21 @@ class GenerationArgumentError(MlxZooError, ValueError):
 
 class ShardingError(MlxZooError, ValueError):
     """A model cannot be split over the requested number of processes (tensor parallelism)."""
+
+
+# -- quantization and saving -------------------------------------------------------------------
+
+
+class QuantizationError(MlxZooError, ValueError):
+    """:func:`mlx_zoo.quantize` was given arguments MLX cannot quantize with (a group size or a
+    bit width the mode does not support), or no layer of the model could be quantized."""
+
+
+class SaveError(MlxZooError):
+    """A checkpoint cannot be written: the target is a file, its parent cannot be created or
+    written, the disk is full, or the config cannot be serialised. The target is left as it was.
+    """
+
+    def __init__(self, path: Path | str, message: str):
+        self.path = Path(path)
+        super().__init__(f"{path}: {message}")

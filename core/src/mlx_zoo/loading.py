@@ -5,8 +5,10 @@ Data flow of :func:`load`::
     path or repo id -> local directory (huggingface_hub snapshot: config, safetensors, tokenizer)
     config.json     -> normalised dict (mlx_zoo.config) -> model_type
     model_type      -> the one plugin serving it (mlx_zoo.registry) -> config dataclass, Model
-    *.safetensors   -> validated, read -> plugin sanitize -> quantized layers where the config
-                       says so -> strict key/shape check -> dtype -> model.load_weights
+    *.safetensors   -> headers validated, config checked against them (before the model is
+                       built) -> read -> plugin sanitize -> quantized layers where the config
+                       says so -> strict key/shape and dtype-kind checks -> dtype ->
+                       model.load_weights -> every array the model holds evaluated
 
 No file of the model directory other than JSON and safetensors is read; ``.py`` files shipped
 with a checkpoint are never imported or executed.
@@ -15,6 +17,7 @@ with a checkpoint are never imported or executed.
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -24,15 +27,20 @@ from mlx.utils import tree_map
 
 from . import backend, registry
 from .config import CONFIG_FILE, read_config
-from .errors import MlxZooError
+from .errors import MlxZooError, SaveError
 from .fusion import checkpoint_parameters, fuse_projections
 from .hookspecs import Sanitizes
 from .weights import (
     QUANTIZATION_KEY,
     apply_quantization,
+    check_config_plausible,
+    check_dtypes,
     check_weights,
+    checkpoint_headers,
     load_safetensors,
     save_weights,
+    tensor_sources,
+    validate_quantization,
 )
 
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken",
@@ -110,15 +118,20 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     config_path = model_dir / CONFIG_FILE
     arch = registry.resolve(raw["model_type"], plugin=plugin, path=config_path)
     config = arch.config_class.from_dict(raw, config_path)
+    quantization = raw.get(QUANTIZATION_KEY)
+    if quantization is not None:
+        validate_quantization(quantization, config_path)
+    headers = checkpoint_headers(model_dir)  # names, dtypes, shapes: no tensor data yet
+    check_config_plausible(raw, headers, config_path)
     model = arch.model_class(config)
 
-    weights = load_safetensors(model_dir)
+    weights = load_safetensors(model_dir, headers)
     if isinstance(model, Sanitizes):
         weights = model.sanitize(weights)
-    quantization = raw.get(QUANTIZATION_KEY)
     if quantization:
-        apply_quantization(model, quantization, weights)
+        apply_quantization(model, quantization, weights, config_path)
     check_weights(model, weights, model_dir)
+    check_dtypes(model, weights, model_dir, tensor_sources(headers))
     dtype, dequantize = _resolve_auto(model_dir, quantization, dtype, dequantize)
     if dtype is not None:
         target = _as_dtype(dtype)
@@ -133,9 +146,40 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     if fuse:
         _fuse(model, lazy)
     if not lazy:
-        mx.eval(model.parameters())
+        evaluate_all(model)
     model.eval()
     return model, config
+
+
+def evaluate_all(model: nn.Module) -> None:
+    """Evaluate every array ``model`` holds: its parameters, and the arrays its modules keep
+    outside them (RoPE tables in ``_periods``, other private attributes, lists and dicts of
+    arrays). A lazy array left behind would be computed on first use, in the thread using it --
+    and MLX streams belong to the thread that made them, so generating in another thread than
+    the one that loaded would fail (``There is no Stream(cpu, 0) in current thread``)."""
+    mx.eval(list(_arrays_in(model)))
+
+
+def _arrays_in(root: Any) -> Iterator[mx.array]:
+    """Every ``mx.array`` reachable from ``root`` through modules (their items and attributes,
+    private ones included), dicts, lists and tuples; each container visited once."""
+    seen: set[int] = set()
+    stack = [root]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, mx.array):
+            yield item
+            continue
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        if isinstance(item, nn.Module):
+            stack.extend(item.values())
+            stack.extend(vars(item).values())
+        elif isinstance(item, dict):
+            stack.extend(item.values())
+        elif isinstance(item, (list, tuple)):
+            stack.extend(item)
 
 
 def _fuse(model: nn.Module, lazy: bool) -> None:
@@ -173,13 +217,49 @@ def save(model: nn.Module, config: Any, path: str | Path, *,
     layout :func:`load` and mlx-lm read back. ``config`` is the dataclass from :func:`load` (or a
     dict); quantized models keep their ``quantization`` entry. A fused model
     (:mod:`mlx_zoo.fusion`) is written under the separate projections' names, and is not
-    changed."""
+    changed.
+
+    The save is atomic (:func:`~mlx_zoo.weights.save_weights`): the checkpoint is written beside
+    ``path`` and swapped in once complete, so a failure leaves ``path`` as it was (raising
+    :class:`~mlx_zoo.errors.SaveError`); saving over a model directory replaces its weights,
+    index and config.json and keeps its other files (tokenizer, README, ...)."""
     path = Path(path)
+    text = _config_text(config, path)  # fails here, before anything is written
     weights = dict(checkpoint_parameters(model))
     kwargs = {} if max_shard_bytes is None else {"max_shard_bytes": max_shard_bytes}
-    save_weights(path, weights, **kwargs)
+    save_weights(path, weights, files={CONFIG_FILE: text}, **kwargs)
+    return path
+
+
+def _config_text(config: Any, path: Path) -> str:
+    """config.json's text for ``config`` (a dataclass from :func:`load`, or a dict); a value
+    JSON cannot hold raises :class:`~mlx_zoo.errors.SaveError` naming its key."""
     data = config if isinstance(config, dict) else config.to_dict()
     data = tree_map(lambda x: x, data)  # a copy
-    (path / CONFIG_FILE).write_text(json.dumps(data, indent=2, sort_keys=True) + "\n",
-                                    encoding="utf-8")
-    return path
+    try:
+        return json.dumps(data, indent=2, sort_keys=True) + "\n"
+    except (TypeError, ValueError) as e:
+        where = _unserialisable(data)
+        raise SaveError(path, f"config.json cannot be written: {where or 'a value'} is not "
+                        f"JSON-serialisable ({e}); nothing was written") from e
+
+
+def _unserialisable(value: Any, key: str = "") -> str | None:
+    """The key path (``rope_scaling.factor``) of the first value JSON cannot hold, if found."""
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, (list, tuple)):
+        items = ((str(i), v) for i, v in enumerate(value))
+    else:
+        try:
+            json.dumps(value)
+        except (TypeError, ValueError):
+            return f"key {key!r} ({type(value).__name__})" if key else type(value).__name__
+        return None
+    for k, v in items:
+        if not isinstance(k, (str, int, float, bool)) and k is not None:
+            return f"key {k!r} under {key!r}" if key else f"key {k!r}"
+        found = _unserialisable(v, f"{key}.{k}" if key else str(k))
+        if found:
+            return found
+    return None
