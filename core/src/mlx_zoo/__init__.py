@@ -16,8 +16,8 @@ from .cache import (ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, 
 from .config import BaseModelArgs, RopeScaling, normalize_config, read_config
 from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZooError,
                      PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
-                     SafetensorsError, ShardingError, TokenizerError, WeightMismatchError,
-                     WeightsError)
+                     QuantizationError, SafetensorsError, SaveError, ShardingError,
+                     TokenizerError, WeightMismatchError, WeightsError)
 from .fusion import FusedLinear, fuse_projections, project, unfuse_projections
 from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
                        reuse_prompt_cache, stream_generate)
@@ -49,4 +49,5 @@ __all__ = [
     "load_tokenizer", "make_logits_processors", "make_sampler", "reuse_prompt_cache",
     "stream_generate",
     "ShardingError", "shard_attention", "shard_experts", "shard_mlp",
+    "QuantizationError", "SaveError",
 ]
