@@ -208,3 +208,20 @@ def test_shards_in_a_subfolder_are_accepted(tiny_checkpoint):
     (tiny_checkpoint / "model.safetensors.index.json").write_text(json.dumps(index))
     model, _ = mlx_zoo.load(tiny_checkpoint)
     np.testing.assert_array_equal(np.array(model.embed.weight), np.array(weights["embed.weight"]))
+
+
+def test_saving_over_a_snapshot_leaves_the_cache_blobs_alone(hf_cache, tmp_path):
+    """The snapshot's tokenizer (a symlink to a blob) is copied, not hard-linked: editing the
+    saved file later cannot change the cache."""
+    _, _, plain = hf_cache
+    snapshot = build_hf_cache(tmp_path / "cache", REPO_ID, plain)
+    blobs = snapshot.parent.parent / "blobs"
+    before = {p.name: p.read_bytes() for p in blobs.iterdir()}
+    model, config = mlx_zoo.load(snapshot)
+    mlx_zoo.save(model, config, snapshot)
+    tokenizer = snapshot / "tokenizer.json"
+    assert not tokenizer.is_symlink() and tokenizer.stat().st_nlink == 1
+    assert tokenizer.read_bytes() == (plain / "tokenizer.json").read_bytes()
+    assert {p.name: p.read_bytes() for p in blobs.iterdir()} == before
+    again, _ = mlx_zoo.load(snapshot)
+    np.testing.assert_array_equal(logits(again), logits(model))

@@ -243,3 +243,21 @@ def test_saved_checkpoint_is_complete_json(sharded):
     assert json.loads((path / "config.json").read_text()) == config.to_dict()
     index = json.loads((path / "model.safetensors.index.json").read_text())
     assert set(index["weight_map"].values()) == {p.name for p in path.glob("model-*")}
+
+
+def test_saving_through_a_symlinked_directory_replaces_the_link(tiny_checkpoint, tmp_path):
+    """A target that is a symlink to a directory (a Hugging Face snapshot, say) becomes a real
+    directory; the directory it pointed to is left alone and nothing is left beside it."""
+    model, config = mlx_zoo.load(tiny_checkpoint)
+    real = mlx_zoo.save(model, config, tmp_path / "real")
+    (real / "tokenizer.json").write_text("{}")
+    before = tree_digest(real)
+    link = tmp_path / "out" / "link"
+    link.parent.mkdir()
+    link.symlink_to(real, target_is_directory=True)
+    new, _ = other_model(tiny_checkpoint)
+    mlx_zoo.save(new, config, link)
+    assert link.is_dir() and not link.is_symlink()
+    assert (link / "tokenizer.json").read_text() == "{}"
+    assert not (link / "tokenizer.json").samefile(real / "tokenizer.json")  # a copy, no alias
+    assert tree_digest(real) == before and siblings(link) == []

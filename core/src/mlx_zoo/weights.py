@@ -669,8 +669,8 @@ def _make_sibling(path: Path, tag: str) -> Path:
 
 
 def _carry_over(target: Path, tmp: Path) -> None:
-    """Copy (hard-link where possible) what ``target`` holds besides the checkpoint into
-    ``tmp``, so that saving over a model directory keeps its tokenizer and the like."""
+    """Copy (:func:`_carry_file`) what ``target`` holds besides the checkpoint into ``tmp``, so
+    that saving over a model directory keeps its tokenizer and the like."""
     if not target.is_dir():
         return
     for item in target.iterdir():
@@ -681,10 +681,21 @@ def _carry_over(target: Path, tmp: Path) -> None:
         elif item.is_symlink() and not item.exists():  # a dangling link: kept as it is
             os.symlink(os.readlink(item), tmp / item.name)
         else:
-            try:
-                os.link(item, tmp / item.name)
-            except OSError:
-                shutil.copy2(item, tmp / item.name)
+            _carry_file(item, tmp / item.name, shared=target.is_symlink())
+
+
+def _carry_file(src: Path, dst: Path, shared: bool) -> None:
+    """Hard-link ``src`` to ``dst`` when ``src``'s directory is about to be deleted and the file
+    has no other name (then no alias survives the save: cheap for large extras); copy it
+    otherwise -- a link into the Hugging Face cache's blobs, a file of a directory that stays
+    (``shared``) -- so that editing one copy can never change the other."""
+    if not shared and not src.is_symlink() and src.stat().st_nlink == 1:
+        try:
+            os.link(src, dst)
+            return
+        except OSError:  # another file system, or links not supported: copy
+            pass
+    shutil.copy2(src, dst)
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
@@ -701,4 +712,7 @@ def _swap_in(tmp: Path, target: Path) -> None:
     except BaseException:
         os.rename(old, target)
         raise
-    shutil.rmtree(old, ignore_errors=True)
+    if old.is_symlink():  # the target was a link to a directory: only the link is replaced
+        old.unlink()
+    else:
+        shutil.rmtree(old, ignore_errors=True)
