@@ -85,13 +85,16 @@ def test_registry_lists_builtin_variants_and_su_alias():
 
 
 def test_unknown_rope_type_is_a_clear_error():
-    with pytest.raises(ValueError, match="unknown rope_type 'nope'.*known: default"):
+    with pytest.raises(mlx_zoo.ConfigError, match="unknown rope_type 'nope'.*known: default") as e:
         mlx_zoo.get_rope(HEAD_DIM, base=THETA, scaling={"rope_type": "nope"})
+    assert e.value.key == "rope_scaling.rope_type"
 
 
 def test_missing_scaling_parameter_is_named():
-    with pytest.raises(ValueError, match="requires 'factor'"):
+    with pytest.raises(mlx_zoo.ConfigError, match="key 'rope_scaling.factor': missing; rope_type "
+                       "'linear' requires it") as e:
         mlx_zoo.get_rope(HEAD_DIM, base=THETA, scaling={"rope_type": "linear"})
+    assert e.value.key == "rope_scaling.factor"
 
 
 def test_plugin_adds_a_variant_through_the_hook(testplugin, isolated_registry):

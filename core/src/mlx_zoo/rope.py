@@ -25,6 +25,13 @@ Plugins add variants through the ``register_rope_variants`` hook; models get RoP
 :func:`get_rope`. Every variant computes its frequencies once, at construction (the two
 length-dependent ones keep one table per regime), and applies them with ``mx.fast.rope``.
 
+**Validation.** Each variant declares the ``rope_scaling`` keys it needs (``required``) and the
+ranges of those it reads (``parameter_types``, with the markers of :mod:`mlx_zoo.config`), and
+adds cross-key checks in :meth:`RoPE.check_params`. :func:`validate_rope_scaling` runs them when
+config.json is read (:meth:`mlx_zoo.BaseModelArgs.validate`), so a bad scaling is refused with
+the file and key (``rope_scaling.factor``) before the model is built; construction runs them
+again (naming the key, without a file) for RoPE built outside a config.
+
 ``mx.fast.rope(..., freqs=f)`` takes *periods* ``f_i = 1 / inv_freq_i``; the code below keeps that
 convention and calls them ``periods``.
 """
@@ -33,11 +40,25 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import RopeScaling
+from .config import (
+    NonNegativeFloat,
+    PositiveFloat,
+    PositiveInt,
+    RopeScaling,
+    check_value,
+)
+from .errors import ConfigError
+
+SCALING_KEY = "rope_scaling"
+"""The config.json key of the scaling parameters; errors name ``rope_scaling.<parameter>``."""
+
+ORIGINAL_CONTEXT = "original_max_position_embeddings"
 
 
 def default_periods(dims: int, base: float) -> mx.array:
@@ -50,7 +71,17 @@ class RoPE(nn.Module):
 
     Subclasses override :meth:`periods` (computed once here) and may set ``attention_factor``,
     the factor by which cos and sin -- equivalently, the rotated features -- are multiplied.
+    They declare what they read from ``rope_scaling`` in :attr:`required` and
+    :attr:`parameter_types`, and check what spans several keys in :meth:`check_params`.
     """
+
+    required: ClassVar[tuple[str, ...]] = ()
+    """``rope_scaling`` keys the variant cannot do without."""
+    parameter_types: ClassVar[dict[str, Any]] = {}
+    """``rope_scaling`` key -> declared type with its range (:mod:`mlx_zoo.config` markers); every
+    key's plain type is checked anyway, as :class:`~mlx_zoo.RopeScaling` declares it."""
+    min_dims: ClassVar[int] = 2
+    """Smallest rotary dimension (RoPE rotates pairs of features)."""
 
     def __init__(self, dims: int, *, base: float, traditional: bool = False,
                  scaling: RopeScaling | None = None, max_position_embeddings: int | None = None):
@@ -61,7 +92,43 @@ class RoPE(nn.Module):
         self._scaling: RopeScaling = dict(scaling or {})  # type: ignore[assignment]
         self.max_position_embeddings = max_position_embeddings
         self.attention_factor = 1.0
+        self.check_params(self._scaling, dims=dims, base=base,
+                          max_position_embeddings=max_position_embeddings)
         self._periods = self.periods()
+
+    @classmethod
+    def check_params(cls, scaling: RopeScaling, *, dims: int | None = None,
+                     base: float | None = None, max_position_embeddings: int | None = None,
+                     path: Path | str | None = None) -> None:
+        """Raise :class:`~mlx_zoo.ConfigError` -- naming ``path`` and the key, e.g.
+        ``rope_scaling.factor`` -- unless ``scaling`` (and the rotary dimension ``dims``, the base
+        ``base``, the model's context ``max_position_embeddings``, where known) suit this variant.
+        Subclasses extend it with checks across keys, calling ``super().check_params``."""
+        check_value(dict(scaling), RopeScaling, SCALING_KEY, path)  # plain types of every key
+        for key in cls.required:
+            if scaling.get(key) is None:
+                raise ConfigError(path, f"missing; rope_type {scaling.get('rope_type')!r} "
+                                  f"requires it", key=f"{SCALING_KEY}.{key}")
+        for key, declared in cls.parameter_types.items():
+            if scaling.get(key) is not None:
+                check_value(scaling[key], declared, f"{SCALING_KEY}.{key}", path)
+        if base is not None:
+            check_value(base, PositiveFloat, "rope_theta", path)
+        if dims is not None and (dims < cls.min_dims or dims % 2):
+            raise ConfigError(path, f"the rotary dimension must be even and >= {cls.min_dims} "
+                              f"for rope_type {scaling.get('rope_type', 'default')!r}, got {dims}",
+                              key="head_dim")
+
+    @classmethod
+    def _check_original_context(cls, scaling: RopeScaling, max_position_embeddings: int | None,
+                                path: Path | str | None, minimum: int = 1) -> None:
+        """The pre-training context (:meth:`_original_max_positions`) must be known and at least
+        ``minimum``."""
+        context = scaling.get(ORIGINAL_CONTEXT) or max_position_embeddings
+        if context is None or context < minimum:
+            raise ConfigError(path, f"expected the pre-training context length (an integer >= "
+                              f"{minimum}; or max_position_embeddings in config.json), got "
+                              f"{context!r}", key=f"{SCALING_KEY}.{ORIGINAL_CONTEXT}")
 
     def periods(self) -> mx.array:
         return default_periods(self.dims, self.base)
@@ -86,20 +153,19 @@ class RoPE(nn.Module):
         return mx.fast.rope(x, self.dims, traditional=self.traditional, base=None, scale=1.0,
                             offset=offset, freqs=periods)
 
-    def _require(self, key: str):
-        if key not in self._scaling:
-            raise ValueError(f"rope_scaling of type {self._scaling.get('rope_type')!r} requires "
-                             f"{key!r}; got {dict(self._scaling)}")
+    def require(self, key: str) -> Any:
+        """``rope_scaling[key]``, or a :class:`~mlx_zoo.ConfigError` naming
+        ``rope_scaling.<key>`` when it is absent (for variants that read a key they do not list
+        in :attr:`required`)."""
+        if self._scaling.get(key) is None:
+            raise ConfigError(None, f"missing; rope_type {self._scaling.get('rope_type')!r} "
+                              f"requires it", key=f"{SCALING_KEY}.{key}")
         return self._scaling[key]  # type: ignore[literal-required]
 
     def _original_max_positions(self) -> int:
         """Pre-training context: ``original_max_position_embeddings``, else the model's maximum."""
-        value = (self._scaling.get("original_max_position_embeddings")
-                 or self.max_position_embeddings)
-        if value is None:
-            raise ValueError("this RoPE scaling needs original_max_position_embeddings or "
-                             "max_position_embeddings in config.json")
-        return int(value)
+        self._check_original_context(self._scaling, self.max_position_embeddings, None)
+        return self._scaling.get(ORIGINAL_CONTEXT) or self.max_position_embeddings
 
 
 class LinearRoPE(RoPE):
@@ -108,8 +174,11 @@ class LinearRoPE(RoPE):
     Positions are divided by ``factor``: ``inv_freq_i = theta ** (-2i/d) / factor``.
     """
 
+    required = ("factor",)
+    parameter_types = {"factor": PositiveFloat}
+
     def periods(self) -> mx.array:
-        return default_periods(self.dims, self.base) * float(self._require("factor"))
+        return default_periods(self.dims, self.base) * float(self.require("factor"))
 
 
 class DynamicNTKRoPE(RoPE):
@@ -122,11 +191,15 @@ class DynamicNTKRoPE(RoPE):
         theta' = theta * (factor * n / L - (factor - 1)) ** (d / (d - 2))
     """
 
+    required = ("factor",)
+    parameter_types = {"factor": PositiveFloat}
+    min_dims = 4  # the exponent d / (d - 2)
+
     def periods_for_length(self, length: int) -> mx.array:
         limit = self.max_position_embeddings
         if limit is None or length <= limit:
             return self._periods
-        factor = float(self._require("factor"))
+        factor = float(self.require("factor"))
         growth = (factor * length / limit - (factor - 1)) ** (self.dims / (self.dims - 2))
         return default_periods(self.dims, self.base * growth)
 
@@ -145,6 +218,33 @@ class YarnRoPE(RoPE):
     DEFAULT_BETA_FAST = 32.0  # the paper's alpha/beta: rotations bounding the ramp
     DEFAULT_BETA_SLOW = 1.0
     MSCALE_COEFFICIENT = 0.1  # the paper's sqrt(1/t) = 0.1 ln(s) + 1
+
+    parameter_types = {
+        "factor": PositiveFloat,  # absent: max_position_embeddings / original context
+        ORIGINAL_CONTEXT: PositiveInt,
+        "beta_fast": NonNegativeFloat,  # 0 or absent: DEFAULT_BETA_FAST (as transformers)
+        "beta_slow": NonNegativeFloat,  # 0 or absent: DEFAULT_BETA_SLOW
+        "mscale": NonNegativeFloat,  # 0 or absent: the paper's attention factor
+        "mscale_all_dim": NonNegativeFloat,
+        "attention_factor": PositiveFloat,
+    }
+
+    @classmethod
+    def check_params(cls, scaling: RopeScaling, *, dims: int | None = None,
+                     base: float | None = None, max_position_embeddings: int | None = None,
+                     path: Path | str | None = None) -> None:
+        """Also: the original context must be known (the correction range reads it), ``factor``
+        or ``max_position_embeddings`` given, and ``rope_theta != 1`` (the dimension of a
+        rotation count divides by ``ln theta``)."""
+        super().check_params(scaling, dims=dims, base=base,
+                             max_position_embeddings=max_position_embeddings, path=path)
+        cls._check_original_context(scaling, max_position_embeddings, path)
+        if not scaling.get("factor") and max_position_embeddings is None:
+            raise ConfigError(path, "missing; yarn requires it (or max_position_embeddings in "
+                              "config.json)", key=f"{SCALING_KEY}.factor")
+        if base == 1:
+            raise ConfigError(path, "expected a value other than 1 with yarn scaling (its "
+                              "correction range divides by ln(rope_theta))", key="rope_theta")
 
     def periods(self) -> mx.array:
         factor = float(self._scaling.get("factor") or
@@ -195,10 +295,38 @@ class LongRoPE(RoPE):
     ``factor``, or ``attention_factor`` if given).
     """
 
+    required = ("short_factor", "long_factor")
+    parameter_types = {
+        "short_factor": list[PositiveFloat],  # one rescale per rotated pair: d / 2 entries
+        "long_factor": list[PositiveFloat],
+        "factor": PositiveFloat,
+        ORIGINAL_CONTEXT: PositiveInt,
+        "attention_factor": PositiveFloat,
+    }
+
+    @classmethod
+    def check_params(cls, scaling: RopeScaling, *, dims: int | None = None,
+                     base: float | None = None, max_position_embeddings: int | None = None,
+                     path: Path | str | None = None) -> None:
+        """Also: one factor per rotated pair (``d / 2``), and an original context of at least 2
+        where the attention factor is derived (it divides by ``ln L``)."""
+        super().check_params(scaling, dims=dims, base=base,
+                             max_position_embeddings=max_position_embeddings, path=path)
+        if dims is not None:
+            for key in cls.required:
+                if len(scaling[key]) != dims // 2:  # type: ignore[literal-required]
+                    raise ConfigError(path, f"expected one factor per rotated pair of features, "
+                                      f"head_dim / 2 = {dims // 2} entries, got "
+                                      f"{len(scaling[key])}",  # type: ignore[literal-required]
+                                      key=f"{SCALING_KEY}.{key}")
+        derives_attention = scaling.get("attention_factor") is None
+        cls._check_original_context(scaling, max_position_embeddings, path,
+                                    minimum=2 if derives_attention else 1)
+
     def periods(self) -> mx.array:
         base_periods = default_periods(self.dims, self.base)
         self._original = self._original_max_positions()
-        self._long_periods = base_periods * mx.array(self._require("long_factor"), dtype=mx.float32)
+        self._long_periods = base_periods * mx.array(self.require("long_factor"), dtype=mx.float32)
         factor = self._scaling.get("factor")
         if factor is None and self.max_position_embeddings:
             factor = self.max_position_embeddings / self._original
@@ -206,7 +334,7 @@ class LongRoPE(RoPE):
             self.attention_factor = float(self._scaling["attention_factor"])
         elif factor is not None and factor > 1.0:
             self.attention_factor = math.sqrt(1 + math.log(factor) / math.log(self._original))
-        return base_periods * mx.array(self._require("short_factor"), dtype=mx.float32)
+        return base_periods * mx.array(self.require("short_factor"), dtype=mx.float32)
 
     def periods_for_length(self, length: int) -> mx.array:
         return self._long_periods if length > self._original else self._periods
@@ -223,10 +351,28 @@ class Llama3RoPE(RoPE):
         inv_freq' = (1 - s) * inv_freq / factor + s * inv_freq
     """
 
+    required = ("factor", "low_freq_factor", "high_freq_factor")
+    parameter_types = {"factor": PositiveFloat, "low_freq_factor": PositiveFloat,
+                       "high_freq_factor": PositiveFloat, ORIGINAL_CONTEXT: PositiveInt}
+
+    @classmethod
+    def check_params(cls, scaling: RopeScaling, *, dims: int | None = None,
+                     base: float | None = None, max_position_embeddings: int | None = None,
+                     path: Path | str | None = None) -> None:
+        """Also: ``high_freq_factor > low_freq_factor`` (the blend divides by their difference)
+        and a known original context."""
+        super().check_params(scaling, dims=dims, base=base,
+                             max_position_embeddings=max_position_embeddings, path=path)
+        low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
+        if high <= low:
+            raise ConfigError(path, f"expected a value greater than low_freq_factor = {low}, got "
+                              f"{high}", key=f"{SCALING_KEY}.high_freq_factor")
+        cls._check_original_context(scaling, max_position_embeddings, path)
+
     def periods(self) -> mx.array:
-        factor = float(self._require("factor"))
-        low = float(self._require("low_freq_factor"))
-        high = float(self._require("high_freq_factor"))
+        factor = float(self.require("factor"))
+        low = float(self.require("low_freq_factor"))
+        high = float(self.require("high_freq_factor"))
         context = float(self._original_max_positions())
         periods = default_periods(self.dims, self.base)
         wavelengths = 2 * math.pi * periods
@@ -258,6 +404,29 @@ def rope_variants() -> dict[str, type[RoPE]]:
     return variants
 
 
+def variant_for(kind: str, path: Path | str | None = None) -> type[RoPE]:
+    """The registered variant ``kind``, or a :class:`~mlx_zoo.ConfigError` listing the known."""
+    variants = rope_variants()
+    if kind not in variants:
+        raise ConfigError(path, f"unknown rope_type {kind!r}; known: "
+                          f"{', '.join(sorted(variants))}", key=f"{SCALING_KEY}.rope_type")
+    return variants[kind]
+
+
+def validate_rope_scaling(scaling: RopeScaling | None, head_dim: int | None,
+                          path: Path | str | None = None, *, base: float | None = None,
+                          max_position_embeddings: int | None = None,
+                          rope_type: str | None = None) -> None:
+    """Check a config's normalised ``rope_scaling`` (see :mod:`mlx_zoo.config`) for the variant
+    it selects -- ``rope_type`` if given, as in :func:`get_rope` -- without building anything;
+    raise :class:`~mlx_zoo.ConfigError` naming ``path`` and the key."""
+    scaling = scaling or RopeScaling()
+    kind = rope_type or scaling.get("rope_type", "default")
+    variant_for(kind, path).check_params(scaling, dims=head_dim, base=base,
+                                         max_position_embeddings=max_position_embeddings,
+                                         path=path)
+
+
 def get_rope(dims: int, *, base: float, traditional: bool = False,
              scaling: RopeScaling | None = None, max_position_embeddings: int | None = None,
              rope_type: str | None = None) -> RoPE:
@@ -267,11 +436,7 @@ def get_rope(dims: int, *, base: float, traditional: bool = False,
     ``rope_type`` picks the variant unless ``rope_type`` is given explicitly.
     """
     kind = rope_type or (scaling or {}).get("rope_type", "default")
-    variants = rope_variants()
-    if kind not in variants:
-        raise ValueError(f"unknown rope_type {kind!r} in rope_scaling; known: "
-                         f"{', '.join(sorted(variants))}")
-    return variants[kind](dims, base=base, traditional=traditional, scaling=scaling,
+    return variant_for(kind)(dims, base=base, traditional=traditional, scaling=scaling,
                           max_position_embeddings=max_position_embeddings)
 
 

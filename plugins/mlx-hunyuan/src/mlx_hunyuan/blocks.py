@@ -33,7 +33,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -58,6 +58,7 @@ from mlx_zoo import (
     split_heads,
     unfuse_projections,
 )
+from mlx_zoo.config import Divides, PositiveFloat, PositiveInt
 
 from .rope import rope_type_for
 
@@ -89,22 +90,28 @@ class HunYuanArgs(BaseModelArgs):
     """Fields every HunYuan format has (the format modules document their own additions).
 
     Shapes: attention has ``num_attention_heads`` query heads and ``num_key_value_heads`` key/value
-    heads (grouped-query attention) of ``head_dim`` features each.
+    heads (grouped-query attention) of ``head_dim`` features each. Counts and widths are
+    positive (:data:`PositiveInt`); without a ``head_dim`` the heads must divide ``hidden_size``.
     """
 
     model_type: str
-    vocab_size: int
-    hidden_size: int  # width of the residual stream
-    intermediate_size: int  # width of the dense SwiGLU MLP (and, by format, experts/shared MLP)
-    num_hidden_layers: int
-    num_attention_heads: int
-    num_key_value_heads: int | None = None  # < num_attention_heads: grouped-query attention
-    head_dim: int | None = None  # per-head width; default hidden_size // num_attention_heads
-    rms_norm_eps: float = 1e-5  # epsilon inside every RMSNorm's square root
-    rope_theta: float = 10000.0  # RoPE base theta: inv_freq_i = theta ** (-2i / head_dim)
+    vocab_size: PositiveInt
+    hidden_size: PositiveInt  # width of the residual stream
+    # width of the dense SwiGLU MLP (and, by format, experts/shared MLP)
+    intermediate_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    num_attention_heads: Annotated[PositiveInt, Divides(
+        "hidden_size", unless_given=("head_dim", "attention_head_dim"))]
+    # < num_attention_heads: grouped-query attention
+    num_key_value_heads: Annotated[PositiveInt, Divides("num_attention_heads")] | None = None
+    # per-head width; default hidden_size // num_attention_heads
+    head_dim: PositiveInt | None = None
+    rms_norm_eps: PositiveFloat = 1e-5  # epsilon inside every RMSNorm's square root
+    rope_theta: PositiveFloat = 10000.0  # RoPE base theta: inv_freq_i = theta ** (-2i / head_dim)
     # RoPE scaling; HunYuan uses {"type": "dynamic", "alpha": a}: NTK-alpha (see mlx_hunyuan.rope)
     rope_scaling: RopeScaling | None = None
-    max_position_embeddings: int = 2048  # context length; only factor-based "dynamic" RoPE reads it
+    # context length; only factor-based "dynamic" RoPE reads it
+    max_position_embeddings: PositiveInt = 2048
     attention_bias: bool = False  # q/k/v/o projections carry a bias
     # RMSNorm over each query/key head after RoPE ("query_layernorm"/"key_layernorm"); bounds
     # the attention logits (QK-norm, Dehghani et al. 2023, https://arxiv.org/abs/2302.05442)
@@ -123,18 +130,10 @@ class HunYuanArgs(BaseModelArgs):
     def default_head_dim(self) -> int:
         return self.hidden_size // self.num_attention_heads
 
-    @classmethod
-    def from_dict(cls, config: dict[str, Any], path: Path | str | None = None):
-        args = super().from_dict(config, path)
-        args.validate(path)
-        return args
-
     def validate(self, path: Path | str | None = None) -> None:
-        """Cross-field checks, with the file and key named in the error."""
-        if self.num_attention_heads % self.num_key_value_heads:
-            raise ConfigError(path, f"{self.num_key_value_heads} key/value heads do not divide "
-                              f"{self.num_attention_heads} attention heads",
-                              key="num_key_value_heads")
+        """Cross-field checks (after the core's, :meth:`mlx_zoo.BaseModelArgs.validate`), with
+        the file and key named in the error: per-layer lists have one entry per layer."""
+        super().validate(path)
         for name in self.PER_LAYER_FIELDS:
             value = getattr(self, name)
             if isinstance(value, list) and len(value) != self.num_hidden_layers:

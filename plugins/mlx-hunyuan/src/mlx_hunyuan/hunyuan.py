@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mlx_zoo import ConfigError
+from mlx_zoo.config import NonNegativeInt, PositiveInt
 
 from .blocks import HunYuanArgs, HunYuanForCausalLM, MLPPlan, MoEPlan, per_layer
 
@@ -54,20 +55,21 @@ class ModelArgs(HunYuanArgs):
 
     use_qk_norm: bool = False  # RMSNorm per query/key head after RoPE (Tencent's default: off)
     # per-head width written by newer configs; used when head_dim is absent
-    attention_head_dim: int | None = None
+    attention_head_dim: PositiveInt | None = None
     # routed experts; a layer with 1 has a plain SwiGLU MLP of width intermediate_size instead
-    num_experts: int | list[int] = 1
-    moe_topk: int | list[int] = 1  # experts each token is routed to
+    num_experts: PositiveInt | list[PositiveInt] = 1
+    moe_topk: PositiveInt | list[PositiveInt] = 1  # experts each token is routed to
     # width of each routed expert; None: intermediate_size
-    moe_intermediate_size: int | list[int] | None = None
+    moe_intermediate_size: PositiveInt | list[PositiveInt] | None = None
     # "mixed MLP and MoE": add a shared (always active) SwiGLU MLP to the routed experts' output
     use_mixed_mlp_moe: bool = False
     # size of that shared MLP in experts: its width is intermediate_size * num_shared_expert
-    num_shared_expert: int | list[int] = 1
+    # (0: no shared MLP)
+    num_shared_expert: NonNegativeInt | list[NonNegativeInt] = 1
     # Cross-Layer Attention: layers whose index is not a multiple of cla_share_factor have no
     # k_proj/v_proj and attend to the keys/values of the nearest multiple below them
     use_cla: bool = False
-    cla_share_factor: int = 1  # layers per CLA run (2 for Hunyuan-Large)
+    cla_share_factor: PositiveInt = 1  # layers per CLA run (2 for Hunyuan-Large)
 
     PER_LAYER_FIELDS: ClassVar[tuple[str, ...]] = (
         "num_experts", "moe_topk", "moe_intermediate_size", "num_shared_expert")
@@ -77,9 +79,6 @@ class ModelArgs(HunYuanArgs):
 
     def validate(self, path: Path | str | None = None) -> None:
         super().validate(path)
-        if self.use_cla and self.cla_share_factor < 1:
-            raise ConfigError(path, f"expected a positive number of layers per CLA run, got "
-                              f"{self.cla_share_factor}", key="cla_share_factor")
         for layer in range(self.num_hidden_layers):
             experts, top_k = per_layer(self.num_experts, layer), per_layer(self.moe_topk, layer)
             if experts > 1 and not 1 <= top_k <= experts:

@@ -32,6 +32,7 @@ from pathlib import Path
 from typing import ClassVar
 
 from mlx_zoo import ConfigError
+from mlx_zoo.config import PositiveInt
 
 from .blocks import HunYuanArgs, HunYuanForCausalLM, MoEPlan, per_layer
 
@@ -44,8 +45,8 @@ class ModelArgs(HunYuanArgs):
     ``intermediate_size`` is the width of each expert *and* of the shared MLP.
     """
 
-    num_experts: int = 1  # routed experts per layer
-    moe_topk: int | list[int] = 1  # experts per token; a list gives one value per layer
+    num_experts: PositiveInt = 1  # routed experts per layer
+    moe_topk: PositiveInt | list[PositiveInt] = 1  # experts per token; a list: one per layer
 
     PER_LAYER_FIELDS: ClassVar[tuple[str, ...]] = ("moe_topk",)
 

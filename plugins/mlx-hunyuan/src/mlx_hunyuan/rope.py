@@ -31,9 +31,12 @@ transformers gives this variant internally, ``"ntk_alpha"``, so a config that al
 
 from __future__ import annotations
 
+from typing import ClassVar
+
 import mlx.core as mx
 
 from mlx_zoo import RoPE, RopeScaling
+from mlx_zoo.config import PositiveFloat
 
 NTK_ALPHA = "ntk_alpha"
 """Registry key of :class:`NTKAlphaRoPE` (transformers' internal name for it)."""
@@ -45,10 +48,15 @@ DYNAMIC = "dynamic"
 class NTKAlphaRoPE(RoPE):
     """RoPE with the base stretched by a fixed ``alpha``: ``theta * alpha ** (d / (d - 2))``
     (see the module docstring). Reads ``rope_scaling["alpha"]``; ``factor`` is ignored, as in
-    Tencent's code and transformers."""
+    Tencent's code and transformers. ``alpha`` must be positive and finite (a negative one would
+    give a negative base: NaN frequencies), the rotary dimension at least 4 (the exponent)."""
+
+    required: ClassVar[tuple[str, ...]] = ("alpha",)
+    parameter_types: ClassVar[dict[str, object]] = {"alpha": PositiveFloat}
+    min_dims: ClassVar[int] = 4  # the exponent d / (d - 2)
 
     def periods(self) -> mx.array:
-        alpha = float(self._require("alpha"))
+        alpha = float(self.require("alpha"))
         stretched_base = self.base * alpha ** (self.dims / (self.dims - 2))
         return stretched_base ** (mx.arange(0, self.dims, 2, dtype=mx.float32) / self.dims)
 
@@ -56,7 +64,11 @@ class NTKAlphaRoPE(RoPE):
 def rope_type_for(scaling: RopeScaling | None) -> str | None:
     """The registry key for a HunYuan ``rope_scaling``: :data:`NTK_ALPHA` where a ``"dynamic"``
     scaling carries an ``alpha``; otherwise ``None`` (the scaling's own ``rope_type`` applies:
-    plain, ``linear``, or factor-based ``dynamic``)."""
-    if scaling and scaling.get("rope_type") == DYNAMIC and scaling.get("alpha"):
+    plain, ``linear``, or factor-based ``dynamic``).
+
+    Any ``alpha`` but null selects NTK-alpha, whose check then refuses ``alpha <= 0``. (Tencent's
+    code and transformers test it for truth, so that ``alpha: 0`` silently falls back to
+    factor-based dynamic NTK -- a different model; here it is a :class:`~mlx_zoo.ConfigError`.)"""
+    if scaling and scaling.get("rope_type") == DYNAMIC and scaling.get("alpha") is not None:
         return NTK_ALPHA
     return None

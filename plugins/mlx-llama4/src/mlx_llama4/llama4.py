@@ -41,7 +41,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -66,6 +66,14 @@ from mlx_zoo import (
     split_heads,
     unfuse_projections,
 )
+from mlx_zoo.config import (
+    Divides,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+)
 
 CHUNKED_ATTENTION = "chunked_attention"  # layer_types entry: local attention within chunks
 FULL_ATTENTION = "full_attention"  # layer_types entry: global causal attention
@@ -76,44 +84,49 @@ SUPPORTED_ACTIVATIONS = ("silu",)  # SwiGLU's gate activation; every Llama 4 che
 @dataclass
 class ModelArgs(BaseModelArgs):
     """The text model's settings: config.json itself (``llama4_text``) or its ``text_config``
-    (``llama4``). Defaults are transformers' ``Llama4TextConfig`` defaults (Scout's values)."""
+    (``llama4``). Defaults are transformers' ``Llama4TextConfig`` defaults (Scout's values).
+    Counts and widths are positive (:data:`PositiveInt`); without a ``head_dim`` the heads must
+    divide ``hidden_size``."""
 
     model_type: str  # "llama4" (nested text_config + vision tower) or "llama4_text" (flat)
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int  # width of each routed expert and of the shared expert
-    num_attention_heads: int
-    vocab_size: int
-    intermediate_size_mlp: int = 16384  # width of the dense (non-MoE) SwiGLU layers
-    num_key_value_heads: int | None = None  # < num_attention_heads: grouped-query attention
-    head_dim: int | None = None  # per-head width; default hidden_size // num_attention_heads
-    rms_norm_eps: float = 1e-5  # epsilon of the RMSNorms and of the q/k L2 norm
-    rope_theta: float = 500000.0  # RoPE base theta: inv_freq_i = theta ** (-2i / head_dim)
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    intermediate_size: PositiveInt  # width of each routed expert and of the shared expert
+    num_attention_heads: Annotated[PositiveInt, Divides("hidden_size", unless_given=("head_dim",))]
+    vocab_size: PositiveInt
+    intermediate_size_mlp: PositiveInt = 16384  # width of the dense (non-MoE) SwiGLU layers
+    # < num_attention_heads: grouped-query attention
+    num_key_value_heads: Annotated[PositiveInt, Divides("num_attention_heads")] | None = None
+    # per-head width; default hidden_size // num_attention_heads
+    head_dim: PositiveInt | None = None
+    rms_norm_eps: PositiveFloat = 1e-5  # epsilon of the RMSNorms and of the q/k L2 norm
+    rope_theta: PositiveFloat = 500000.0  # RoPE base theta: inv_freq_i = theta ** (-2i / head_dim)
     rope_scaling: RopeScaling | None = None  # Scout: "llama3" scaling (mlx_zoo.rope.Llama3RoPE)
-    max_position_embeddings: int = 131072  # context length; some RoPE scalings read it
-    num_local_experts: int = 16  # routed experts per MoE layer
-    num_experts_per_tok: int = 1  # top-k: experts each token is sent to
+    max_position_embeddings: PositiveInt = 131072  # context length; some RoPE scalings read it
+    num_local_experts: PositiveInt = 16  # routed experts per MoE layer
+    num_experts_per_tok: PositiveInt = 1  # top-k: experts each token is sent to
     # Indices of the MoE layers. None: every interleave_moe_layer_step-th layer, counting from 1
     # (layers step-1, 2*step-1, ...); step 1 makes every layer MoE (Scout), 2 every other one.
-    moe_layers: list[int] | None = None
-    interleave_moe_layer_step: int = 1
+    moe_layers: list[NonNegativeInt] | None = None
+    interleave_moe_layer_step: PositiveInt = 1
     # Per layer, 1 = the layer *uses* RoPE (a local, chunked layer), 0 = NoPE (global) -- the name
     # says the opposite of the values. None or empty: every no_rope_layer_interval-th layer
     # (counting from 1) is NoPE, the others use RoPE.
-    no_rope_layers: list[int] | None = None
-    no_rope_layer_interval: int = 4
+    no_rope_layers: list[Annotated[int, Range(0, 1)]] | None = None
+    no_rope_layer_interval: PositiveInt = 4
     # Per layer, "chunked_attention" or "full_attention" (transformers >= 4.54 writes it). None:
     # chunked on the RoPE layers, full on the NoPE ones.
     layer_types: list[str] | None = None
-    attention_chunk_size: int | None = 8192  # positions per chunk of local attention; None: global
+    # positions per chunk of local attention; None: global
+    attention_chunk_size: PositiveInt | None = 8192
     use_qk_norm: bool = True  # L2-normalise queries and keys (after RoPE) on the RoPE layers
     # Temperature tuning on the NoPE layers (attention_temperature): on when true or non-zero
     # (transformers writes a bool; Meta's original configs and mlx-lm use an int, 4).
     attn_temperature_tuning: bool | int = True
     # Positions per step of the temperature (its floor's divisor). An integer in every published
     # config, and transformers' Llama4TextConfig rejects a float, so it is kept as given.
-    floor_scale: int | float = 8192
-    attn_scale: float = 0.1  # strength of the temperature's logarithmic growth
+    floor_scale: PositiveInt | PositiveFloat = 8192
+    attn_scale: NonNegativeFloat = 0.1  # strength of the temperature's logarithmic growth
     attention_bias: bool = False  # q/k/v/o projections carry a bias
     hidden_act: str = "silu"  # activation of the SwiGLU gates
     tie_word_embeddings: bool = False  # logits through the transposed embedding, no lm_head
@@ -137,8 +150,7 @@ class ModelArgs(BaseModelArgs):
             raise ConfigError(path, f"expected an object, got {type(text).__name__}",
                               key="text_config")
         try:
-            args = super().from_dict(flat, path)
-            args.validate(path)
+            args = super().from_dict(flat, path)  # validate() included
         except ConfigError as error:
             if text is None or error.key is None:
                 raise
@@ -157,7 +169,9 @@ class ModelArgs(BaseModelArgs):
         return {**source, "model_type": self.model_type, "text_config": text}
 
     def validate(self, path: Path | str | None = None) -> None:
-        """Check the fields that only make sense together; raise :class:`ConfigError`."""
+        """Check the fields that only make sense together (after the core's checks,
+        :meth:`mlx_zoo.BaseModelArgs.validate`); raise :class:`ConfigError`."""
+        super().validate(path)
         n = self.num_hidden_layers
         if self.hidden_act not in SUPPORTED_ACTIVATIONS:
             raise ConfigError(path, f"unsupported activation {self.hidden_act!r}; expected one of "
@@ -165,12 +179,6 @@ class ModelArgs(BaseModelArgs):
         if not 1 <= self.num_experts_per_tok <= self.num_local_experts:
             raise ConfigError(path, f"expected 1 .. num_local_experts ({self.num_local_experts}),"
                               f" got {self.num_experts_per_tok}", key="num_experts_per_tok")
-        if self.moe_layers is None and self.interleave_moe_layer_step < 1:
-            raise ConfigError(path, f"expected a positive int, got "
-                              f"{self.interleave_moe_layer_step}", key="interleave_moe_layer_step")
-        if not self.no_rope_layers and self.no_rope_layer_interval < 1:
-            raise ConfigError(path, f"expected a positive int, got {self.no_rope_layer_interval}",
-                              key="no_rope_layer_interval")
         if self.no_rope_layers and len(self.no_rope_layers) < n:
             raise ConfigError(path, f"expected one entry (1 = RoPE, 0 = NoPE) per layer, "
                               f"{n} layers, got {len(self.no_rope_layers)}", key="no_rope_layers")
@@ -181,9 +189,6 @@ class ModelArgs(BaseModelArgs):
         if self.moe_layers is not None and any(not 0 <= i < n for i in self.moe_layers):
             raise ConfigError(path, f"expected layer indices in 0 .. {n - 1}, got "
                               f"{self.moe_layers}", key="moe_layers")
-        if self.attention_chunk_size is not None and self.attention_chunk_size < 1:
-            raise ConfigError(path, f"expected a positive int or null, got "
-                              f"{self.attention_chunk_size}", key="attention_chunk_size")
 
     # -- the per-layer pattern, derived as transformers derives it --------------------------------
 

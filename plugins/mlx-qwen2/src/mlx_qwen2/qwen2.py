@@ -14,7 +14,7 @@ Data flow: token ids -> embedding -> N x [x + attn(norm(x)); x + mlp(norm(x))] -
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -34,20 +34,26 @@ from mlx_zoo import (
     split_heads,
     unfuse_projections,
 )
+from mlx_zoo.config import Divides, PositiveFloat, PositiveInt
 
 
 @dataclass
 class ModelArgs(BaseModelArgs):
+    """Qwen2's config.json. Every count and width is positive (:data:`PositiveInt`); the head
+    width is derived, ``hidden_size // num_attention_heads``, so the heads must divide
+    ``hidden_size``, and the key/value heads the attention heads (:class:`Divides`)."""
+
     model_type: str
-    hidden_size: int
-    num_hidden_layers: int
-    intermediate_size: int  # width of the SwiGLU MLP's gate/up projections
-    num_attention_heads: int
-    vocab_size: int
-    num_key_value_heads: int | None = None  # < num_attention_heads: grouped-query attention
-    rms_norm_eps: float = 1e-6  # epsilon inside RMSNorm's square root
-    max_position_embeddings: int = 32768  # context length; the dynamic/yarn scalings read it
-    rope_theta: float = 1000000.0  # RoPE base theta: inv_freq_i = theta ** (-2i / head_dim)
+    hidden_size: PositiveInt
+    num_hidden_layers: PositiveInt
+    intermediate_size: PositiveInt  # width of the SwiGLU MLP's gate/up projections
+    num_attention_heads: Annotated[PositiveInt, Divides("hidden_size")]
+    vocab_size: PositiveInt
+    # < num_attention_heads: grouped-query attention
+    num_key_value_heads: Annotated[PositiveInt, Divides("num_attention_heads")] | None = None
+    rms_norm_eps: PositiveFloat = 1e-6  # epsilon inside RMSNorm's square root
+    max_position_embeddings: PositiveInt = 32768  # context length; dynamic/yarn scalings read it
+    rope_theta: PositiveFloat = 1000000.0  # RoPE base theta: inv_freq_i = theta ** (-2i / head_dim)
     rope_scaling: RopeScaling | None = None  # context extension, e.g. Qwen2.5's yarn (core rope)
     tie_word_embeddings: bool = True  # logits through the transposed input embedding, no lm_head
 
