@@ -10,8 +10,11 @@ Two dialects of config.json are in the wild and both are read into one form:
 :func:`normalize_config` rewrites either into ``rope_theta`` (a float) plus ``rope_scaling`` (a
 :class:`RopeScaling` with ``rope_type`` set, or ``None`` for plain RoPE), recursively for nested
 ``text_config`` sections. Plugins then declare their fields as a dataclass derived from
-:class:`BaseModelArgs`, whose :meth:`~BaseModelArgs.from_dict` checks the type of every field and
-names the file and key of any mismatch.
+:class:`BaseModelArgs`, whose :meth:`~BaseModelArgs.from_dict` checks the type of every field --
+strictly: ``"2"`` is no number -- and the range the field declares (:class:`Range`,
+:data:`PositiveInt` and friends; every float must be finite), then the checks across fields
+(:class:`Divides`, the RoPE scaling, a plugin's own :meth:`~BaseModelArgs.validate`), and names
+the file and key of any failure in a :class:`~mlx_zoo.ConfigError`.
 """
 
 from __future__ import annotations
@@ -180,9 +183,10 @@ PositiveInt = Annotated[int, Range(1, MAX_SIZE)]
 NonNegativeInt = Annotated[int, Range(0, MAX_SIZE)]
 """A count that may be zero (e.g. a number of optional shared experts) or an index."""
 PositiveFloat = Annotated[float, Range(0, FLOAT32_MAX, exclusive_low=True)]
-"""A scale, base or divisor: ``rope_theta``, RoPE factors, Llama 4's ``floor_scale``."""
+"""A scale, base or divisor: ``rope_theta``, RoPE factors, Llama 4's ``floor_scale``, and
+``rms_norm_eps`` (MLX's RMSNorm refuses 0)."""
 NonNegativeFloat = Annotated[float, Range(0, FLOAT32_MAX)]
-"""An epsilon or a strength that may be zero (``rms_norm_eps``, ``attn_scale``)."""
+"""A strength or coefficient that may be zero (Llama 4's ``attn_scale``, yarn's ``mscale``)."""
 
 
 @dataclasses.dataclass
