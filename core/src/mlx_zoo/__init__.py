@@ -8,9 +8,10 @@ generation; each architecture ships as its own plugin distribution.
     >>> model, config = mlx_zoo.load("Qwen/Qwen2.5-0.5B")   # with mlx-qwen2 installed
 """
 
-# First, before anything imports mlx.core: importing mlx_zoo.backend binds, on Linux, MLX's
-# cblas_sgemm to OpenBLAS instead of the reference BLAS its CPU wheel ships.
-from . import backend as backend  # noqa: I001 (must stay first)
+# First, before anything imports mlx.core: importing mlx_zoo.blas binds, on Linux with MLX's CPU
+# wheel, MLX's cblas_sgemm to OpenBLAS instead of the reference BLAS it ships (elsewhere it does
+# nothing; see the module's docstring for what it writes and how to opt out).
+from . import blas as blas  # noqa: I001 (must stay first)
 from .cache import (ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, load_prompt_cache,
                     make_prompt_cache, save_prompt_cache)
 from .config import BaseModelArgs, RopeScaling, normalize_config, read_config

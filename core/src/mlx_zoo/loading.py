@@ -17,6 +17,8 @@ with a checkpoint are never imported or executed.
 from __future__ import annotations
 
 import json
+import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -25,22 +27,26 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_map
 
-from . import backend, registry
+from . import blas, registry
 from .config import CONFIG_FILE, read_config
 from .errors import MlxZooError, SaveError
 from .fusion import checkpoint_parameters, fuse_projections
 from .hookspecs import Sanitizes
 from .weights import (
+    DTYPE_BYTES,
     QUANTIZATION_KEY,
     apply_quantization,
     check_config_plausible,
     check_dtypes,
     check_weights,
     checkpoint_headers,
+    dequantize_model,
     load_safetensors,
+    read_safetensors_header,
     save_weights,
     tensor_sources,
     validate_quantization,
+    weight_files,
 )
 
 DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken",
@@ -91,27 +97,38 @@ def _as_dtype(dtype: str | mx.Dtype) -> mx.Dtype:
 
 
 def load(path_or_repo: str | Path, *, revision: str | None = None,
-         dtype: str | mx.Dtype | None = None, lazy: bool = False, plugin: str | None = None,
-         dequantize: bool | str = False, fuse: bool = False) -> tuple[nn.Module, Any]:
+         dtype: str | mx.Dtype | None = "auto", lazy: bool = False, plugin: str | None = None,
+         dequantize: bool | str = "auto", fuse: bool = True) -> tuple[nn.Module, Any]:
     """Load a checkpoint; returns ``(model, config)``, config being the plugin's dataclass.
 
-    ``dtype`` casts floating-point weights; ``lazy`` skips evaluating them (they are read on first
-    use); ``plugin`` picks the distribution when several claim the checkpoint's model_type.
+    The defaults are the fastest correct settings for this machine; every one has an opt-out
+    that loads the checkpoint exactly as stored (``dtype=None, dequantize=False, fuse=False``).
+    Explicit settings are never second-guessed.
 
-    ``dequantize=True`` loads a quantized checkpoint as dense layers holding the dequantized
-    weights (in ``dtype``, default the dtype of the scales). ``"auto"`` for either option is the
-    fast path of :mod:`mlx_zoo.backend`: on MLX's Linux CPU backend, whose quantized and
-    half-precision matmuls are slow paths, dense float32 when it fits in memory
-    (:func:`~mlx_zoo.backend.fits_in_memory`); elsewhere the checkpoint as stored.
+    ``dtype``: ``"auto"`` (default) computes in dense float32 where that is measurably faster --
+    MLX on the Linux CPU with a fast BLAS actually serving it (:func:`mlx_zoo.blas.blas_status`;
+    MLX's bf16/fp16 CPU matmuls are slow paths next to OpenBLAS's float32) and the float32
+    weights fitting in :data:`MEMORY_FRACTION` of the available memory
+    (:func:`prefers_dense_float32`, :func:`fits_in_memory`) -- and keeps the stored dtype
+    everywhere else (GPUs, macOS, MLX's reference BLAS, too little memory). ``None`` keeps the
+    checkpoint's dtypes; ``"float32"``, ``"bfloat16"``, ``"float16"`` or an ``mx.Dtype`` casts
+    the floating-point weights.
 
-    ``fuse=True`` fuses the projections that read the same input -- q/k/v of attention, gate/up
-    of the gated MLPs, where the model's modules declare them -- into one matmul each
-    (:mod:`mlx_zoo.fusion`): fewer, larger kernels per decoded token. Done once the checkpoint's
-    weights are loaded and checked under their own names; groups that cannot fuse (parts
-    quantized differently, layers without keys/values of their own) stay separate. Off by
-    default, so that ``self_attn.q_proj`` and the like exist after loading, as with mlx-lm
-    (LoRA tooling edits them); :func:`save` writes the separate names either way, and
-    :func:`mlx_zoo.unfuse_projections` splits them again.
+    ``dequantize``: ``"auto"`` (default) loads a quantized checkpoint as dense layers exactly
+    where ``dtype="auto"`` picks float32 (MLX's 4-bit CPU matmuls are slower still); ``True``
+    always (in ``dtype``, default the dtype of the scales); ``False`` keeps the quantized layers.
+
+    ``fuse``: ``True`` (default) fuses the projections that read the same input -- q/k/v of
+    attention, gate/up of the gated MLPs, where the model's modules declare them -- into one
+    matmul each (:mod:`mlx_zoo.fusion`): fewer, larger kernels per decoded token. So after
+    loading, ``self_attn.qkv_proj`` and ``mlp.gate_up_proj`` hold them, not ``q_proj`` &c.;
+    pass ``fuse=False`` for the separate modules (LoRA tooling, code that edits ``q_proj``), or
+    split them later with :func:`mlx_zoo.unfuse_projections`. :func:`save` writes the separate
+    checkpoint names either way, and plugins' ``shard`` unfuses first. Groups that cannot fuse
+    (parts quantized differently, layers without keys/values of their own) stay separate.
+
+    ``lazy`` skips evaluating the weights (they are read on first use); ``plugin`` picks the
+    distribution when several claim the checkpoint's model_type.
     """
     model_dir = resolve_model_dir(path_or_repo, revision)
     raw = read_config(model_dir)
@@ -140,7 +157,7 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     model.load_weights(list(weights.items()), strict=False)
     del weights  # the model holds them now: fusing below may then free the parts it replaces
     if quantization and dequantize:
-        backend.dequantize_model(model, None if dtype is None else _as_dtype(dtype))
+        dequantize_model(model, None if dtype is None else _as_dtype(dtype))
         for key in (QUANTIZATION_KEY, "quantization_config"):  # save() now writes it dense
             getattr(config, "_source", {}).pop(key, None)
     if fuse:
@@ -195,20 +212,92 @@ def _fuse(model: nn.Module, lazy: bool) -> None:
 
 AUTO = "auto"
 
+MEMORY_FRACTION = 0.6
+"""Share of available memory that dense float32 weights may take for the "auto" load policy:
+the rest is for the KV cache, activations and the half-precision copy held while converting."""
+
 
 def _resolve_auto(model_dir: Path, quantization: dict | None, dtype, dequantize):
-    """``dtype``/``dequantize`` with ``"auto"`` resolved by :mod:`mlx_zoo.backend`'s policy."""
+    """``dtype``/``dequantize`` with ``"auto"`` resolved: dense float32 where
+    :func:`prefers_dense_float32` and the float32 weights fit in memory, else as stored."""
     if dequantize not in (True, False, AUTO):
         raise ValueError(f"dequantize must be True, False or {AUTO!r}, got {dequantize!r}")
     if AUTO not in (dtype, dequantize):
         return dtype, dequantize
-    fast = backend.prefers_dense_float32() and backend.fits_in_memory(
-        backend.dense_nbytes(model_dir, (quantization or {}).get("bits")))
+    fast = prefers_dense_float32() and fits_in_memory(
+        dense_nbytes(model_dir, (quantization or {}).get("bits")))
     if dequantize == AUTO:
         dequantize = bool(quantization) and fast
     if dtype == AUTO:
         dtype = "float32" if fast else None
     return dtype, dequantize
+
+
+# -- when dense float32 is the fast way: memory policy and size estimates -----------------------
+
+
+def is_linux_cpu() -> bool:
+    """True when MLX computes on its Linux CPU backend (no GPU device is the default)."""
+    return sys.platform.startswith("linux") and mx.default_device() == mx.cpu
+
+
+def prefers_dense_float32() -> bool:
+    """Whether dense float32 is the fast way to compute here: MLX on its Linux CPU backend with a
+    fast BLAS actually serving its float32 matmuls (:func:`mlx_zoo.blas.blas_status`), where
+    its quantized and half-precision kernels are slow paths next to OpenBLAS's sgemm/sgemv.
+    With MLX's reference BLAS (``mlx.core`` imported before ``mlx_zoo``,
+    ``MLX_ZOO_BLAS=reference``, no compiler for the shim) float32 prefill is slower than bf16's,
+    so the stored dtype stays."""
+    return blas.blas_status().fast and is_linux_cpu()
+
+
+def available_memory() -> int | None:
+    """Bytes of memory available to a new allocation (``MemAvailable``), None if unknown."""
+    try:
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def fits_in_memory(nbytes: int, fraction: float = MEMORY_FRACTION) -> bool:
+    """Whether ``nbytes`` of weights fit in ``fraction`` of the available memory."""
+    available = available_memory()
+    return available is not None and nbytes <= fraction * available
+
+
+PACKED_BITS = 32
+"""Quantized weights are packed into uint32 words: ``32 / bits`` values per element."""
+
+
+def dense_nbytes(model_dir: Path, bits: int | None, itemsize: int = 4) -> int:
+    """Bytes the checkpoint's weights take as dense arrays of ``itemsize`` bytes (float32 by
+    default), read from the safetensors headers only: a packed quantized ``X.weight`` (uint32,
+    with an ``X.scales`` beside it) holds ``32 / bits`` values per element; its scales and biases
+    disappear once dequantized."""
+    entries: dict[str, dict] = {}
+    for path in weight_files(Path(model_dir)):
+        entries.update({k: v for k, v in read_safetensors_header(path).items()
+                        if k != "__metadata__"})
+    total = 0
+    for name, entry in entries.items():
+        count = 1
+        for dim in entry["shape"]:
+            count *= dim
+        stem = name.rsplit(".", 1)[0]
+        quantized = bits and f"{stem}.scales" in entries
+        if quantized and name.endswith(".weight"):
+            total += count * PACKED_BITS // bits * itemsize
+        elif quantized:
+            continue  # scales / biases
+        else:
+            total += count * max(itemsize, DTYPE_BYTES.get(entry["dtype"], itemsize))
+    return total
 
 
 def save(model: nn.Module, config: Any, path: str | Path, *,

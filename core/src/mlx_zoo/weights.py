@@ -24,7 +24,7 @@ from typing import Any, NamedTuple
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
+from mlx.utils import tree_flatten, tree_unflatten
 
 from .config import CONFIG_FILE
 from .errors import (
@@ -716,3 +716,65 @@ def _swap_in(tmp: Path, target: Path) -> None:
         old.unlink()
     else:
         shutil.rmtree(old, ignore_errors=True)
+
+
+# -- dequantisation (load(dequantize=...)) -------------------------------------------------------
+
+
+def _dense_linear(layer, dtype):
+    weight = _dequantized_weight(layer, dtype)
+    out_dims, in_dims = weight.shape
+    dense = nn.Linear(in_dims, out_dims, bias="bias" in layer)
+    dense.weight = weight
+    if "bias" in layer:
+        dense.bias = layer.bias.astype(weight.dtype)
+    mx.eval(dense.parameters())
+    return dense
+
+
+def _dense_embedding(layer, dtype):
+    weight = _dequantized_weight(layer, dtype)
+    dense = nn.Embedding(*weight.shape)
+    dense.weight = weight
+    mx.eval(dense.parameters())
+    return dense
+
+
+def _dense_switch_linear(layer, dtype):
+    from .layers import SwitchLinear
+
+    weight = _dequantized_weight(layer, dtype)
+    experts, out_dims, in_dims = weight.shape
+    dense = SwitchLinear(in_dims, out_dims, experts, bias="bias" in layer)
+    dense.weight = weight
+    if "bias" in layer:
+        dense.bias = layer.bias.astype(weight.dtype)
+    mx.eval(dense.parameters())
+    return dense
+
+
+def _dequantized_weight(layer, dtype):
+    weight = mx.dequantize(layer["weight"], layer["scales"], layer.get("biases"),
+                           group_size=layer.group_size, bits=layer.bits,
+                           mode=getattr(layer, "mode", "affine"))
+    return weight.astype(dtype or layer["scales"].dtype)
+
+
+def dequantize_model(model, dtype=None) -> int:
+    """Replace every quantized layer of ``model`` (``QuantizedLinear``, ``QuantizedEmbedding``,
+    :class:`~mlx_zoo.layers.QuantizedSwitchLinear`) by its dense counterpart holding the
+    dequantized weights, in ``dtype`` (default: the dtype of its scales). Layer by layer, so
+    that at most one dense copy is in flight. Returns the number of layers replaced."""
+    from .layers import QuantizedSwitchLinear
+
+    converters = ((nn.QuantizedLinear, _dense_linear), (nn.QuantizedEmbedding, _dense_embedding),
+                  (QuantizedSwitchLinear, _dense_switch_linear))
+    replaced = []
+    for path, module in model.named_modules():
+        for cls, convert in converters:
+            if isinstance(module, cls):
+                replaced.append((path, convert(module, dtype)))
+                break
+    if replaced:
+        model.update_modules(tree_unflatten(replaced))
+    return len(replaced)

@@ -1,4 +1,4 @@
-"""mlx_zoo.backend in hostile environments: no ``$HOME`` and no passwd entry (containers), a
+"""mlx_zoo.blas in hostile environments: no ``$HOME`` and no passwd entry (containers), a
 cache directory shared by machines of other architectures, a corrupt cached gemv shim. Each
 case imports mlx_zoo in a fresh interpreter, since the BLAS is chosen once, at import."""
 
@@ -18,19 +18,19 @@ from pathlib import Path
 
 import pytest
 
-from mlx_zoo import backend
+from mlx_zoo import blas
 
 LINUX = sys.platform.startswith("linux")
 CC = shutil.which(os.environ.get("CC", "cc"))
-PIP_BLAS = backend._scipy_openblas32()
+PIP_BLAS = blas._scipy_openblas32()
 needs_shim = pytest.mark.skipif(not (LINUX and CC and PIP_BLAS),
                                 reason="needs Linux, a C compiler and scipy-openblas32")
 
 STATUS = ("import json, mlx_zoo, mlx.core as mx; mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8))); "
-          "s = mlx_zoo.backend.blas_status(); "
+          "s = mlx_zoo.blas.blas_status(); "
           "print(json.dumps({'library': s.library, 'shim': s.shim, 'reason': s.reason}))")
 ENV_DROPPED = ("HOME", "XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "TMPDIR",
-               backend.BLAS_ENV, backend.SHIM_ENV, "LD_PRELOAD")
+               blas.BLAS_ENV, blas.SHIM_ENV, "LD_PRELOAD")
 
 
 def status_in_subprocess(env: dict[str, str], preexec_fn=None, prelude: str = "") -> dict:
@@ -82,7 +82,7 @@ def test_import_without_home_or_passwd_entry(shared_tmp):
     fallback = shared_tmp / "mlx_zoo-0"  # per effective uid: the owner of what it creates
     if CC and PIP_BLAS:  # the shim was built in the per-uid directory, closed to others
         assert status["shim"] and Path(status["shim"]).parent == fallback, status
-        assert stat.S_IMODE(fallback.stat().st_mode) == backend.PRIVATE_DIR_MODE
+        assert stat.S_IMODE(fallback.stat().st_mode) == blas.PRIVATE_DIR_MODE
 
 
 def fake_home_error(monkeypatch) -> None:
@@ -95,13 +95,13 @@ def fake_home_error(monkeypatch) -> None:
 
 def test_cache_dir_order(monkeypatch, tmp_path):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
-    assert backend._shim_cache_dir() == (tmp_path / "xdg" / "mlx_zoo", "")
+    assert blas._shim_cache_dir() == (tmp_path / "xdg" / "mlx_zoo", "")
     monkeypatch.setenv("XDG_CACHE_HOME", "relative/cache")  # ignored, as the XDG spec says
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
-    assert backend._shim_cache_dir() == (tmp_path / "home" / ".cache" / "mlx_zoo", "")
+    assert blas._shim_cache_dir() == (tmp_path / "home" / ".cache" / "mlx_zoo", "")
     fake_home_error(monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
-    assert backend._shim_cache_dir() == (tmp_path / f"mlx_zoo-{os.geteuid()}", "")
+    assert blas._shim_cache_dir() == (tmp_path / f"mlx_zoo-{os.geteuid()}", "")
 
 
 def test_cache_dir_open_to_others_is_refused(monkeypatch, tmp_path):
@@ -110,29 +110,29 @@ def test_cache_dir_open_to_others_is_refused(monkeypatch, tmp_path):
     planted = tmp_path / f"mlx_zoo-{os.geteuid()}"
     planted.mkdir()
     planted.chmod(0o777)  # anyone could have put a library there
-    path, reason = backend._shim_cache_dir()
+    path, reason = blas._shim_cache_dir()
     assert path is None and "closed to other users" in reason and str(planted) in reason
-    assert backend._load_gemv_shim("/no/such/libblas.so") == (None, reason)
+    assert blas._load_gemv_shim("/no/such/libblas.so") == (None, reason)
     planted.rmdir()
     planted.symlink_to(tmp_path)
-    assert backend._shim_cache_dir()[0] is None
+    assert blas._shim_cache_dir()[0] is None
 
 
 def test_no_temporary_directory_either(monkeypatch, tmp_path):
     fake_home_error(monkeypatch)
     monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "missing" / "deeper"))
-    path, reason = backend._shim_cache_dir()
+    path, reason = blas._shim_cache_dir()
     assert path is None and "no home directory" in reason
 
 
 def test_shim_file_name_names_the_machine_and_the_library(monkeypatch):
-    name = backend.shim_file_name("/lib/libopenblas.so.0")
+    name = blas.shim_file_name("/lib/libopenblas.so.0")
     assert name.startswith(f"gemv_shim-{platform.machine()}-") and name.endswith(".so")
-    assert backend.shim_file_name("/other/libopenblas.so.0") != name
+    assert blas.shim_file_name("/other/libopenblas.so.0") != name
     other = "aarch64" if platform.machine() != "aarch64" else "x86_64"
     monkeypatch.setattr(platform, "machine", lambda: other)
-    assert backend.shim_file_name("/lib/libopenblas.so.0") != name
-    assert other in backend.shim_file_name("/lib/libopenblas.so.0")
+    assert blas.shim_file_name("/lib/libopenblas.so.0") != name
+    assert other in blas.shim_file_name("/lib/libopenblas.so.0")
 
 
 @needs_shim
@@ -141,46 +141,46 @@ def test_shim_from_another_architecture_is_not_used(tmp_path, monkeypatch):
     another architecture's name is loaded; this machine's shim is built beside them."""
     cache = tmp_path / "mlx_zoo"
     cache.mkdir()
-    digest = hashlib.sha256(backend.GEMV_SHIM_SOURCE.encode()).hexdigest()[:16]
+    digest = hashlib.sha256(blas.GEMV_SHIM_SOURCE.encode()).hexdigest()[:16]
     old_style = cache / f"gemv_shim-{digest}.so"  # the name before the architecture was in it
     other = "aarch64" if platform.machine() != "aarch64" else "x86_64"
     with monkeypatch.context() as m:
         m.setattr(platform, "machine", lambda: other)
-        foreign = cache / backend.shim_file_name(PIP_BLAS[0])
+        foreign = cache / blas.shim_file_name(PIP_BLAS[0])
     for planted in (old_style, foreign):
         planted.write_bytes(b"\x7fELF built for another machine")
     status = status_in_subprocess({"XDG_CACHE_HOME": str(tmp_path),
-                                   backend.BLAS_ENV: PIP_BLAS[0]})
-    assert status["shim"] == str(cache / backend.shim_file_name(PIP_BLAS[0])), status
+                                   blas.BLAS_ENV: PIP_BLAS[0]})
+    assert status["shim"] == str(cache / blas.shim_file_name(PIP_BLAS[0])), status
     assert platform.machine() in Path(status["shim"]).name
     assert old_style.read_bytes() == foreign.read_bytes() == b"\x7fELF built for another machine"
 
 
 @needs_shim
 def test_corrupt_cached_shim_is_rebuilt(tmp_path):
-    target = tmp_path / "mlx_zoo" / backend.shim_file_name(PIP_BLAS[0])
+    target = tmp_path / "mlx_zoo" / blas.shim_file_name(PIP_BLAS[0])
     target.parent.mkdir()
     target.write_bytes(b"garbage, not a shared library")
     status = status_in_subprocess({"XDG_CACHE_HOME": str(tmp_path),
-                                   backend.BLAS_ENV: PIP_BLAS[0]})
+                                   blas.BLAS_ENV: PIP_BLAS[0]})
     assert status["shim"] == str(target) and status["library"] == PIP_BLAS[0], status
     assert target.read_bytes().startswith(b"\x7fELF")
 
 
 @needs_shim
 def test_corrupt_cached_shim_without_a_compiler_falls_back_and_says_why(tmp_path):
-    target = tmp_path / "mlx_zoo" / backend.shim_file_name(PIP_BLAS[0])
+    target = tmp_path / "mlx_zoo" / blas.shim_file_name(PIP_BLAS[0])
     target.parent.mkdir()
     target.write_bytes(b"garbage, not a shared library")
     status = status_in_subprocess({"XDG_CACHE_HOME": str(tmp_path), "CC": "no-such-cc",
-                                   backend.BLAS_ENV: PIP_BLAS[0]})
+                                   blas.BLAS_ENV: PIP_BLAS[0]})
     assert status["library"] is None and status["shim"] is None
     assert f"the gemv shim {target} did not load" in status["reason"]
     assert "needs a C compiler" in status["reason"]
 
 
 def test_preload_never_raises(monkeypatch):
-    monkeypatch.setattr(backend, "_status", None)
-    monkeypatch.setattr(backend, "_preload", lambda: 1 / 0)
-    status = backend.preload_fast_blas()
+    monkeypatch.setattr(blas, "_status", None)
+    monkeypatch.setattr(blas, "_preload", lambda: 1 / 0)
+    status = blas.preload_fast_blas()
     assert not status.fast and "ZeroDivisionError" in status.reason

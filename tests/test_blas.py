@@ -1,5 +1,5 @@
-"""mlx_zoo.backend: OpenBLAS for MLX's Linux CPU wheel (checked by what the dynamic linker binds,
-not by timing), and the dense-float32 load path (``load(dequantize=..., dtype="auto")``)."""
+"""mlx_zoo.blas: OpenBLAS for MLX's Linux CPU wheel (checked by what the dynamic linker binds,
+not by timing); nothing compiled or written where it cannot help or is not wanted."""
 
 from __future__ import annotations
 
@@ -11,15 +11,9 @@ import subprocess
 import sys
 from pathlib import Path
 
-import mlx.core as mx
-import mlx.nn as nn
 import pytest
-from mlx.utils import tree_flatten
-from parity import rel_err
 
-import mlx_zoo
-from mlx_zoo import backend
-from mlx_zoo.layers import QuantizedSwitchLinear, SwitchLinear
+from mlx_zoo import blas
 
 LINUX = sys.platform.startswith("linux")
 MATMUL = "import mlx.core as mx; a = mx.ones((64, 64)); mx.eval(a @ a)"
@@ -49,17 +43,17 @@ def is_reference_blas(library: str) -> bool:
 
 
 CC = shutil.which(os.environ.get("CC", "cc"))
-PIP_BLAS = backend._scipy_openblas32()  # the scipy-openblas32 wheel, a core dependency on Linux
+PIP_BLAS = blas._scipy_openblas32()  # the scipy-openblas32 wheel, a core dependency on Linux
 
 
 def blas_prefix(path: str) -> str | None:
     try:
-        return backend.blas_prefix(ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL))
+        return blas.blas_prefix(ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL))
     except OSError:
         return None
 
 
-CANDIDATES = backend.find_fast_blas() if LINUX else []  # as $MLX_ZOO_BLAS says, if set
+CANDIDATES = blas.find_fast_blas() if LINUX else []  # as $MLX_ZOO_BLAS says, if set
 UNPREFIXED_BLAS = [p for p in CANDIDATES if blas_prefix(p) == ""]
 """System (or cmeel) OpenBLAS libraries that load here and export the plain cblas_sgemm."""
 RENAMED_BLAS = [p for p in CANDIDATES if blas_prefix(p)]
@@ -76,8 +70,8 @@ needs_system_openblas = pytest.mark.skipif(not UNPREFIXED_BLAS,
 def test_pip_dependencies_provide_an_openblas(monkeypatch):
     # scipy-openblas32 is a core dependency on Linux: the fast path needs nothing from the system
     # but a C compiler.
-    monkeypatch.delenv(backend.BLAS_ENV, raising=False)
-    assert PIP_BLAS and backend.find_fast_blas()[-1] == PIP_BLAS[-1]
+    monkeypatch.delenv(blas.BLAS_ENV, raising=False)
+    assert PIP_BLAS and blas.find_fast_blas()[-1] == PIP_BLAS[-1]
     assert blas_prefix(PIP_BLAS[-1]) == "scipy_"
 
 
@@ -85,9 +79,9 @@ def test_pip_dependencies_provide_an_openblas(monkeypatch):
 @needs_cc
 def test_pip_openblas_alone_serves_mlx_through_the_shim():
     # Forced, so that it is checked even where a system OpenBLAS would come first.
-    env = {backend.BLAS_ENV: PIP_BLAS[0]}
+    env = {blas.BLAS_ENV: PIP_BLAS[0]}
     assert "gemv_shim" in sgemm_binding("import mlx_zoo; " + MATMUL, **env)
-    status = "import mlx_zoo; s = mlx_zoo.backend.blas_status(); print(s.library, s.shim)"
+    status = "import mlx_zoo; s = mlx_zoo.blas.blas_status(); print(s.library, s.shim)"
     out = subprocess.run([sys.executable, "-c", status], capture_output=True, text=True,
                          check=True, env={**os.environ, **env}).stdout.split()
     assert out[0] == PIP_BLAS[0] and "gemv_shim" in out[1]
@@ -102,24 +96,24 @@ def test_importing_mlx_zoo_first_binds_mlx_to_openblas():
 
 @needs_system_openblas
 def test_system_openblas_serves_without_the_shim():
-    bound = sgemm_binding("import mlx_zoo; " + MATMUL, **{backend.SHIM_ENV: "0"})
+    bound = sgemm_binding("import mlx_zoo; " + MATMUL, **{blas.SHIM_ENV: "0"})
     assert "openblas" in bound and not is_reference_blas(bound)
 
 
 def reference_with_reason(**env: str) -> str:
     """With only the pip OpenBLAS (renamed symbols) and ``env``: MLX must keep its reference
     BLAS, and the status must say why. Returns the reason."""
-    env = {backend.BLAS_ENV: PIP_BLAS[0], **env}
+    env = {blas.BLAS_ENV: PIP_BLAS[0], **env}
     assert is_reference_blas(sgemm_binding("import mlx_zoo; " + MATMUL, **env))
-    code = "import mlx_zoo; s = mlx_zoo.backend.blas_status(); assert not s.fast; print(s.reason)"
+    code = "import mlx_zoo; s = mlx_zoo.blas.blas_status(); assert not s.fast; print(s.reason)"
     return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           check=True, env={**os.environ, **env}).stdout
 
 
 @needs_linux
 def test_renamed_blas_without_the_shim_keeps_reference_and_says_why():
-    reason = reference_with_reason(**{backend.SHIM_ENV: "0"})
-    assert "scipy_cblas_sgemm" in reason and f"{backend.SHIM_ENV}=0" in reason
+    reason = reference_with_reason(**{blas.SHIM_ENV: "0"})
+    assert "scipy_cblas_sgemm" in reason and f"{blas.SHIM_ENV}=0" in reason
 
 
 @needs_linux
@@ -131,7 +125,7 @@ def test_renamed_blas_without_a_compiler_keeps_reference_and_says_why(tmp_path):
 
 SHIM_CASES = """
 import numpy as np, mlx_zoo, mlx.core as mx
-assert mlx_zoo.backend.blas_status().shim, mlx_zoo.backend.blas_status()
+assert mlx_zoo.blas.blas_status().shim, mlx_zoo.blas.blas_status()
 rng = np.random.default_rng(0)
 W = mx.array(rng.standard_normal((300, 200)).astype(np.float32))
 x = mx.array(rng.standard_normal((1, 200)).astype(np.float32))
@@ -160,13 +154,13 @@ def test_gemv_shim_computes_every_layout(library):
     if library is None:
         pytest.skip("no OpenBLAS")
     subprocess.run([sys.executable, "-c", SHIM_CASES], check=True, timeout=60,
-                   env={**os.environ, backend.BLAS_ENV: library})
+                   env={**os.environ, blas.BLAS_ENV: library})
 
 
 @needs_fast_blas
 def test_too_late_after_mlx_and_says_so():
     # The order matters: once mlx.core is loaded its symbols are bound to the reference BLAS.
-    code = "import mlx.core; import mlx_zoo; print(mlx_zoo.backend.blas_status().reason); "
+    code = "import mlx.core; import mlx_zoo; print(mlx_zoo.blas.blas_status().reason); "
     assert is_reference_blas(sgemm_binding(code + MATMUL))
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "imported before mlx_zoo" in out.stdout
@@ -175,13 +169,13 @@ def test_too_late_after_mlx_and_says_so():
 @needs_fast_blas
 def test_environment_keeps_reference_blas():
     code = "import mlx_zoo; " + MATMUL
-    assert is_reference_blas(sgemm_binding(code, **{backend.BLAS_ENV: "reference"}))
+    assert is_reference_blas(sgemm_binding(code, **{blas.BLAS_ENV: "reference"}))
 
 
 @needs_fast_blas
 def test_openblas_matmul_matches_numpy():
     code = ("import mlx_zoo, mlx.core as mx, numpy as np;"
-            "assert mlx_zoo.backend.blas_status().fast;"
+            "assert mlx_zoo.blas.blas_status().fast;"
             "a = mx.random.normal((300, 200)); b = mx.random.normal((200, 100));"
             "err = np.abs(np.array(a @ b) - np.array(a, np.float64) @ np.array(b, np.float64));"
             "assert err.max() < 1e-3, err.max()")
@@ -189,129 +183,87 @@ def test_openblas_matmul_matches_numpy():
 
 
 def test_find_fast_blas_follows_environment(monkeypatch):
-    monkeypatch.setenv(backend.BLAS_ENV, "off")
-    assert backend.find_fast_blas() == []
-    monkeypatch.setenv(backend.BLAS_ENV, "/opt/my/libopenblas.so.0")
-    assert backend.find_fast_blas() == ["/opt/my/libopenblas.so.0"]
+    monkeypatch.setenv(blas.BLAS_ENV, "off")
+    assert blas.find_fast_blas() == []
+    monkeypatch.setenv(blas.BLAS_ENV, "/opt/my/libopenblas.so.0")
+    assert blas.find_fast_blas() == ["/opt/my/libopenblas.so.0"]
 
 
 def test_unusable_library_is_reported_not_raised(monkeypatch, tmp_path):
     bogus = tmp_path / "libnotblas.so"
     bogus.write_bytes(b"not an ELF file")
-    monkeypatch.setattr(backend, "find_fast_blas", lambda: [str(bogus)])
+    monkeypatch.setattr(blas, "find_fast_blas", lambda: [str(bogus)])
+    monkeypatch.delenv(blas.BLAS_ENV, raising=False)
     monkeypatch.setattr(sys, "modules", {k: v for k, v in sys.modules.items() if k != "mlx.core"})
     monkeypatch.delenv("LD_PRELOAD", raising=False)
-    status = backend._preload()
+    status = blas._preload()
     assert not status.fast and str(bogus) in status.reason
 
 
-def test_fits_in_memory(monkeypatch):
-    monkeypatch.setattr(backend, "available_memory", lambda: 1000)
-    assert backend.fits_in_memory(600) and not backend.fits_in_memory(601)
-    monkeypatch.setattr(backend, "available_memory", lambda: None)
-    assert not backend.fits_in_memory(1)
+# -- nothing compiled or written where the fast path cannot help or is not wanted ----------------
+
+QUIET_IMPORT = ("import json, mlx_zoo, mlx.core as mx; mx.eval(mx.ones((8, 8)) @ mx.ones((8, 8)));"
+                " s = mlx_zoo.blas.blas_status(); print(json.dumps([s.fast, s.reason]))")
 
 
-# -- dense float32 loading ------------------------------------------------------------------
-
-HIDDEN, VOCAB, GROUP = 64, 96, 32
-
-
-@pytest.fixture
-def quantized_checkpoint(tmp_path, testplugin) -> Path:
-    """A zoo_tiny checkpoint saved 4-bit by mlx_zoo.quantize/save."""
-    src = tmp_path / "dense"
-    src.mkdir()
-    (src / "config.json").write_text(json.dumps({"model_type": "zoo_tiny", "vocab_size": VOCAB,
-                                                 "hidden_size": HIDDEN}))
-    mx.random.seed(1)
-    mx.save_safetensors(str(src / "model.safetensors"), {
-        "embed.weight": mx.random.normal((VOCAB, HIDDEN)),
-        "qkv.weight": mx.random.normal((3 * HIDDEN, HIDDEN)) * 0.3,
-        "out.weight": mx.random.normal((VOCAB, HIDDEN)) * 0.3})
-    model, config = mlx_zoo.load(src)
-    mlx_zoo.quantize(model, config, bits=4, group_size=GROUP)
-    return mlx_zoo.save(model, config, tmp_path / "q4")
+def fake_cuda_install(root: Path) -> Path:
+    """A directory that, on ``PYTHONPATH``, makes ``mlx-cuda-13`` look installed (what
+    ``pip install "mlx[cuda13]"`` adds: mlx's ``cuda13`` extra requires it)."""
+    info = root / "site" / "mlx_cuda_13-0.32.4.dist-info"
+    info.mkdir(parents=True)
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mlx-cuda-13\nVersion: 0.32.4\n")
+    return root / "site"
 
 
-def logits(model) -> mx.array:
-    return model(mx.array([[3, 1, 4, 1, 5, 9, 2, 6]]))
+@needs_linux
+@pytest.mark.parametrize("case", ["cuda", "reference", "shim-off", "not-linux"])
+def test_import_compiles_and_writes_nothing_where_not_wanted(case, tmp_path):
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    marker = tmp_path / "cc-ran"
+    fake_cc = tmp_path / "cc"  # a compiler that records being run
+    fake_cc.write_text(f"#!/bin/sh\ntouch {marker}\nexit 1\n")
+    fake_cc.chmod(0o755)
+    env = {k: v for k, v in os.environ.items()
+           if k not in (blas.BLAS_ENV, blas.SHIM_ENV, "LD_PRELOAD", "PYTHONPATH")}
+    env.update(XDG_CACHE_HOME=str(cache), CC=str(fake_cc), HOME=str(tmp_path / "home"))
+    prelude, expected = "", {"cuda": "CUDA backend is installed (mlx-cuda-13)",
+                             "reference": "kept the reference BLAS", "shim-off": "SHIM=0",
+                             "not-linux": "not Linux (darwin)"}[case]
+    if case == "cuda":
+        env["PYTHONPATH"] = str(fake_cuda_install(tmp_path))
+    elif case == "reference":
+        env[blas.BLAS_ENV] = "reference"
+    elif case == "shim-off":
+        if not PIP_BLAS:
+            pytest.skip("needs scipy-openblas32")
+        env.update({blas.BLAS_ENV: PIP_BLAS[0], blas.SHIM_ENV: "0"})
+    else:
+        prelude = "import sys; sys.platform = 'darwin'; "
+    out = subprocess.run([sys.executable, "-c", prelude + QUIET_IMPORT], capture_output=True,
+                         text=True, env=env, timeout=120)
+    assert out.returncode == 0, out.stderr
+    fast, reason = json.loads(out.stdout.splitlines()[-1])
+    assert not fast and expected in reason, reason
+    assert list(cache.iterdir()) == [] and not marker.exists()
+    assert not (tmp_path / "home").exists()
 
 
-def quantized_layers(model) -> list[str]:
-    return [p for p, m in model.named_modules()
-            if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+def test_cuda_backend_is_found_without_importing_mlx_core(tmp_path, monkeypatch):
+    monkeypatch.syspath_prepend(str(fake_cuda_install(tmp_path)))
+    assert blas.cuda_backend() == "mlx-cuda-13"
 
 
-def test_dequantized_load_is_dense_and_computes_the_same(quantized_checkpoint, tmp_path):
-    quantized, _ = mlx_zoo.load(quantized_checkpoint)
-    assert len(quantized_layers(quantized)) == 3
-    dense, config = mlx_zoo.load(quantized_checkpoint, dequantize=True, dtype="float32")
-    assert quantized_layers(dense) == []
-    assert dense.qkv.weight.dtype == mx.float32 and dense.qkv.weight.shape == (3 * HIDDEN, HIDDEN)
-    assert rel_err(logits(dense), logits(quantized)) < 1e-5
-    # Saved again, it is a dense checkpoint (no stale "quantization" entry).
-    mlx_zoo.save(dense, config, tmp_path / "dense-again")
-    assert "quantization" not in json.loads((tmp_path / "dense-again/config.json").read_text())
-    again, _ = mlx_zoo.load(tmp_path / "dense-again")
-    assert quantized_layers(again) == [] and rel_err(logits(again), logits(quantized)) < 1e-5
-
-
-def test_dense_nbytes_estimates_the_float32_model(quantized_checkpoint):
-    dense, _ = mlx_zoo.load(quantized_checkpoint, dequantize=True, dtype="float32")
-    actual = sum(a.nbytes for _, a in tree_flatten(dense.parameters()))
-    assert backend.dense_nbytes(quantized_checkpoint, bits=4) == actual
-
-
-@pytest.mark.parametrize("fast, fits, dense", [(True, True, True), (True, False, False),
-                                               (False, True, False)])
-def test_auto_policy(quantized_checkpoint, monkeypatch, fast, fits, dense):
-    monkeypatch.setattr(backend, "prefers_dense_float32", lambda: fast)
-    monkeypatch.setattr(backend, "fits_in_memory", lambda nbytes: fits)
-    model, _ = mlx_zoo.load(quantized_checkpoint, dequantize="auto", dtype="auto")
-    assert (quantized_layers(model) == []) is dense
-    if dense:
-        assert model.out.weight.dtype == mx.float32
-
-
-def test_bad_dequantize_value(quantized_checkpoint):
-    with pytest.raises(ValueError, match="dequantize"):
-        mlx_zoo.load(quantized_checkpoint, dequantize="yes")
-
-
-def test_switch_linear_dequantizes():
-    mx.random.seed(2)
-    layer = SwitchLinear(64, 32, num_experts=4)
-    q = QuantizedSwitchLinear.from_switch_linear(layer, group_size=32, bits=8)
-
-    class Holder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.experts = q
-
-    holder = Holder()
-    assert backend.dequantize_model(holder, mx.float32) == 1
-    assert isinstance(holder.experts, SwitchLinear)
-    x, idx = mx.random.normal((5, 1, 1, 64)), mx.array([[0], [3], [1], [2], [3]])
-    assert rel_err(holder.experts(x, idx), q(x, idx)) < 1e-5
-
-
-def test_biased_layers_dequantize_without_a_dtype():
-    """``dtype=None`` (``load(dequantize=True)`` alone): the bias follows the scales' dtype, as
-    the weight does (a biased layer -- Qwen2's q/k/v -- used to raise)."""
-    mx.random.seed(3)
-    linear = nn.Linear(64, 16, bias=True)
-    linear.set_dtype(mx.bfloat16)
-    switch = SwitchLinear(64, 16, num_experts=2, bias=True)
-    switch.set_dtype(mx.bfloat16)
-
-    class Holder(nn.Module):
-        def __init__(self):
-            super().__init__()
-            self.linear = nn.QuantizedLinear.from_linear(linear, 32, 8)
-            self.experts = QuantizedSwitchLinear.from_switch_linear(switch, 32, 8)
-
-    holder = Holder()
-    assert backend.dequantize_model(holder) == 2
-    for layer in (holder.linear, holder.experts):
-        assert layer.weight.dtype == layer.bias.dtype == mx.bfloat16
+@needs_fast_blas
+def test_late_import_warns_once_with_the_fix():
+    code = ("import warnings; warnings.simplefilter('always'); import mlx.core; import mlx_zoo; "
+            "import mlx_qwen2; mlx_zoo.blas.preload_fast_blas(); mlx_zoo.blas.blas_status()")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
+                         env={k: v for k, v in os.environ.items() if k != blas.BLAS_ENV})
+    assert out.returncode == 0, out.stderr
+    assert out.stderr.count("RuntimeWarning") == 1, out.stderr
+    assert "import mlx_zoo before mlx.core, or start Python with LD_PRELOAD=" in out.stderr
+    # Imported first: no warning.
+    out = subprocess.run([sys.executable, "-W", "always", "-c", "import mlx_zoo, mlx.core"],
+                         capture_output=True, text=True, timeout=60)
+    assert "Warning" not in out.stderr, out.stderr

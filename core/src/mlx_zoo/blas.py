@@ -1,40 +1,49 @@
-"""MLX's Linux CPU backend: a fast BLAS, and when to compute in dense float32.
+"""The Linux CPU fast path: OpenBLAS instead of the reference BLAS MLX's Linux CPU wheel ships.
 
-MLX's Linux CPU wheel (``mlx-cpu``) links the netlib *reference* BLAS (``mlx_cpu.libs/libblas``):
-its ``cblas_sgemm`` runs a 2048x2048 float32 matmul at ~5 GFLOP/s on a 2-core VM, where
-OpenBLAS reaches 100-300 GFLOP/s. ``libmlx.so`` asks the dynamic linker for the unversioned
-symbol ``cblas_sgemm`` (and ``cblas_dgemm``, ``cblas_cgemm``, LAPACK's ``*_``); the linker binds
-it to the first library *in the global scope* that defines it. So a BLAS opened with
-``RTLD_GLOBAL`` **before** ``mlx.core`` is imported takes the place of the reference BLAS; one
-opened afterwards does nothing (the bindings are already made -- measured, see
-docs/benchmarks.md). :func:`preload_fast_blas` does this, and ``mlx_zoo/__init__.py`` calls it
-first thing, so ``import mlx_zoo`` (or ``mlx-zoo generate``) before ``import mlx.core`` gives the
-fast path with no environment variable. ``LD_PRELOAD=/path/libopenblas.so.0`` works too, for
-programs that import MLX first.
+This module has one job. It runs once, when it is imported -- ``mlx_zoo/__init__.py`` imports it
+first thing, so ``import mlx_zoo`` (and ``import mlx_qwen2`` &c., which import mlx_zoo) triggers
+it -- and :func:`blas_status` says afterwards what it did.
 
-Which library, in :func:`find_fast_blas`'s order: ``MLX_ZOO_BLAS`` (a library file, or
-``reference`` to keep MLX's own), a system OpenBLAS (Debian/Ubuntu ``libopenblas0-pthread``,
-Fedora ``openblas``), the ``cmeel-openblas`` wheel (it needs the system's ``libgfortran5``), then
-the ``scipy-openblas32`` wheel -- numpy/scipy's own OpenBLAS build, a core dependency on Linux, so
-the fast path is there by default. That last one names its symbols ``scipy_cblas_sgemm`` &c., which
-MLX cannot bind to by itself; the shim below provides the plain ``cblas_sgemm`` in front of it.
+**When it acts.** Only where it can help: Linux, with MLX's CPU wheel (``mlx-cpu``). It does
+nothing at all -- no compiler run, no file written, no library opened -- on macOS and every other
+non-Linux platform (MLX uses Metal and Accelerate there), on installs with MLX's CUDA backend
+(``pip install "mlx[cuda13]"`` / ``mlx[cuda12]`` / ``mlx[cuda]`` install the ``mlx-cuda-13`` /
+``mlx-cuda-12`` distributions, recognised from their metadata or an ``mlx_cuda*`` entry beside
+the ``mlx`` package, without importing ``mlx.core``: matmuls run on the GPU there), and when the
+environment opts out (below).
 
-MLX multiplies a single row (decoding one token) with ``cblas_sgemm`` too, and OpenBLAS's sgemm
-packs the whole matrix even then: 2-2.5x slower than its ``cblas_sgemv``. Where a C compiler
-exists, a 50-line shim (:data:`GEMV_SHIM_SOURCE`, compiled once into ``~/.cache/mlx_zoo`` or a
-fallback, see :func:`_shim_cache_dir`) is put first in the global scope: its ``cblas_sgemm`` sends
-matrix-vector products to the library's ``[prefix]cblas_sgemv`` and all else to its
-``[prefix]cblas_sgemm``. ``MLX_ZOO_BLAS_SHIM=0`` turns it off; without it (or without a compiler)
-only a library exporting the plain ``cblas_sgemm`` can serve, and :func:`blas_status` says why MLX
-kept its reference BLAS otherwise. Only ``cblas_sgemm`` (MLX's float32 matmuls) goes through the
-shim: float64/complex matmuls and LAPACK stay with the reference libraries when the renamed library
-serves.
+**What it does.** MLX's ``libmlx.so`` imports the unversioned ``cblas_sgemm`` (float32
+matmuls); the reference BLAS runs a 2048x2048 matmul at ~5 GFLOP/s on a 2-core VM, OpenBLAS at
+100-300. The dynamic linker binds that symbol to the first library *in the global scope* that
+defines it, and Python loads extension modules with ``RTLD_NOW``, so every symbol of
+``libmlx.so`` is bound when ``mlx.core`` is imported: a BLAS must be opened with ``RTLD_GLOBAL``
+**before** that. Which library, in :func:`find_fast_blas`'s order: ``$MLX_ZOO_BLAS``, a system
+OpenBLAS, the ``cmeel-openblas`` wheel, the ``scipy-openblas32`` wheel (a core dependency on
+Linux, so the fast path is there by default). That wheel renames its symbols
+(``scipy_cblas_sgemm``); a 50-line C shim (:data:`GEMV_SHIM_SOURCE`) provides the plain
+``cblas_sgemm`` in front of it, and also sends matrix-vector products (decoding one token) to
+``cblas_sgemv``, 2-2.5x faster than OpenBLAS's sgemm with one row. Only ``cblas_sgemm`` goes
+through the shim: float64/complex matmuls and LAPACK stay with the reference libraries when the
+renamed library serves.
 
-Even with OpenBLAS, MLX's CPU kernels for 4-bit quantized matmuls and for bfloat16/float16
-matmuls are slow paths (a Qwen2-0.5B shape decodes ~4x slower in bf16 than in float32, and
-~6x slower in 4-bit), so on this backend :func:`prefers_dense_float32` is true and
-``mlx_zoo.load(..., dtype="auto", dequantize="auto")`` computes in dense float32 when
-:func:`fits_in_memory` says the float32 weights fit.
+**What it writes, where.** The shim is compiled once, with ``$CC`` or ``cc``, into
+``$XDG_CACHE_HOME/mlx_zoo``, else ``~/.cache/mlx_zoo``, else a per-uid private directory in the
+temporary directory (:func:`_shim_cache_dir`), as ``gemv_shim-<machine>-<digest>.so``
+(:func:`shim_file_name`); a cached file that does not load is rebuilt once. Nothing else is
+written. Without a compiler or a cache directory MLX keeps its reference BLAS and
+:func:`blas_status` says why; importing never raises.
+
+**Opting out.** ``MLX_ZOO_BLAS=reference`` (or ``off``, ``none``, ``0``) keeps MLX's own BLAS:
+nothing is opened, compiled or written. ``MLX_ZOO_BLAS_SHIM=0`` skips the shim (a system
+OpenBLAS exporting the plain ``cblas_sgemm`` still serves; the renamed pip wheel then cannot,
+and nothing is compiled). ``MLX_ZOO_BLAS=/path/libopenblas.so.0`` picks a library.
+
+**Import order.** A program that imports ``mlx.core`` before ``mlx_zoo`` is too late: MLX is bound
+to the reference BLAS for the life of the process. ``import mlx_zoo`` then warns once
+(:data:`LATE_IMPORT_WARNING`) with the fix -- import mlx_zoo first, or start the interpreter with
+``LD_PRELOAD`` of an OpenBLAS exporting ``cblas_sgemm`` -- and ``mlx_zoo.load``'s ``"auto"``
+settings keep the checkpoint's dtype (float32 through the reference BLAS is slower than MLX's
+half-precision kernels for prefill).
 """
 
 from __future__ import annotations
@@ -71,11 +80,6 @@ SYSTEM_OPENBLAS = (
 )
 """Where distributions put OpenBLAS when ``ctypes.util.find_library`` does not see it."""
 
-MEMORY_FRACTION = 0.6
-"""Share of available memory that dense float32 weights may take for the "auto" load policy:
-the rest is for the KV cache, activations and the half-precision copy held while converting."""
-
-
 @dataclass
 class BlasStatus:
     """What :func:`preload_fast_blas` did: ``library`` is the file now serving ``cblas_sgemm``
@@ -84,6 +88,7 @@ class BlasStatus:
     library: str | None
     reason: str
     shim: str | None = None  # the gemv shim in front of the library's cblas_sgemm, if built
+    too_late: bool = False  # a fast BLAS was there, but mlx.core had been imported first
 
     @property
     def fast(self) -> bool:
@@ -96,6 +101,75 @@ _status: BlasStatus | None = None
 def _is_linux_cpu_wheel() -> bool:
     """True where MLX ships the reference BLAS: Linux (macOS uses Accelerate)."""
     return sys.platform.startswith("linux")
+
+
+CUDA_DISTRIBUTIONS = ("mlx-cuda-13", "mlx-cuda-12", "mlx-cuda")
+"""Distributions of MLX's CUDA backend (``mlx[cuda13]``, ``mlx[cuda12]``, ``mlx[cuda]``)."""
+
+
+def cuda_backend() -> str | None:
+    """The installed distribution (or file) of MLX's CUDA backend, None if there is none. Found
+    without importing ``mlx.core``: by distribution metadata, then by an ``mlx_cuda*`` entry
+    (``mlx_cuda_13.libs``, a later ``mlx_cuda_14-*.dist-info``) beside the ``mlx`` package."""
+    import importlib.util
+    from importlib import metadata
+
+    for name in CUDA_DISTRIBUTIONS:
+        try:
+            metadata.distribution(name)
+        except metadata.PackageNotFoundError:
+            continue
+        except Exception:  # a broken dist-info: still an installed CUDA backend
+            pass
+        return name
+    try:
+        spec = importlib.util.find_spec("mlx")
+    except (ImportError, ValueError):
+        return None
+    for location in (spec.submodule_search_locations or ()) if spec else ():
+        try:
+            found = sorted(Path(location).parent.glob("mlx_cuda*"))
+        except OSError:
+            continue
+        if found:
+            return str(found[0])
+    return None
+
+
+LATE_IMPORT_WARNING = (
+    "mlx.core was imported before mlx_zoo, so MLX keeps its slow reference BLAS on this Linux "
+    "CPU (float32 matmuls ~40x slower; mlx_zoo.load keeps the checkpoint's dtype). Fix: import "
+    "mlx_zoo before mlx.core, or start Python with LD_PRELOAD={library}")
+"""Warned once, at ``import mlx_zoo``, where the fast path would have served but came too late."""
+
+_LD_PRELOAD_HINT = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0 (apt install libopenblas0-pthread)"
+
+
+def _warn_too_late(candidates: list[str]) -> None:
+    import warnings
+
+    plain = [p for p in candidates if _prefix_of(p) == ""]
+    warnings.warn(LATE_IMPORT_WARNING.format(library=plain[0] if plain else _LD_PRELOAD_HINT),
+                  RuntimeWarning, stacklevel=_caller_stacklevel())
+
+
+def _caller_stacklevel() -> int:
+    """The stack level of the first frame outside importlib and mlx_zoo: the user's import."""
+    frame, level = sys._getframe(1), 1
+    while frame is not None:
+        name = frame.f_globals.get("__name__", "")
+        if not (name.startswith(("mlx_zoo", "importlib", "mlx_qwen2", "mlx_hunyuan", "mlx_llama4"))
+                or frame.f_code.co_filename.startswith("<frozen")):
+            return level
+        frame, level = frame.f_back, level + 1
+    return 1
+
+
+def _prefix_of(path: str) -> str | None:
+    try:
+        return blas_prefix(ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL))
+    except OSError:
+        return None
 
 
 def _cmeel_openblas() -> list[str]:
@@ -176,19 +250,29 @@ def preload_fast_blas() -> BlasStatus:
         _status = BlasStatus(None, f"kept the reference BLAS: preloading failed with "
                              f"{type(e).__name__}: {e}")
     log.debug("BLAS for MLX: %s (%s)", _status.library or "reference", _status.reason)
+    if _status.too_late:  # once: the status is computed once per process
+        _warn_too_late(find_fast_blas())
     return _status
 
 
 def _preload() -> BlasStatus:
     if not _is_linux_cpu_wheel():
         return BlasStatus(None, f"not Linux ({sys.platform}): MLX uses the platform's BLAS")
+    cuda = cuda_backend()
+    if cuda:
+        return BlasStatus(None, f"MLX's CUDA backend is installed ({cuda}): matmuls run on the "
+                          f"GPU, MLX's CPU BLAS is left alone")
+    if os.environ.get(BLAS_ENV, "").strip().lower() in KEEP_REFERENCE:
+        return BlasStatus(None, f"kept the reference BLAS ({BLAS_ENV}="
+                          f"{os.environ[BLAS_ENV].strip()})")
     preloaded = _preloaded_by_environment()
     if preloaded:
         return BlasStatus(preloaded, "LD_PRELOAD")
     candidates = find_fast_blas()
     if "mlx.core" in sys.modules:
         return BlasStatus(None, "mlx.core was imported before mlx_zoo: its BLAS is bound "
-                          "already (import mlx_zoo first, or set LD_PRELOAD)")
+                          "already (import mlx_zoo first, or set LD_PRELOAD)",
+                          too_late=bool(candidates))
     if not candidates:
         return BlasStatus(None, f"no OpenBLAS found (install scipy-openblas32, a dependency of "
                           f"mlx-zoo on Linux, or libopenblas0-pthread, or set {BLAS_ENV})")
@@ -393,151 +477,9 @@ def _load_gemv_shim(blas_path: str, prefix: str = "") -> tuple[str | None, str]:
 
 
 def blas_status() -> BlasStatus:
-    """The BLAS serving MLX's CPU float32 matmuls in this process."""
+    """The BLAS serving MLX's CPU float32 matmuls in this process (``.fast``: a fast library
+    serves; ``.reason``: why, or why not)."""
     return preload_fast_blas()
-
-
-def is_linux_cpu() -> bool:
-    """True when MLX computes on its Linux CPU backend (no GPU device is the default)."""
-    import mlx.core as mx
-
-    return _is_linux_cpu_wheel() and mx.default_device() == mx.cpu
-
-
-def prefers_dense_float32() -> bool:
-    """Whether dense float32 is the fast way to compute here: on MLX's Linux CPU backend its
-    quantized and half-precision matmul kernels are slow paths next to float32 BLAS."""
-    return is_linux_cpu()
-
-
-def available_memory() -> int | None:
-    """Bytes of memory available to a new allocation (``MemAvailable``), None if unknown."""
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemAvailable:"):
-                return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return None
-
-
-def fits_in_memory(nbytes: int, fraction: float = MEMORY_FRACTION) -> bool:
-    """Whether ``nbytes`` of weights fit in ``fraction`` of the available memory."""
-    available = available_memory()
-    return available is not None and nbytes <= fraction * available
-
-
-
-# -- dense weights for the CPU fast path ------------------------------------------------------
-
-SAFETENSORS_ITEMSIZE = {"F64": 8, "F32": 4, "F16": 2, "BF16": 2, "I64": 8, "U64": 8, "I32": 4,
-                        "U32": 4, "I16": 2, "U16": 2, "I8": 1, "U8": 1, "BOOL": 1}
-"""Bytes per element of the safetensors dtype names."""
-
-PACKED_BITS = 32
-"""Quantized weights are packed into uint32 words: ``32 / bits`` values per element."""
-
-
-def dense_nbytes(model_dir: Path, bits: int | None, itemsize: int = 4) -> int:
-    """Bytes the checkpoint's weights take as dense arrays of ``itemsize`` bytes (float32 by
-    default), read from the safetensors headers only: a packed quantized ``X.weight`` (uint32,
-    with an ``X.scales`` beside it) holds ``32 / bits`` values per element; its scales and biases
-    disappear once dequantized."""
-    from .weights import read_safetensors_header, weight_files
-
-    entries: dict[str, dict] = {}
-    for path in weight_files(Path(model_dir)):
-        entries.update({k: v for k, v in read_safetensors_header(path).items()
-                        if k != "__metadata__"})
-    total = 0
-    for name, entry in entries.items():
-        count = 1
-        for dim in entry["shape"]:
-            count *= dim
-        stem = name.rsplit(".", 1)[0]
-        quantized = bits and f"{stem}.scales" in entries
-        if quantized and name.endswith(".weight"):
-            total += count * PACKED_BITS // bits * itemsize
-        elif quantized:
-            continue  # scales / biases
-        else:
-            total += count * max(itemsize, SAFETENSORS_ITEMSIZE.get(entry["dtype"], itemsize))
-    return total
-
-
-def _dense_linear(layer, dtype):
-    import mlx.core as mx
-    import mlx.nn as nn
-
-    weight = _dequantized_weight(layer, dtype)
-    out_dims, in_dims = weight.shape
-    dense = nn.Linear(in_dims, out_dims, bias="bias" in layer)
-    dense.weight = weight
-    if "bias" in layer:
-        dense.bias = layer.bias.astype(weight.dtype)
-    mx.eval(dense.parameters())
-    return dense
-
-
-def _dense_embedding(layer, dtype):
-    import mlx.core as mx
-    import mlx.nn as nn
-
-    weight = _dequantized_weight(layer, dtype)
-    dense = nn.Embedding(*weight.shape)
-    dense.weight = weight
-    mx.eval(dense.parameters())
-    return dense
-
-
-def _dense_switch_linear(layer, dtype):
-    import mlx.core as mx
-
-    from .layers import SwitchLinear
-
-    weight = _dequantized_weight(layer, dtype)
-    experts, out_dims, in_dims = weight.shape
-    dense = SwitchLinear(in_dims, out_dims, experts, bias="bias" in layer)
-    dense.weight = weight
-    if "bias" in layer:
-        dense.bias = layer.bias.astype(weight.dtype)
-    mx.eval(dense.parameters())
-    return dense
-
-
-def _dequantized_weight(layer, dtype):
-    import mlx.core as mx
-
-    weight = mx.dequantize(layer["weight"], layer["scales"], layer.get("biases"),
-                           group_size=layer.group_size, bits=layer.bits,
-                           mode=getattr(layer, "mode", "affine"))
-    return weight.astype(dtype or layer["scales"].dtype)
-
-
-def dequantize_model(model, dtype=None) -> int:
-    """Replace every quantized layer of ``model`` (``QuantizedLinear``, ``QuantizedEmbedding``,
-    :class:`~mlx_zoo.layers.QuantizedSwitchLinear`) by its dense counterpart holding the
-    dequantized weights, in ``dtype`` (default: the dtype of its scales). Layer by layer, so
-    that at most one dense copy is in flight. Returns the number of layers replaced."""
-    import mlx.nn as nn
-    from mlx.utils import tree_unflatten
-
-    from .layers import QuantizedSwitchLinear
-
-    converters = ((nn.QuantizedLinear, _dense_linear), (nn.QuantizedEmbedding, _dense_embedding),
-                  (QuantizedSwitchLinear, _dense_switch_linear))
-    replaced = []
-    for path, module in model.named_modules():
-        for cls, convert in converters:
-            if isinstance(module, cls):
-                replaced.append((path, convert(module, dtype)))
-                break
-    if replaced:
-        model.update_modules(tree_unflatten(replaced))
-    return len(replaced)
 
 
 # At import: mlx_zoo/__init__.py imports this module before anything imports mlx.core.
