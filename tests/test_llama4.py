@@ -377,3 +377,22 @@ def test_bad_nested_config_names_text_config_key(multimodal_checkpoint, tmp_path
     bad = edited_copy(path, tmp_path / "bad2", lambda c: c["text_config"].update(hidden_size="x"))
     with pytest.raises(mlx_zoo.ConfigError, match=r"key 'text_config\.hidden_size': expected int"):
         mlx_zoo.load(bad)
+
+
+def test_no_chunked_layers_without_a_chunk_size(tmp_path):
+    """``attention_chunk_size: null`` means global attention on every layer (ModelArgs): the
+    model runs with and without caches and decodes incrementally as it runs whole (it used to
+    build a ChunkedKVCache(None) for the mask and fail with a TypeError)."""
+    from mlx_zoo.demos import DEMO_ROOT
+
+    model_dir = edited_copy(DEMO_ROOT / "llama4", tmp_path / "global",
+                            lambda c: c.update(attention_chunk_size=None))
+    model, _ = mlx_zoo.load(model_dir, fuse=False)
+    ids = [[3, 17, 42, 7, 9]]
+    full = model(mx.array(ids))
+    cache = mlx_zoo.make_prompt_cache(model)
+    assert all(type(c) is mlx_zoo.KVCache for c in cache)
+    model(mx.array([ids[0][:-1]]), cache=cache)
+    last = model(mx.array([ids[0][-1:]]), cache=cache)
+    assert bool(mx.all(mx.isfinite(full)).item())
+    assert mx.abs(full[:, -1] - last[:, -1]).max().item() < 1e-5

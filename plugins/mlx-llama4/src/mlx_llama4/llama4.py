@@ -354,7 +354,9 @@ class Llama4TextModel(nn.Module):
         for chunked in (True, False):
             first = next((c for c, is_chunked in zip(cache, self.chunked, strict=True)
                           if is_chunked == chunked), None)
-            if first is None and chunked:  # no cache: an empty one's mask (positions 0 .. n-1)
+            if first is None and chunked and any(self.chunked):
+                # no cache: an empty one's mask (positions 0 .. n-1); with no chunked layer at
+                # all (attention_chunk_size null: global attention everywhere) none is needed
                 first = ChunkedKVCache(self.args.attention_chunk_size)
             masks[chunked] = mask_for(first, n)
         return masks
