@@ -81,10 +81,16 @@ def _skip_unsupported(kwargs: dict) -> None:
         pytest.skip(reason)
 
 
+def as_stored(path, **kwargs):
+    """mlx-zoo's model on ``path`` as the checkpoint stores it (no load-time policy)."""
+    options = dict(dtype=None, dequantize=False, fuse=False)
+    return mlx_zoo.load(path, **{**options, **kwargs})
+
+
 def zoo_logits(path) -> np.ndarray:
     """Logits of mlx-zoo's model on ``path``, computed in float32 (half-precision weights and
     scales cast up, so that the comparison measures the checkpoint, not rounding)."""
-    model, _ = mlx_zoo.load(path, dtype="float32")
+    model, _ = as_stored(path, dtype="float32")
     return mlx_logits(model, IDS)
 
 
@@ -176,7 +182,7 @@ def test_mlx_lm_convert_loads_in_zoo(demo, mode, tmp_path, request):
 
 def test_quantized_output_is_quantized_and_close_to_dense(tmp_path):
     out = convert("demo:qwen2", tmp_path / "q8", quantize=True, q_bits=8)
-    model, _ = mlx_zoo.load(out, dequantize=False, dtype=None)
+    model, _ = as_stored(out)
     assert isinstance(model.model.layers[0].mlp.down_proj, nn.QuantizedLinear)
     assert model.model.layers[0].mlp.down_proj.bits == 8
     assert rel_err(zoo_logits(out), zoo_logits("demo:qwen2")) < 0.05
@@ -194,7 +200,7 @@ def test_recipe_decides_like_mlx_lm(demo, recipe):
 
     path = mlx_zoo.resolve_model_dir(f"demo:{demo}")
     theirs, _ = load_model(path, lazy=True)
-    ours, _ = mlx_zoo.load(path, lazy=True)
+    ours, _ = as_stored(path, lazy=True)
     decide_theirs = mixed_quant_predicate_builder(recipe, theirs, 64)
     decide_ours = mixed_recipe(recipe, ours, 64)
     expected = {p: decide_theirs(p, m) for p, m in theirs.named_modules()
@@ -228,7 +234,7 @@ def test_plugin_predicate_is_honoured_with_a_recipe(tmp_path, llama4_published):
     quantization = json.loads((out / "config.json").read_text())["quantization"]
     routers = [k for k in quantization if k.endswith("feed_forward.router")]
     assert routers and all(quantization[k] is False for k in routers)
-    model, _ = mlx_zoo.load(out)
+    model, _ = as_stored(out)
     assert type(model.model.layers[1].feed_forward.router) is nn.Linear
     assert model.model.layers[3].self_attn.v_proj.bits == 6
     assert model.model.layers[0].self_attn.v_proj.bits == 2

@@ -27,6 +27,7 @@ are resident, so converting an N GB checkpoint needs well under N GB (docs/bench
 from __future__ import annotations
 
 import argparse
+import gc
 import json
 import os
 import shutil
@@ -585,7 +586,9 @@ def _prepare(hf_path: str, *, dtype, quantize, q_bits, q_group_size, q_mode, qua
     if dtype is None:
         dtype = _default_dtype(raw)
     flags = [f"--dtype {dtype}"] if dtype else []
-    model, config = mlx_zoo.load(source, lazy=True, plugin=plugin)
+    # the checkpoint as stored: no dtype/dequantize policy, no fused projections
+    model, config = mlx_zoo.load(source, lazy=True, plugin=plugin, dtype=None, dequantize=False,
+                                 fuse=False)
     target = getattr(mx, dtype) if dtype else None
     if quantize:
         if is_quantized:
@@ -616,6 +619,7 @@ def _prepare(hf_path: str, *, dtype, quantize, q_bits, q_group_size, q_mode, qua
         for key in ("quantization", "quantization_config"):
             data.pop(key, None)
     del model
+    gc.collect()  # a module cycle would otherwise keep the model's arrays alive past writing
     return tensors, data, source, flags
 
 
