@@ -1,4 +1,4 @@
-"""The ``mlx-zoo`` command: ``list``, ``info``, ``generate``, ``chat``.
+"""The ``mlx-zoo`` command: ``list``, ``info``, ``generate``, ``chat``, ``convert``.
 
 Each subcommand lives in its own function and imports what it needs only when it runs, so
 ``mlx-zoo list`` stays fast and never imports a plugin it does not check.
@@ -259,6 +259,11 @@ def cmd_chat(args: argparse.Namespace) -> int:
 
 COMMANDS["generate"] = ("generate text from a prompt", _add_generate, cmd_generate)
 COMMANDS["chat"] = ("chat with a model (one message per input line)", _add_chat, cmd_chat)
+
+# convert: mlx-lm's `convert` verb and flags (mlx_zoo.convert imports MLX only when it runs)
+from .convert import COMMAND as _CONVERT  # noqa: E402 (after the commands it is listed with)
+
+COMMANDS["convert"] = _CONVERT
 
 
 def build_parser() -> argparse.ArgumentParser:
