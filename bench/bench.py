@@ -112,7 +112,8 @@ def worker(args: argparse.Namespace) -> None:
     if args.lib == "zoo":
         import mlx_zoo  # first: it picks the BLAS before mlx.core is loaded (Linux CPU)
 
-        load_options = {"dtype": "auto", "dequantize": "auto"} if args.zoo_load == "auto" else {}
+        load_options = ({"dtype": "auto", "dequantize": "auto"} if args.zoo_load == "auto"
+                        else {"dtype": None, "dequantize": False})
         load_options["fuse"] = args.zoo_fuse
         generate_step = mlx_zoo.generate_step
     else:
