@@ -29,6 +29,10 @@ Example plugin (``src/mlx_myarch/__init__.py``)::
     from .myarch import Model, ModelArgs
 
     @hookimpl
+    def spec_version():
+        return 1            # the mlx_zoo.SPEC_VERSION this plugin implements
+
+    @hookimpl
     def register_models():
         return [Architecture("myarch", ModelArgs, Model)]
 
@@ -54,7 +58,19 @@ PROJECT_NAME = "mlx_zoo"
 """The pluggy project name: hook implementations are marked ``@hookimpl`` of this project."""
 
 SPEC_VERSION = 1
-"""Version of this contract. Bumped when a hook or the Model protocol changes incompatibly."""
+"""Version of this contract. Bumped when a hook or the Model protocol changes incompatibly:
+a hook removed or renamed, a hook's arguments or return value changed, a new *required* method
+on :class:`Model`. Adding a hook or an optional capability does not bump it (a plugin that does
+not implement the new hook keeps working)."""
+
+COMPATIBLE_SPECS = frozenset({1})
+"""The plugin spec versions this core loads. A plugin declares the version it implements with
+the :func:`spec_version` hook; one built for another version is refused with a
+:class:`~mlx_zoo.PluginLoadError` naming both versions, and the other plugins keep working."""
+
+UNDECLARED_SPEC = 1
+"""The version assumed for a plugin that implements no :func:`spec_version` hook: the contract
+as it stood before plugins declared it."""
 
 ENTRY_POINT_GROUP = "mlx_zoo.models"
 """Entry-point group: entry name = model_type, value = the plugin module holding the hooks."""
@@ -127,6 +143,17 @@ class Architecture:
 
 
 # -- hook specifications -----------------------------------------------------------------------
+
+
+@hookspec(firstresult=True)
+def spec_version() -> int:
+    """Return the :data:`SPEC_VERSION` this plugin was written against (an ``int``); checked
+    when the plugin is registered. Implement it in every plugin::
+
+        @hookimpl
+        def spec_version():
+            return 1
+    """
 
 
 @hookspec

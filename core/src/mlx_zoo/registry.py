@@ -18,6 +18,7 @@ Environment variables:
 
 from __future__ import annotations
 
+import difflib
 import importlib
 import os
 import re
@@ -121,14 +122,63 @@ def available_model_types() -> list[str]:
     return sorted(types)
 
 
+def _hook_names() -> set[str]:
+    """Names of the hooks :mod:`mlx_zoo.hookspecs` specifies."""
+    marker = f"{hookspecs.PROJECT_NAME}_spec"
+    return {name for name in dir(hookspecs) if hasattr(getattr(hookspecs, name), marker)}
+
+
+def check_contract(plugin: Any, label: str) -> None:
+    """Refuse, with a :class:`PluginLoadError` naming ``label``, a plugin that marks as
+    ``@hookimpl`` a function no hook of this core specifies (a misspelt hook would otherwise
+    never be called: pluggy accepts unknown names), or that declares a spec version (its
+    :func:`~mlx_zoo.hookspecs.spec_version` hook) this core does not load. Called before the
+    plugin is registered, so a refused plugin leaves the others untouched."""
+    known = _hook_names()
+    marker = f"{hookspecs.PROJECT_NAME}_impl"
+    for attr in dir(plugin):
+        try:
+            value = getattr(plugin, attr)
+        except Exception:  # a property that raises is not a hook implementation
+            continue
+        options = getattr(value, marker, None)
+        if not isinstance(options, dict):
+            continue
+        hook = options.get("specname") or attr
+        if hook not in known:
+            close = difflib.get_close_matches(hook, sorted(known), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise PluginLoadError(label, "checking its hooks", LookupError(
+                f"{hook!r} is marked @hookimpl but no mlx-zoo hook has that name{hint}; "
+                f"the hooks are: {', '.join(sorted(known))}"))
+    declared = getattr(plugin, "spec_version", None)
+    version = hookspecs.UNDECLARED_SPEC
+    if callable(declared) and isinstance(getattr(declared, marker, None), dict):
+        try:
+            version = declared()
+        except PROPAGATED:
+            raise
+        except BaseException as e:
+            raise PluginLoadError(label, "its spec_version hook", e) from e
+    if isinstance(version, bool) or not isinstance(version, int) \
+            or version not in hookspecs.COMPATIBLE_SPECS:
+        supported = ", ".join(str(v) for v in sorted(hookspecs.COMPATIBLE_SPECS))
+        raise PluginLoadError(label, "checking its spec version", ValueError(
+            f"it implements mlx-zoo plugin spec {version!r}, but this mlx-zoo "
+            f"(SPEC_VERSION {hookspecs.SPEC_VERSION}) loads spec {supported}; install a "
+            "version of the plugin made for this mlx-zoo, or an mlx-zoo it supports"))
+
+
 def register(plugin: ModuleType | Any, name: str | None = None) -> list[str]:
     """Register a plugin (a module or object with ``@hookimpl`` functions) in this process --
     for notebooks and tests, without packaging. Returns the model_types it serves, which then
-    take precedence over installed plugins."""
+    take precedence over installed plugins. The plugin is checked first
+    (:func:`check_contract`)."""
     pm = plugin_manager()
-    if not pm.is_registered(plugin):
-        pm.register(plugin, name=name)
     label = name or getattr(plugin, "__name__", repr(plugin))
+    if not pm.is_registered(plugin):
+        check_contract(plugin, label)
+        pm.register(plugin, name=name)
     architectures = _call_models_hook(plugin, label)
     for arch in architectures:
         _in_process[arch.model_type] = arch
@@ -261,6 +311,7 @@ def import_plugin(entry: PluginEntry) -> ModuleType:
         raise PluginLoadError(entry.distribution, f"importing {entry.module!r}", e) from e
     if pm.is_registered(module):
         return module
+    check_contract(module, entry.distribution)
     try:
         pm.register(module, name=entry.distribution)
     except PROPAGATED:

@@ -23,6 +23,12 @@ __all__ = ["NTKAlphaRoPE", "hunyuan", "hunyuan_v1_dense", "hunyuan_v1_moe"]
 
 
 @hookimpl
+def spec_version() -> int:
+    """The mlx-zoo plugin spec this plugin implements (``mlx_zoo.SPEC_VERSION``)."""
+    return 1
+
+
+@hookimpl
 def register_models() -> list[Architecture]:
     return [
         Architecture("hunyuan_v1_dense", hunyuan_v1_dense.ModelArgs, hunyuan_v1_dense.Model),

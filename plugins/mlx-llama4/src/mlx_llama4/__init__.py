@@ -18,5 +18,11 @@ MODEL_TYPES = ("llama4", "llama4_text")
 
 
 @hookimpl
+def spec_version() -> int:
+    """The mlx-zoo plugin spec this plugin implements (``mlx_zoo.SPEC_VERSION``)."""
+    return 1
+
+
+@hookimpl
 def register_models() -> list[Architecture]:
     return [Architecture(model_type, ModelArgs, Model) for model_type in MODEL_TYPES]

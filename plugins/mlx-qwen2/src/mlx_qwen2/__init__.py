@@ -12,5 +12,11 @@ __all__ = ["Model", "ModelArgs"]
 
 
 @hookimpl
+def spec_version() -> int:
+    """The mlx-zoo plugin spec this plugin implements (``mlx_zoo.SPEC_VERSION``)."""
+    return 1
+
+
+@hookimpl
 def register_models() -> list[Architecture]:
     return [Architecture("qwen2", ModelArgs, Model)]
