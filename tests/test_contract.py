@@ -123,4 +123,4 @@ def test_every_plugin_of_this_repository_declares_the_spec():
         if entry.distribution.startswith("mlx-zoo-"):
             continue  # the test fixtures
         module = registry.import_plugin(entry)
-        assert getattr(module, "spec_version")() == hookspecs.SPEC_VERSION, entry
+        assert module.spec_version() == hookspecs.SPEC_VERSION, entry
