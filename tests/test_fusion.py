@@ -35,6 +35,10 @@ QUANT = dict(bits=4, group_size=32)
 # -- checkpoints -------------------------------------------------------------------------------
 
 
+STORED = {"dtype": None, "dequantize": False, "fuse": False}
+"""``load()``'s opt-outs: the checkpoint as stored, unfused (fusion is the default)."""
+STORED_FUSED = {**STORED, "fuse": True}
+
 def write_qwen2(path: Path) -> Path:
     from test_qwen2 import write_reference
 
@@ -110,8 +114,8 @@ def arrays(model) -> dict[str, np.ndarray]:
 
 
 def test_fused_logits_and_decoding_equal_unfused(checkpoint):
-    plain, _ = mlx_zoo.load(checkpoint)
-    fused, _ = mlx_zoo.load(checkpoint, fuse=True)
+    plain, _ = mlx_zoo.load(checkpoint, **STORED)
+    fused, _ = mlx_zoo.load(checkpoint, **STORED_FUSED)
     assert not is_fused(plain) and is_fused(fused)
     ids = ids_for(plain)
     expected = mlx_logits(plain, ids)
@@ -124,7 +128,7 @@ def test_fused_logits_and_decoding_equal_unfused(checkpoint):
 def test_what_fuses_where(checkpoint):
     """Every attention with its own q/k/v and every SwiGLU (dense, shared expert, HunYuan's
     shared MLP) fuses; CLA layers keep q_proj alone; routed experts are not touched."""
-    model, config = mlx_zoo.load(checkpoint, fuse=True)
+    model, config = mlx_zoo.load(checkpoint, **STORED_FUSED)
     found = modules(model)
     for i, layer in enumerate(model.layers):
         attn = layer.self_attn
@@ -147,7 +151,7 @@ def test_what_fuses_where(checkpoint):
 
 
 def test_unfuse_restores_bit_identical_parameters(checkpoint):
-    model, _ = mlx_zoo.load(checkpoint)
+    model, _ = mlx_zoo.load(checkpoint, **STORED)
     before = arrays(model)
     trainable = {k for k, _ in tree_flatten(model.trainable_parameters())}
     fused = mlx_zoo.fuse_projections(model)
@@ -162,8 +166,8 @@ def test_unfuse_restores_bit_identical_parameters(checkpoint):
 
 
 def test_save_of_fused_model_writes_checkpoint_names(checkpoint, tmp_path):
-    plain, config = mlx_zoo.load(checkpoint)
-    fused, fused_config = mlx_zoo.load(checkpoint, fuse=True)
+    plain, config = mlx_zoo.load(checkpoint, **STORED)
+    fused, fused_config = mlx_zoo.load(checkpoint, **STORED_FUSED)
     paths = fused_paths(fused)
     mlx_zoo.save(plain, config, tmp_path / "plain")
     mlx_zoo.save(fused, fused_config, tmp_path / "fused")
@@ -175,7 +179,7 @@ def test_save_of_fused_model_writes_checkpoint_names(checkpoint, tmp_path):
     reference = mx.load(str(tmp_path / "plain" / "model.safetensors"))
     for name in names:
         assert mx.array_equal(written[name], reference[name]).item(), name
-    again, _ = mlx_zoo.load(tmp_path / "fused")
+    again, _ = mlx_zoo.load(tmp_path / "fused", **STORED)
     ids = ids_for(plain)
     assert rel_err(mlx_logits(again, ids), mlx_logits(plain, ids)) < ROUNDING
 
@@ -190,14 +194,14 @@ def qwen2_checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def quantized_checkpoint(qwen2_checkpoint, tmp_path_factory) -> Path:
-    model, config = mlx_zoo.load(qwen2_checkpoint)
+    model, config = mlx_zoo.load(qwen2_checkpoint, **STORED)
     mlx_zoo.quantize(model, config, **QUANT)
     return mlx_zoo.save(model, config, tmp_path_factory.mktemp("q4"))
 
 
 def test_4bit_checkpoint_fuses_quantized_layers(quantized_checkpoint):
-    plain, _ = mlx_zoo.load(quantized_checkpoint)
-    fused, _ = mlx_zoo.load(quantized_checkpoint, fuse=True)
+    plain, _ = mlx_zoo.load(quantized_checkpoint, **STORED)
+    fused, _ = mlx_zoo.load(quantized_checkpoint, **STORED_FUSED)
     qkv = fused.layers[0].self_attn.qkv_proj
     gate_up = fused.layers[0].mlp.gate_up_proj
     for layer in (qkv.linear, gate_up.linear):
@@ -212,7 +216,7 @@ def test_4bit_checkpoint_fuses_quantized_layers(quantized_checkpoint):
 
 
 def test_dequantized_and_lazy_loads_fuse(quantized_checkpoint):
-    plain, _ = mlx_zoo.load(quantized_checkpoint)
+    plain, _ = mlx_zoo.load(quantized_checkpoint, **STORED)
     dense, _ = mlx_zoo.load(quantized_checkpoint, dequantize=True, fuse=True, lazy=True)
     assert type(dense.layers[0].self_attn.qkv_proj.linear) is nn.Linear
     ids = ids_for(plain)
@@ -229,12 +233,12 @@ def test_quantize_a_fused_model_with_a_per_layer_override(qwen2_checkpoint, tmp_
     """quantize() on a fused model: unfused, quantized with the model's predicate (here: layer
     0's k_proj in 8 bits, its q_proj and v_proj in 4), fused again where the parts agree; the
     saved checkpoint loads, fused the same way, with the same logits as the unfused model."""
-    fused, config = mlx_zoo.load(qwen2_checkpoint, fuse=True)
+    fused, config = mlx_zoo.load(qwen2_checkpoint, **STORED_FUSED)
     fused.quantize_predicate = _k_proj_in_8_bits
     entry = mlx_zoo.quantize(fused, config, **QUANT)
     assert entry["model.layers.0.self_attn.k_proj"] == {"group_size": QUANT["group_size"],
                                                          "bits": 8}
-    plain, plain_config = mlx_zoo.load(qwen2_checkpoint)
+    plain, plain_config = mlx_zoo.load(qwen2_checkpoint, **STORED)
     plain.quantize_predicate = _k_proj_in_8_bits
     mlx_zoo.quantize(plain, plain_config, **QUANT)
 
@@ -248,7 +252,7 @@ def test_quantize_a_fused_model_with_a_per_layer_override(qwen2_checkpoint, tmp_
     ids = ids_for(plain)
     expected = mlx_logits(plain, ids)
     assert rel_err(mlx_logits(fused, ids), expected) < ROUNDING
-    reloaded, _ = mlx_zoo.load(mlx_zoo.save(fused, config, tmp_path / "mixed"), fuse=True)
+    reloaded, _ = mlx_zoo.load(mlx_zoo.save(fused, config, tmp_path / "mixed"), **STORED_FUSED)
     check(reloaded)
     assert rel_err(mlx_logits(reloaded, ids), expected) < ROUNDING
 
@@ -259,8 +263,8 @@ def test_quantize_a_fused_model_with_a_per_layer_override(qwen2_checkpoint, tmp_
 def test_a_misordered_fusion_breaks_parity(qwen2_checkpoint):
     """The equality checks can fail: k and v rows swapped in the fused weight (same sizes, so
     nothing crashes) change the logits by far more than rounding."""
-    plain, _ = mlx_zoo.load(qwen2_checkpoint)
-    broken, _ = mlx_zoo.load(qwen2_checkpoint)
+    plain, _ = mlx_zoo.load(qwen2_checkpoint, **STORED)
+    broken, _ = mlx_zoo.load(qwen2_checkpoint, **STORED)
     attn = broken.layers[0].self_attn
     attn.qkv_proj = FusedLinear.from_parts({"q_proj": attn.q_proj, "k_proj": attn.v_proj,
                                             "v_proj": attn.k_proj})
@@ -374,7 +378,7 @@ def test_cli_loads_fused(monkeypatch):
 
 
 def test_quantized_config_records_no_fused_names(qwen2_checkpoint, tmp_path):
-    fused, config = mlx_zoo.load(qwen2_checkpoint, fuse=True)
+    fused, config = mlx_zoo.load(qwen2_checkpoint, **STORED_FUSED)
     fused.quantize_predicate = lambda path, module: not path.endswith("layers.1.mlp.up_proj")
     entry = mlx_zoo.quantize(fused, config, **QUANT)
     assert entry["model.layers.1.mlp.up_proj"] is False
@@ -386,7 +390,7 @@ def test_quantized_config_records_no_fused_names(qwen2_checkpoint, tmp_path):
 PEAK_SCRIPT = """
 import sys
 import mlx.core as mx, mlx_zoo
-mlx_zoo.load(sys.argv[1], fuse=sys.argv[2] == "fuse")
+mlx_zoo.load(sys.argv[1], dtype=None, dequantize=False, fuse=sys.argv[2] == "fuse")
 print(mx.get_peak_memory())
 """
 
