@@ -1,0 +1,449 @@
+"""The HTTP side: a Starlette application serving the OpenAI API from an :class:`Engine`.
+
+Endpoints: ``GET /health``, ``GET /v1/models`` (and ``/v1/models/{id}``),
+``POST /v1/completions``, ``POST /v1/chat/completions`` -- answers as JSON, or as server-sent
+events with ``"stream": true``. Request bodies are checked by :mod:`mlx_zoo.serve.protocol`
+(tokenising and rendering the chat template run in a worker thread); generation runs on the
+engine's thread; its events come back through an ``asyncio.Queue`` per request. A client that
+disconnects -- mid-stream, or while waiting for a whole answer -- has its sequences cancelled,
+which frees their batch slots at the next step.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import AsyncIterator
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from ..errors import MlxZooError
+from . import protocol as P
+from .engine import Engine, Seq
+
+log = logging.getLogger("mlx_zoo.serve")
+
+POLL_DISCONNECT_S = 0.5
+
+
+class Server:
+    """Request handling around one engine (one model, served under ``model_name``)."""
+
+    def __init__(self, engine: Engine, model_name: str, defaults: dict[str, Any],
+                 aliases: tuple[str, ...] = ()):
+        self.engine = engine
+        self.model_name = model_name
+        self.names = {model_name, *aliases}
+        self.defaults = defaults
+        self.created = P.now()
+
+    # -- plumbing ------------------------------------------------------------------------------
+
+    async def _body(self, request: Request) -> dict[str, Any]:
+        raw = await request.body()
+        try:
+            body = json.loads(raw)
+        except (json.JSONDecodeError, UnicodeDecodeError) as e:
+            raise P.APIError(f"the request body is not valid JSON ({e})",
+                             code="invalid_json") from None
+        if not isinstance(body, dict):
+            raise P.APIError(f"the request body must be a JSON object, got "
+                             f"{type(body).__name__}", code="invalid_json")
+        if not self.engine.ready.is_set() or self.engine.load_error is not None:
+            raise P.APIError("the model is not loaded yet", status=503)
+        model = body.get("model")
+        if model is not None and model not in self.names:
+            raise P.APIError(f"The model '{model}' does not exist: this server serves "
+                             f"'{self.model_name}'", status=404, param="model",
+                             code="model_not_found")
+        return body
+
+    def _max_tokens(self, params, prompt_len: int, explicit: bool) -> None:
+        limit = self.engine.context_length
+        if limit is None:
+            return
+        if prompt_len >= limit and params.max_tokens > 0:
+            raise P.APIError(f"the prompt has {prompt_len} tokens; this model's context length "
+                             f"is {limit}", param="messages", code="context_length_exceeded")
+        if prompt_len + params.max_tokens > limit:
+            if explicit:
+                raise P.APIError(
+                    f"the prompt ({prompt_len} tokens) plus max_tokens ({params.max_tokens}) "
+                    f"exceeds this model's context length ({limit})", param="max_tokens",
+                    code="context_length_exceeded")
+            params.max_tokens = max(limit - prompt_len, 0)
+
+    # -- parsing (worker thread: tokenising, templates) ----------------------------------------
+
+    def parse_completion(self, body: dict) -> P.Parsed:
+        engine, tok = self.engine, self.engine.tokenizer
+        params = P.sampling(body, self.defaults, engine.vocab_size, chat=False)
+        params.logprobs, params.top_logprobs = P.logprob_fields(body, chat=False)
+        echo = P.boolean(body, "echo")
+        params.prompt_logprobs = echo and params.logprobs
+        stream, include_usage = P.stream_flags(body)
+        n = P.integer(body, "n", 1, lo=1, hi=P.MAX_N, expected=f"an integer in [1, {P.MAX_N}]")
+        prompts, texts = [], []
+        for prompt in P.completion_prompts(body):
+            if isinstance(prompt, str):
+                ids = tok.encode(prompt)
+                if not ids:
+                    raise P.APIError("'prompt' is empty", param="prompt", code="invalid_value")
+                texts.append(prompt)
+            else:
+                ids = P.token_ids(prompt, engine.vocab_size, "prompt")
+                texts.append(tok.decode(ids))
+            self._max_tokens(params, len(ids), body.get("max_tokens") is not None)
+            prompts.append(ids)
+        self._response_format(body, params)
+        return P.Parsed(prompts, params, n, stream, include_usage, echo, texts)
+
+    def parse_chat(self, body: dict) -> P.Parsed:
+        engine = self.engine
+        messages = P.chat_messages(body)
+        params = P.sampling(body, self.defaults, engine.vocab_size, chat=True)
+        params.logprobs, params.top_logprobs = P.logprob_fields(body, chat=True)
+        stream, include_usage = P.stream_flags(body)
+        n = P.integer(body, "n", 1, lo=1, hi=P.MAX_N, expected=f"an integer in [1, {P.MAX_N}]")
+        tools = self._tools(body)
+        ids = self._render_chat(messages, tools)
+        explicit = body.get("max_tokens") is not None or body.get(
+            "max_completion_tokens") is not None
+        self._max_tokens(params, len(ids), explicit)
+        self._response_format(body, params)
+        parsed = P.Parsed([ids], params, n, stream, include_usage)
+        if tools:
+            from .tools import tool_parser
+
+            parsed.tools = tools
+            parsed.tool_parser = tool_parser(engine.model)
+        return parsed
+
+    def _render_chat(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
+        tok = self.engine.tokenizer
+        if not tools:
+            return tok.encode_chat(messages)
+        if not tok.has_chat_template:
+            tok.apply_chat_template(messages)  # raises the TokenizerError naming the problem
+        try:
+            text = tok.hf.apply_chat_template(messages, tools=tools, tokenize=False,
+                                              add_generation_prompt=True)
+        except Exception as e:  # the template is the checkpoint's code
+            raise P.APIError(f"rendering the chat template with tools failed "
+                             f"({type(e).__name__}: {e})", param="tools") from None
+        return tok.encode(text, add_special_tokens=False)
+
+    def _tools(self, body: dict) -> list[dict] | None:
+        tools = body.get("tools")
+        choice = body.get("tool_choice")
+        if tools is None:
+            if choice not in (None, "none", "auto"):
+                raise P.APIError("'tool_choice' needs 'tools'", param="tool_choice")
+            return None
+        if not isinstance(tools, list) or not all(
+                isinstance(t, dict) and t.get("type") == "function"
+                and isinstance(t.get("function"), dict)
+                and isinstance(t["function"].get("name"), str) for t in tools):
+            raise P._bad("tools", "a list of {'type': 'function', 'function': {'name', ...}}",
+                         tools)
+        if choice not in (None, "none", "auto"):
+            raise P.APIError("only 'tool_choice': 'auto' or 'none' is supported",
+                             param="tool_choice", code="unsupported_parameter")
+        return None if choice == "none" or not tools else tools
+
+    def _response_format(self, body: dict, params) -> None:
+        fmt = body.get("response_format")
+        if fmt is None:
+            return
+        if not isinstance(fmt, dict) or not isinstance(fmt.get("type"), str):
+            raise P._bad("response_format", "an object with a 'type'", fmt)
+        if fmt["type"] == "text":
+            return
+        from .structured import processor_factory
+
+        params.processor_factory = processor_factory(fmt, self.engine.tokenizer,
+                                                     self.engine.vocab_size)
+
+    # -- endpoints -----------------------------------------------------------------------------
+
+    async def health(self, request: Request) -> Response:
+        if self.engine.load_error is not None:
+            return JSONResponse({"status": "error", "error": str(self.engine.load_error)}, 503)
+        if not self.engine.ready.is_set():
+            return JSONResponse({"status": "loading"}, 503)
+        return JSONResponse({"status": "ok", "model": self.model_name, **self.engine.stats()})
+
+    def _model_card(self) -> dict[str, Any]:
+        return {"id": self.model_name, "object": "model", "created": self.created,
+                "owned_by": "mlx-zoo", "max_model_len": self.engine.context_length}
+
+    async def models(self, request: Request) -> Response:
+        return JSONResponse({"object": "list", "data": [self._model_card()]})
+
+    async def model(self, request: Request) -> Response:
+        name = request.path_params["model"]
+        if name not in self.names:
+            raise P.APIError(f"The model '{name}' does not exist", status=404, param="model",
+                             code="model_not_found")
+        return JSONResponse(self._model_card())
+
+    async def completions(self, request: Request) -> Response:
+        body = await self._body(request)
+        parsed = await run_in_threadpool(self.parse_completion, body)
+        return await self._answer(request, parsed, chat=False)
+
+    async def chat_completions(self, request: Request) -> Response:
+        body = await self._body(request)
+        parsed = await run_in_threadpool(self.parse_chat, body)
+        return await self._answer(request, parsed, chat=True)
+
+    # -- running a request ---------------------------------------------------------------------
+
+    def _submit(self, parsed: P.Parsed) -> tuple[list[Seq], asyncio.Queue]:
+        loop = asyncio.get_running_loop()
+        events: asyncio.Queue = asyncio.Queue()
+
+        def sink(event: dict) -> None:
+            loop.call_soon_threadsafe(events.put_nowait, event)
+
+        seqs = [Seq(prompt, parsed.params, sink, index=p * parsed.n + j)
+                for p, prompt in enumerate(parsed.prompts) for j in range(parsed.n)]
+        self.engine.submit(seqs)
+        return seqs, events
+
+    async def _answer(self, request: Request, parsed: P.Parsed, chat: bool) -> Response:
+        seqs, events = self._submit(parsed)
+        state = _Answer(self, parsed, chat)
+        if parsed.stream:
+            return StreamingResponse(self._stream(request, seqs, events, state),
+                                     media_type="text/event-stream",
+                                     headers={"Cache-Control": "no-cache",
+                                              "X-Accel-Buffering": "no"})
+        try:
+            while state.pending:
+                try:
+                    event = await asyncio.wait_for(events.get(), POLL_DISCONNECT_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return Response(status_code=499)
+                    continue
+                if event["type"] == "error":
+                    raise P.APIError(event["message"], status=event.get("status", 500))
+                state.add(event)
+            return JSONResponse(state.final())
+        finally:
+            self.engine.cancel([s for s in seqs if not s.finished])
+
+    async def _stream(self, request: Request, seqs: list[Seq], events: asyncio.Queue,
+                      state: _Answer) -> AsyncIterator[str]:
+        try:
+            for chunk in state.opening_chunks():
+                yield _sse(chunk)
+            while state.pending:
+                try:
+                    event = await asyncio.wait_for(events.get(), POLL_DISCONNECT_S)
+                except asyncio.TimeoutError:
+                    if await request.is_disconnected():
+                        return
+                    continue
+                if event["type"] == "error":
+                    yield _sse(P.error_body(event["message"], "server_error"
+                                            if event.get("status", 500) >= 500
+                                            else "invalid_request_error"))
+                    return
+                for chunk in state.add(event, streaming=True):
+                    yield _sse(chunk)
+            if state.parsed.include_usage:
+                yield _sse(state.usage_chunk())
+            yield "data: [DONE]\n\n"
+        finally:
+            self.engine.cancel([s for s in seqs if not s.finished])
+
+
+def _sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+
+class _Answer:
+    """The response of one request, assembled from engine events (whole or as chunks)."""
+
+    def __init__(self, server: Server, parsed: P.Parsed, chat: bool):
+        self.server, self.parsed, self.chat = server, parsed, chat
+        self.text_of = server.engine.token_text
+        self.id = P.new_id("chatcmpl" if chat else "cmpl")
+        self.created = P.now()
+        total = len(parsed.prompts) * parsed.n
+        self.pending = total
+        self.texts = [""] * total
+        self.finish: list[str | None] = [None] * total
+        self.chat_logprobs: list[list] = [[] for _ in range(total)]
+        self.completion_logprobs = [P.CompletionLogprobs(self.text_of) for _ in range(total)]
+        self.completion_tokens = 0
+        self.cached = 0
+        self.prompt_tokens = sum(len(p) for p in parsed.prompts)
+        self.streamed_echo = [False] * total
+        self.tool_calls: list[list | None] = [None] * total
+        self.tool_streams = [parsed.tool_parser.stream() if parsed.tool_parser else None
+                             for _ in range(total)]
+
+    def _prompt_of(self, index: int) -> tuple[list[int], str]:
+        p = index // self.parsed.n
+        return self.parsed.prompts[p], (self.parsed.prompt_texts[p]
+                                        if self.parsed.prompt_texts else "")
+
+    def _base(self) -> dict[str, Any]:
+        return {"id": self.id, "object": "chat.completion.chunk" if self.chat
+                else "text_completion", "created": self.created,
+                "model": self.server.model_name}
+
+    def opening_chunks(self) -> list[dict]:
+        """Chat: the assistant role first; completions with echo (no logprobs): the prompt."""
+        chunks = []
+        for i in range(len(self.texts)):
+            if self.chat:
+                chunks.append({**self._base(), "choices": [{
+                    "index": i, "delta": {"role": "assistant", "content": ""},
+                    "logprobs": None, "finish_reason": None}]})
+            elif self.parsed.echo and not self.parsed.params.prompt_logprobs:
+                chunks.append(self._completion_chunk(i, self._prompt_of(i)[1], None, None))
+                self.streamed_echo[i] = True
+        return chunks
+
+    def _completion_chunk(self, i: int, text: str, logprobs: Any, finish: str | None) -> dict:
+        return {**self._base(), "choices": [{"index": i, "text": text, "logprobs": logprobs,
+                                             "finish_reason": finish}]}
+
+    def _chat_chunk(self, i: int, delta: dict, logprobs: Any, finish: str | None) -> dict:
+        return {**self._base(), "choices": [{"index": i, "delta": delta, "logprobs": logprobs,
+                                             "finish_reason": finish}]}
+
+    def add(self, event: dict, streaming: bool = False) -> list[dict]:
+        i = event["index"]
+        kind = event["type"]
+        out: list[dict] = []
+        if kind == "prompt_logprobs":
+            ids, text = self._prompt_of(i)
+            lp = self.completion_logprobs[i]
+            entries = event["entries"]
+            lp.add(ids[0], None, None)
+            for token, value, top in entries[1:]:
+                lp.add(token, value, top if self.parsed.params.top_logprobs else None)
+            if self.parsed.echo:
+                self.texts[i] = text + self.texts[i]
+                if streaming:
+                    out.append(self._completion_chunk(i, text, lp.body(), None))
+                    self.streamed_echo[i] = True
+        elif kind == "token":
+            text, info = event["text"], event["logprob"]
+            tools = self.tool_streams[i]
+            if tools is not None:
+                text = tools.feed(text)
+            self.texts[i] += text
+            if info is not None:
+                if self.chat:
+                    self.chat_logprobs[i].append(P.chat_logprob_entry(
+                        self.text_of, event["token"], info[0], info[1]))
+                else:
+                    self.completion_logprobs[i].add(
+                        event["token"], info[0],
+                        info[1] if self.parsed.params.top_logprobs else None)
+            if streaming and (text or info is not None):
+                out.append(self._token_chunk(i, text, info is not None))
+        elif kind == "done":
+            self.pending -= 1
+            self.completion_tokens += event["completion_tokens"]
+            self.cached += event.get("cached_tokens", 0)
+            reason = event["finish_reason"]
+            tools = self.tool_streams[i]
+            if tools is not None:
+                rest, calls = tools.finish()
+                self.texts[i] += rest
+                if calls:
+                    self.tool_calls[i] = calls
+                    reason = "tool_calls"
+                if streaming and (rest or calls):
+                    delta: dict[str, Any] = {"content": rest} if rest else {}
+                    if calls:
+                        delta["tool_calls"] = [{**c, "index": k} for k, c in enumerate(calls)]
+                    out.append(self._chat_chunk(i, delta, None, None))
+            self.finish[i] = reason
+            if streaming:
+                if self.chat:
+                    out.append(self._chat_chunk(i, {}, None, reason))
+                else:
+                    out.append(self._completion_chunk(i, "", None, reason))
+        return out
+
+    def _token_chunk(self, i: int, text: str, with_logprobs: bool) -> dict:
+        if self.chat:
+            logprobs = ({"content": self.chat_logprobs[i][-1:]} if with_logprobs else None)
+            return self._chat_chunk(i, {"content": text}, logprobs, None)
+        logprobs = self.completion_logprobs[i].body(len(self.completion_logprobs[i].tokens) - 1) \
+            if with_logprobs else None
+        return self._completion_chunk(i, text, logprobs, None)
+
+    def usage(self) -> dict[str, Any]:
+        return P.usage(self.prompt_tokens, self.completion_tokens, self.cached)
+
+    def usage_chunk(self) -> dict[str, Any]:
+        return {**self._base(), "choices": [], "usage": self.usage()}
+
+    def final(self) -> dict[str, Any]:
+        choices = []
+        for i, text in enumerate(self.texts):
+            if self.chat:
+                message: dict[str, Any] = {"role": "assistant", "content": text}
+                if self.tool_calls[i]:
+                    message["tool_calls"] = self.tool_calls[i]
+                    message["content"] = text or None
+                logprobs = ({"content": self.chat_logprobs[i]}
+                            if self.parsed.params.logprobs else None)
+                choices.append({"index": i, "message": message, "logprobs": logprobs,
+                                "finish_reason": self.finish[i]})
+            else:
+                if self.parsed.echo and not self.parsed.params.prompt_logprobs:
+                    text = self._prompt_of(i)[1] + text
+                logprobs = (self.completion_logprobs[i].body()
+                            if self.parsed.params.logprobs else None)
+                choices.append({"index": i, "text": text, "logprobs": logprobs,
+                                "finish_reason": self.finish[i]})
+        return {"id": self.id, "object": "chat.completion" if self.chat else "text_completion",
+                "created": self.created, "model": self.server.model_name, "choices": choices,
+                "usage": self.usage()}
+
+
+# -- the application ---------------------------------------------------------------------------
+
+
+async def _api_error(request: Request, exc: Exception) -> Response:
+    if isinstance(exc, P.APIError):
+        return JSONResponse(exc.body(), status_code=exc.status)
+    if isinstance(exc, MlxZooError):
+        return JSONResponse(P.error_body(str(exc)), status_code=400)
+    if isinstance(exc, HTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(P.error_body(f"{request.method} {request.url.path}: {exc.detail}",
+                                         kind), status_code=exc.status_code)
+    log.exception("internal error on %s", request.url.path)
+    return JSONResponse(P.error_body(f"internal error: {type(exc).__name__}: {exc}",
+                                     "server_error"), status_code=500)
+
+
+def create_app(server: Server) -> Starlette:
+    routes = [
+        Route("/health", server.health, methods=["GET"]),
+        Route("/v1/models", server.models, methods=["GET"]),
+        Route("/v1/models/{model:path}", server.model, methods=["GET"]),
+        Route("/v1/completions", server.completions, methods=["POST"]),
+        Route("/v1/chat/completions", server.chat_completions, methods=["POST"]),
+    ]
+    return Starlette(routes=routes, exception_handlers={
+        P.APIError: _api_error, MlxZooError: _api_error, HTTPException: _api_error,
+        Exception: _api_error})

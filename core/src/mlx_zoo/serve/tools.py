@@ -1,0 +1,112 @@
+"""Tool calls: finding them in generated text and returning them in the OpenAI shape.
+
+A :class:`ToolCallParser` knows how a model family writes a call. The default is the Qwen /
+Hermes style, one JSON object per call between markers::
+
+    <tool_call>
+    {"name": "get_weather", "arguments": {"city": "Paris"}}
+    </tool_call>
+
+A plugin supplies another through the ``register_tool_parsers`` hook (``{model_type: parser}``,
+:mod:`mlx_zoo.hookspecs`). While streaming, text that may begin a call is held back until it is
+clear whether it does; calls are returned when the choice finishes, as
+``[{"id", "type": "function", "function": {"name", "arguments": "<json string>"}}]``.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import uuid
+from typing import Any
+
+
+class ToolCallParser:
+    """Calls written as JSON objects ``{"name", "arguments"}`` between ``start`` and ``end``."""
+
+    def __init__(self, start: str = "<tool_call>", end: str = "</tool_call>"):
+        self.start, self.end = start, end
+
+    def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        """``text`` without the calls, and the calls found (unparseable ones stay as text)."""
+        calls, kept, pos = [], [], 0
+        pattern = re.compile(re.escape(self.start) + r"(.*?)(?:" + re.escape(self.end) + r"|$)",
+                             re.S)
+        for match in pattern.finditer(text):
+            call = self._call(match.group(1))
+            if call is None:
+                continue
+            kept.append(text[pos:match.start()])
+            pos = match.end()
+            calls.append(call)
+        kept.append(text[pos:])
+        return "".join(kept).strip() if calls else text, calls
+
+    @staticmethod
+    def _call(body: str) -> dict[str, Any] | None:
+        try:
+            data = json.loads(body.strip())
+        except json.JSONDecodeError:
+            return None
+        if not isinstance(data, dict) or not isinstance(data.get("name"), str):
+            return None
+        arguments = data.get("arguments", data.get("parameters", {}))
+        if not isinstance(arguments, str):
+            arguments = json.dumps(arguments, ensure_ascii=False)
+        return {"id": f"call_{uuid.uuid4().hex[:24]}", "type": "function",
+                "function": {"name": data["name"], "arguments": arguments}}
+
+    def stream(self) -> ToolCallStream:
+        return ToolCallStream(self)
+
+
+class ToolCallStream:
+    """Incremental: :meth:`feed` returns the text safe to show now (never part of a call);
+    :meth:`finish` the rest and the calls."""
+
+    def __init__(self, parser: ToolCallParser):
+        self.parser = parser
+        self.text = ""
+        self.shown = 0
+        self.in_call = False
+
+    def feed(self, piece: str) -> str:
+        self.text += piece
+        if self.in_call:
+            return ""
+        found = self.text.find(self.parser.start, self.shown)
+        if found >= 0:
+            self.in_call = True
+            out, self.shown = self.text[self.shown:found], found
+            return out
+        held = 0  # a tail that may be the beginning of the start marker
+        for size in range(min(len(self.parser.start) - 1, len(self.text) - self.shown), 0, -1):
+            if self.parser.start.startswith(self.text[-size:]):
+                held = size
+                break
+        end = len(self.text) - held
+        out, self.shown = self.text[self.shown:end], end
+        return out
+
+    def finish(self) -> tuple[str, list[dict[str, Any]]]:
+        rest = self.text[self.shown:]
+        text, calls = self.parser.parse(rest)
+        return (text if calls else rest), calls
+
+
+DEFAULT_PARSER = ToolCallParser()
+
+
+def tool_parser(model: Any) -> ToolCallParser:
+    """The parser for ``model``'s family: its plugin's (``register_tool_parsers`` hook), else
+    the default ``<tool_call>`` one."""
+    model_type = getattr(model, "model_type", None)
+    try:
+        from ..registry import call_hook
+
+        for contributed in call_hook("register_tool_parsers"):
+            if contributed and model_type in contributed:
+                return contributed[model_type]
+    except Exception:  # an older core without the hook, or no plugin implementing it
+        pass
+    return DEFAULT_PARSER
