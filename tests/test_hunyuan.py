@@ -265,7 +265,7 @@ def test_hunyuan_matches_reference_full_and_incremental(tmp_path, fused):
 
 def test_cla_cache_holds_kv_for_one_layer_per_run(tmp_path):
     write_hunyuan(tmp_path)
-    model, config = mlx_zoo.load(tmp_path)
+    model, config = mlx_zoo.load(tmp_path, fuse=False)
     layers = config.num_hidden_layers
     # the layers inside a run own no key/value projections ...
     owners = [i for i, layer in enumerate(model.layers) if "k_proj" in layer.self_attn]
@@ -455,12 +455,12 @@ def test_4bit_quantized_copy_saves_loads_and_runs(tmp_path, fmt):
     """quantize + save + load: the reloaded 4-bit model (quantized kernels, experts through
     gather_qmm) computes exactly the reference model whose weights are the dequantized values."""
     ref = write_any(tmp_path / "src", fmt)
-    model, config = mlx_zoo.load(tmp_path / "src")
+    model, config = mlx_zoo.load(tmp_path / "src", fuse=False)
     mlx_zoo.quantize(model, config, bits=4, group_size=32)
     ids = prompt()
     in_memory = mlx_logits(model, ids)
     mlx_zoo.save(model, config, tmp_path / "q4")
-    reloaded, _ = mlx_zoo.load(tmp_path / "q4")
+    reloaded, _ = mlx_zoo.load(tmp_path / "q4", fuse=False)
     modules = dict(reloaded.named_modules())
     assert isinstance(modules["model.layers.0.self_attn.q_proj"], nn.QuantizedLinear)
     if fmt != "dense":
@@ -471,7 +471,7 @@ def test_4bit_quantized_copy_saves_loads_and_runs(tmp_path, fmt):
     np.testing.assert_array_equal(out, in_memory)
     steps = incremental_logits(reloaded, ids, decode_steps(LENGTH, PREFILL))
     assert rel_err(steps, out) < TOLERANCE
-    dequantized, _ = mlx_zoo.load(tmp_path / "q4", dequantize=True)
+    dequantized, _ = mlx_zoo.load(tmp_path / "q4", dequantize=True, fuse=False)
     copy_into_torch(ref, dequantized)
     assert rel_err(out, reference_logits(ref, ids)) < TOLERANCE
 

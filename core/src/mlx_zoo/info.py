@@ -20,7 +20,9 @@ def describe(path_or_repo: str | Path, plugin: str | None = None) -> Iterator[st
 
     model_dir = resolve_model_dir(path_or_repo)
     raw = read_config(model_dir)
-    model, config = load(model_dir, lazy=True, plugin=plugin)
+    # the checkpoint as stored: no dtype/dequantize policy, no fused projections
+    model, config = load(model_dir, lazy=True, plugin=plugin, dtype=None, dequantize=False,
+                         fuse=False)
     params = tree_flatten(model.parameters())
     quantization = raw.get("quantization")
     count = sum(_logical_size(name, a, quantization) for name, a in params)
