@@ -1,0 +1,289 @@
+"""The serving engine in process: batched caches against the single-sequence ones, continuous
+batching against mlx_zoo.generate (greedy: the same text for every request of a batch as alone),
+per-sequence fallback, chunked prefill, the prefix cache, --kv-bits, cancellation."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+
+import mlx.core as mx
+import pytest
+
+import mlx_zoo
+from mlx_zoo.cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache
+
+pytest.importorskip("starlette")
+
+from mlx_zoo.serve.batch_cache import BatchKVCache  # noqa: E402
+from mlx_zoo.serve.engine import Engine, SamplingParams, Seq  # noqa: E402
+from mlx_zoo.serve.prefix_cache import PrefixCache  # noqa: E402
+
+TIMEOUT_S = 60
+MESSAGES = ["hello there", "what is a plugin?", "write a function that adds two numbers", "x",
+            "tell me about caches, keys and values in attention, at length please"]
+
+
+# -- batched caches against single-sequence ones -----------------------------------------------
+
+
+def _single(kind: str, size: int):
+    return {"full": KVCache, "window": lambda: RotatingKVCache(size),
+            "chunk": lambda: ChunkedKVCache(size)}[kind]()
+
+
+@pytest.mark.parametrize("kind,size", [("full", None), ("window", 5), ("chunk", 4)])
+def test_batch_cache_attention_matches_single(kind, size):
+    """Rows of different lengths joining at different times attend exactly as each would alone,
+    through the batch's per-row offsets and masks, also after a row leaves."""
+    mx.random.seed(0)
+    heads, dim = 2, 8
+    lengths = [3, 9, 6]
+    singles = [_single(kind, size) for _ in lengths]
+    batch = BatchKVCache(kind, size)
+    for single, n in zip(singles, lengths, strict=True):  # prefill alone, then join the batch
+        single.update_and_fetch(mx.random.normal((1, heads, n, dim)),
+                                mx.random.normal((1, heads, n, dim)))
+        batch.add_row(single)
+    assert batch.offsets == lengths
+    for step in range(12):
+        if step == 5:  # the middle row finishes
+            batch.keep_rows([0, 2])
+            singles = [singles[0], singles[2]]
+        b = batch.batch_size
+        q = mx.random.normal((b, heads, 1, dim))
+        k, v = mx.random.normal((b, heads, 1, dim)), mx.random.normal((b, heads, 1, dim))
+        assert batch.offset.tolist() == [s.offset for s in singles]
+        mask = batch.make_mask(1)
+        bk, bv = batch.update_and_fetch(k, v)
+        out = mx.fast.scaled_dot_product_attention(q, bk, bv, scale=0.3, mask=mask)
+        for i, single in enumerate(singles):
+            smask = single.make_mask(1)
+            sk, sv = single.update_and_fetch(k[i:i + 1], v[i:i + 1])
+            ref = mx.fast.scaled_dot_product_attention(q[i:i + 1], sk, sv, scale=0.3, mask=smask)
+            assert mx.allclose(out[i:i + 1], ref, atol=1e-5).item(), (kind, step, i)
+        batch.drop_unseen()
+    if kind != "full":  # keys nobody can see any more were dropped
+        assert batch.idx <= max(s.offset - s.offset // size * size if kind == "chunk" else size
+                                for s in singles) + 1
+
+
+def test_batch_cache_quantized_storage():
+    mx.random.seed(1)
+    single = QuantizedKVCache(group_size=32, bits=8)
+    single.update_and_fetch(mx.random.normal((1, 2, 5, 32)), mx.random.normal((1, 2, 5, 32)))
+    batch = BatchKVCache("full", quantized=(32, 8))
+    batch.add_row(single)
+    batch.add_row(KVCache())  # an empty row (one-token prompt)
+    mask = batch.make_mask(1)
+    k, v = batch.update_and_fetch(mx.ones((2, 2, 1, 32)), mx.ones((2, 2, 1, 32)))
+    assert k.shape == (2, 2, 6, 32) and batch.arrays[0].dtype == mx.uint32
+    assert mask[1, 0, 0].tolist() == [False] * 5 + [True] and all(mask[0, 0, 0].tolist())
+    ref = single.state[0]
+    assert mx.allclose(k[:1, :, :5], mx.dequantize(*ref, group_size=32, bits=8)).item()
+
+
+def test_prefix_cache_lru_and_trim():
+    cache = PrefixCache(max_bytes=10_000)
+    c = KVCache()
+    c.update_and_fetch(mx.ones((1, 1, 4, 8)), mx.ones((1, 1, 4, 8)))
+    cache.insert([1, 2, 3, 4], [c])
+    got, n = cache.lookup([1, 2, 9, 9, 9])
+    assert n == 2 and got[0].offset == 2
+    got[0].update_and_fetch(mx.zeros((1, 1, 1, 8)), mx.zeros((1, 1, 1, 8)))  # copies: entry kept
+    again, n = cache.lookup([1, 2, 3, 4, 5])
+    assert n == 4 and again[0].state[0][0, 0, 2, 0].item() == 1.0
+    assert cache.lookup([7, 8])[0] is None
+    big = KVCache()
+    big.update_and_fetch(mx.ones((1, 1, 100, 8)), mx.ones((1, 1, 100, 8)))
+    cache.insert(list(range(100)), [big])  # 6400 bytes: the LRU budget evicts the first entry
+    cache.insert([5] * 30, [KVCache()])
+    assert cache.nbytes <= 10_000
+
+
+# -- the engine against mlx_zoo.generate ----------------------------------------------------------
+
+
+def run_engine(engine: Engine, prompts: list[list[int]], params: SamplingParams | list) -> list:
+    """Submit all prompts at once; the events of each, once all are done (bounded in time)."""
+    results: dict[int, list] = {}
+    done = threading.Event()
+    lock = threading.Lock()
+
+    def sink_for(i):
+        events = []
+
+        def sink(event):
+            events.append(event)
+            if event["type"] in ("done", "error"):
+                with lock:
+                    results[i] = events
+                    if len(results) == len(prompts):
+                        done.set()
+        return sink
+
+    plist = params if isinstance(params, list) else [params] * len(prompts)
+    engine.submit([Seq(p, sp, sink_for(i)) for i, (p, sp) in enumerate(zip(prompts, plist,
+                                                                           strict=True))])
+    assert done.wait(TIMEOUT_S), f"engine did not finish: {engine.stats()}"
+    return [results[i] for i in range(len(prompts))]
+
+
+def text_of(events: list) -> str:
+    return "".join(e["text"] for e in events if e["type"] == "token")
+
+
+def started(ref: str, **kwargs) -> Engine:
+    engine = Engine(ref, **kwargs)
+    engine.start()
+    assert engine.ready.wait(TIMEOUT_S)
+    assert engine.load_error is None, engine.load_error
+    return engine
+
+
+@pytest.fixture(scope="module")
+def qwen2_engine():
+    engine = started("demo:qwen2", max_concurrency=16, prefill_step_size=8)
+    yield engine
+    engine.stop()
+
+
+def chat_prompts(tokenizer, count: int) -> list[list[int]]:
+    return [tokenizer.encode_chat([{"role": "user",
+                                    "content": MESSAGES[i % len(MESSAGES)] * (1 + i % 3)}])
+            for i in range(count)]
+
+
+def assert_same_as_alone(engine: Engine, count: int = 12, max_tokens: int = 24) -> None:
+    prompts = chat_prompts(engine.tokenizer, count)
+    results = run_engine(engine, prompts, SamplingParams(max_tokens=max_tokens))
+    for prompt, events in zip(prompts, results, strict=True):
+        assert events[-1]["type"] == "done", events[-1]
+        alone = mlx_zoo.generate(engine.model, engine.tokenizer, prompt, max_tokens=max_tokens)
+        assert text_of(events) == alone.text
+        assert events[-1]["finish_reason"] == alone.finish_reason
+        assert events[-1]["completion_tokens"] == len(alone.tokens)
+
+
+def test_batched_greedy_equals_alone_qwen2(qwen2_engine):
+    """12 requests decoded together (chunked prefill of 8 tokens) give each the text it gets
+    alone through mlx_zoo.generate."""
+    assert qwen2_engine.batching
+    assert_same_as_alone(qwen2_engine)
+    assert qwen2_engine.stats()["running"] == 0
+
+
+def test_batched_greedy_equals_alone_hunyuan():
+    engine = started("demo:hunyuan", prefill_step_size=16)
+    try:
+        assert engine.batching
+        assert_same_as_alone(engine, count=6)
+    finally:
+        engine.stop()
+
+
+def test_llama4_per_sequence_fallback():
+    """The llama4 demo's temperature-tuned NoPE layers need an integer offset: the start-up probe
+    finds that and the engine decodes per sequence, with the same results."""
+    engine = started("demo:llama4")
+    try:
+        assert not engine.batching
+        assert_same_as_alone(engine, count=4, max_tokens=16)
+    finally:
+        engine.stop()
+
+
+def test_llama4_chunked_attention_batched(tmp_path):
+    """Without temperature tuning the llama4 model takes per-row offsets: its chunked layers
+    (chunk 32, crossed by the prompts) run batched, equal to decoding alone."""
+    model_dir = tmp_path / "llama4"
+    shutil.copytree(mlx_zoo.resolve_model_dir("demo:llama4"), model_dir)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["attn_temperature_tuning"] = False
+    (model_dir / "config.json").write_text(json.dumps(config))
+    engine = started(str(model_dir), prefill_step_size=16)
+    try:
+        assert engine.batching
+        assert_same_as_alone(engine, count=6, max_tokens=40)
+    finally:
+        engine.stop()
+
+
+def test_prefix_cache_reuse(qwen2_engine):
+    prompt = chat_prompts(qwen2_engine.tokenizer, 3)[2]
+    first = run_engine(qwen2_engine, [prompt], SamplingParams(max_tokens=8))[0]
+    second = run_engine(qwen2_engine, [prompt], SamplingParams(max_tokens=8))[0]
+    assert second[-1]["cached_tokens"] == len(prompt) - 1
+    assert text_of(first) == text_of(second)
+
+
+def test_sampling_per_request_seeded(qwen2_engine):
+    """Seeded sampling is reproducible whatever else runs in the batch; greedy rows next to
+    sampled ones are unaffected."""
+    prompts = chat_prompts(qwen2_engine.tokenizer, 3)
+    sampled = SamplingParams(max_tokens=16, temperature=1.0, top_k=20, seed=7)
+    greedy = SamplingParams(max_tokens=16)
+    a = run_engine(qwen2_engine, prompts, [sampled, greedy, sampled])
+    b = run_engine(qwen2_engine, prompts[:1], sampled)
+    assert text_of(a[0]) == text_of(b[0])
+    alone = mlx_zoo.generate(qwen2_engine.model, qwen2_engine.tokenizer, prompts[1],
+                             max_tokens=16)
+    assert text_of(a[1]) == alone.text
+
+
+def test_logit_bias_and_stop(qwen2_engine):
+    prompt = chat_prompts(qwen2_engine.tokenizer, 1)[0]
+    alone = mlx_zoo.generate(qwen2_engine.model, qwen2_engine.tokenizer, prompt, max_tokens=12)
+    banned = alone.tokens[0]
+    events = run_engine(qwen2_engine, [prompt],
+                        SamplingParams(max_tokens=12, logit_bias={banned: -100.0}))[0]
+    assert events[0]["token"] != banned
+    stop = alone.text[5:9]
+    events = run_engine(qwen2_engine, [prompt], SamplingParams(max_tokens=12, stop=[stop]))[0]
+    assert text_of(events) == alone.text[:alone.text.index(stop)]
+    assert events[-1]["finish_reason"] == "stop"
+
+
+def test_prompt_logprobs_match_full_forward(qwen2_engine):
+    ids = qwen2_engine.tokenizer.encode("def add(a, b): return a + b")
+    events = run_engine(qwen2_engine, [ids], SamplingParams(max_tokens=0, logprobs=True,
+                                                            prompt_logprobs=True,
+                                                            top_logprobs=2))[0]
+    entries = next(e for e in events if e["type"] == "prompt_logprobs")["entries"]
+    assert entries[0] is None and len(entries) == len(ids)
+    logits = qwen2_engine.model(mx.array(ids)[None])[0].astype(mx.float32)
+    logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+    for t, (token, value, top) in enumerate(entries[1:], start=1):
+        assert token == ids[t]
+        assert abs(value - logprobs[t - 1, ids[t]].item()) < 1e-3
+        assert len(top) == 2 and top[0][1] >= top[1][1]
+    assert events[-1]["completion_tokens"] == 0
+
+
+def test_kv_bits_engine():
+    engine = started("demo:qwen2", kv_bits=8)
+    try:
+        prompts = chat_prompts(engine.tokenizer, 4)
+        results = run_engine(engine, prompts, SamplingParams(max_tokens=16))
+        assert all(r[-1]["type"] == "done" for r in results)
+        assert engine.batching and engine._caches is None  # all left; batch caches freed
+        alone = mlx_zoo.generate(engine.model, engine.tokenizer, prompts[0], max_tokens=16,
+                                 kv_bits=8)
+        assert text_of(results[0])[:10] == alone.text[:10]  # 8-bit: the same start
+    finally:
+        engine.stop()
+
+
+def test_cancel_frees_slot(qwen2_engine):
+    prompt = chat_prompts(qwen2_engine.tokenizer, 1)[0]
+    seen = threading.Event()
+    seq = Seq(prompt, SamplingParams(max_tokens=100_000 // 100), lambda e: seen.set())
+    qwen2_engine.submit([seq])
+    assert seen.wait(TIMEOUT_S)
+    qwen2_engine.cancel([seq])
+    for _ in range(200):
+        if qwen2_engine.stats()["running"] == 0:
+            break
+        threading.Event().wait(0.05)
+    assert qwen2_engine.stats()["running"] == 0
