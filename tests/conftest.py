@@ -84,13 +84,5 @@ def fake_distribution(root: Path, name: str, entry_points: dict[str, str],
     return root
 
 
-@pytest.fixture
-def isolated_registry(monkeypatch):
-    """Fresh plugin manager and in-process registrations, restored afterwards."""
-    from mlx_zoo import registry
-
-    monkeypatch.setattr(registry, "_manager", None)
-    monkeypatch.setattr(registry, "_in_process", {})
-    monkeypatch.delenv("MLX_ZOO_PLUGINS", raising=False)
-    monkeypatch.delenv("MLX_ZOO_PREFER", raising=False)
-    yield registry
+# ``isolated_registry`` (a fresh plugin registry per test) comes from the plugin-author kit's
+# pytest plugin, mlx_zoo.testing.pytest_plugin, registered by the core's distribution.

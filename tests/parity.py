@@ -1,21 +1,18 @@
 """Shared helpers for the parity tests: tiny torch reference models whose attention is sharp,
 the relative error measure, and the incremental-decoding check.
 
-The measure everywhere is ``max |ours - ref| / max |ref|`` in float32 (see the plugin issues).
+The measure everywhere is ``max |ours - ref| / max |ref|`` in float32 (see the plugin issues):
+the plugin-author kit's :func:`mlx_zoo.testing.relative_error`, with its tolerance.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-TOLERANCE = 1e-4
-WEIGHT_STD = 0.4  # std of the random weights: large enough that attention is sharp
+from mlx_zoo.testing import TOLERANCE, WEIGHT_STD
+from mlx_zoo.testing import relative_error as rel_err
 
-
-def rel_err(ours, ref) -> float:
-    ours, ref = np.asarray(ours, dtype=np.float64), np.asarray(ref, dtype=np.float64)
-    assert ours.shape == ref.shape, (ours.shape, ref.shape)
-    return float(np.abs(ours - ref).max() / np.abs(ref).max())
+__all__ = ["TOLERANCE", "WEIGHT_STD", "rel_err"]
 
 
 def sharpen(torch_model, std: float = WEIGHT_STD, seed: int = 0) -> None:

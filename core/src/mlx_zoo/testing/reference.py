@@ -1,0 +1,55 @@
+"""References a plugin's logits are checked against: a transformers class, or any callable."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+Reference = Callable[[dict, Mapping[str, Any], Any], Any]
+"""``reference(config, weights, ids) -> logits``: config.json as a dict, the checkpoint's weights
+(names -> numpy arrays), token ids ``(batch, length)`` (numpy); logits ``(batch, length, vocab)``."""
+
+
+def transformers_model(class_name: str, config: Mapping[str, Any],
+                       weights: Mapping[str, Any] | None = None):
+    """transformers' ``class_name`` (e.g. ``"LlamaForCausalLM"``) built from ``config`` (a
+    config.json dict, or a transformers config object) in float32 eval mode, with ``weights``
+    loaded. Every weight must be used and every parameter given (a tied ``lm_head`` excepted)."""
+    import numpy as np
+    import torch
+    import transformers
+
+    cls = getattr(transformers, class_name)
+    if isinstance(config, Mapping):
+        fields = {k: v for k, v in config.items() if k not in ("model_type", "quantization")}
+        config = cls.config_class(**fields)
+    torch.manual_seed(0)
+    model = cls(config).float().eval()
+    if weights is not None:
+        state = {k: torch.from_numpy(np.array(v, dtype=np.float32)) for k, v in weights.items()}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        if getattr(config, "tie_word_embeddings", False):
+            model.tie_weights()
+            missing = [k for k in missing if k != "lm_head.weight"]
+        if missing or unexpected:
+            raise AssertionError(f"{class_name} does not take these weights: missing {missing}, "
+                                 f"unexpected {unexpected}")
+    return model
+
+
+def torch_logits(model: Any, ids: Any):
+    """Float32 numpy logits of a transformers causal LM for numpy token ids."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.from_numpy(ids).long()).logits.float().numpy()
+
+
+def transformers_reference(class_name: str) -> Reference:
+    """A :data:`Reference` computing logits with transformers' ``class_name``."""
+
+    def reference(config: dict, weights: Mapping[str, Any], ids: Any):
+        return torch_logits(transformers_model(class_name, config, weights), ids)
+
+    reference.__name__ = f"transformers.{class_name}"
+    return reference
