@@ -257,3 +257,33 @@ def test_disconnect_mid_stream_frees_slot(server, client):
         time.sleep(0.1)
     assert body["running"] == 0, body
     assert body["generated_tokens"] - before < 1500  # stopped long before its 3000 tokens
+
+
+def test_response_format_json_schema(client):
+    pytest.importorskip("llguidance")
+    schema = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 16}},
+              "required": ["city"], "additionalProperties": False}
+    reply = client.chat.completions.create(
+        model=MODEL, messages=user("Where is the Eiffel tower? Answer in JSON."), max_tokens=100,
+        temperature=0, response_format={"type": "json_schema",
+                                        "json_schema": {"name": "place", "schema": schema}})
+    assert list(json.loads(reply.choices[0].message.content)) == ["city"]
+    reply = client.chat.completions.create(model=MODEL, messages=user("JSON please"),
+                                           max_tokens=100, temperature=0,
+                                           response_format={"type": "json_object"})
+    content = reply.choices[0].message.content
+    assert content.startswith("{")  # the demo model may ramble inside a string until max_tokens
+    if reply.choices[0].finish_reason == "stop":
+        assert isinstance(json.loads(content), dict)
+
+
+def test_tools_accepted_and_refusals(client):
+    tools = [{"type": "function", "function": {
+        "name": "get_weather", "description": "weather of a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}}}}]
+    reply = client.chat.completions.create(model=MODEL, messages=user("weather in Paris?"),
+                                           max_tokens=8, temperature=0, tools=tools)
+    assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    with pytest.raises(openai.BadRequestError):
+        client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=4,
+                                       tools=tools, tool_choice="required")

@@ -287,3 +287,55 @@ def test_cancel_frees_slot(qwen2_engine):
             break
         threading.Event().wait(0.05)
     assert qwen2_engine.stats()["running"] == 0
+
+
+# -- structured output and tool calls ---------------------------------------------------------
+
+
+def test_json_schema_enforced(qwen2_engine):
+    """Greedy and sampled answers under a JSON schema parse and validate (the demo model left to
+    itself writes prose)."""
+    pytest.importorskip("llguidance")
+    from mlx_zoo.serve.protocol import APIError
+    from mlx_zoo.serve.structured import processor_factory
+
+    schema = {"type": "object", "properties": {"name": {"type": "string", "maxLength": 20},
+                                               "age": {"type": "integer"}},
+              "required": ["name", "age"], "additionalProperties": False}
+    make = processor_factory({"type": "json_schema", "json_schema": {"schema": schema}},
+                             qwen2_engine.tokenizer, qwen2_engine.vocab_size)
+    anything = processor_factory({"type": "json_object"}, qwen2_engine.tokenizer,
+                                 qwen2_engine.vocab_size)
+    prompts = chat_prompts(qwen2_engine.tokenizer, 3)
+    results = run_engine(qwen2_engine, prompts, [
+        SamplingParams(max_tokens=200, processor_factory=make),
+        SamplingParams(max_tokens=200, processor_factory=anything),
+        SamplingParams(max_tokens=200, temperature=1.0, seed=1, processor_factory=make)])
+    for events in (results[0], results[2]):
+        value = json.loads(text_of(events))
+        assert set(value) == {"name", "age"} and isinstance(value["age"], int)
+        assert events[-1]["finish_reason"] == "stop"
+    assert text_of(results[1]).startswith("{")  # json_object: the demo may ramble in a string
+    if results[1][-1]["finish_reason"] == "stop":
+        assert isinstance(json.loads(text_of(results[1])), dict)
+    with pytest.raises(APIError):
+        processor_factory({"type": "json_schema", "json_schema": {"schema": {"type": "nonsense"}}},
+                          qwen2_engine.tokenizer, qwen2_engine.vocab_size)
+    with pytest.raises(APIError):
+        processor_factory({"type": "grammar"}, qwen2_engine.tokenizer, qwen2_engine.vocab_size)
+
+
+def test_tool_call_parser_streaming():
+    from mlx_zoo.serve.tools import DEFAULT_PARSER
+
+    stream = DEFAULT_PARSER.stream()
+    text = ('Let me look. <tool_call>\n{"name": "get_weather", "arguments": {"city": "Paris"}}'
+            '\n</tool_call>')
+    shown = "".join(stream.feed(text[i:i + 3]) for i in range(0, len(text), 3))
+    rest, calls = stream.finish()
+    assert shown == "Let me look. " and rest == ""
+    assert calls[0]["function"] == {"name": "get_weather", "arguments": '{"city": "Paris"}'}
+    assert calls[0]["type"] == "function" and calls[0]["id"].startswith("call_")
+    plain = DEFAULT_PARSER.stream()
+    assert plain.feed("a <tool") == "a " and plain.feed("box>") == "<toolbox>"
+    assert plain.finish() == ("", [])

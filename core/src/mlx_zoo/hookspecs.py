@@ -174,3 +174,11 @@ def register_rope_variants() -> dict[str, type]:
 def register_cache_classes() -> dict[str, type]:
     """Return this plugin's KV-cache classes by a namespaced name, e.g.
     ``{"mlx_myarch.SharedKVCache": SharedKVCache}``, so saved prompt caches can be reloaded."""
+
+
+@hookspec
+def register_tool_parsers() -> dict[str, Any]:
+    """Return tool-call parsers by model_type, e.g. ``{"myarch": ToolCallParser("<call>",
+    "</call>")}``: how the model family writes a tool call, for ``mlx-zoo serve`` to return it in
+    the OpenAI shape (see :mod:`mlx_zoo.serve.tools`; the default reads Qwen/Hermes-style
+    ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``). Optional."""
