@@ -136,18 +136,29 @@ def check_cache(cache: Any, layers: int) -> list:
 
 
 class Decoder(nn.Module):
-    """The decoder stack: token embedding, :class:`DecoderLayer` s, final RMSNorm."""
+    """The decoder stack: token embedding, :class:`DecoderLayer` s, final RMSNorm; with a
+    ``sliding_window``, attention sees that many positions (with or without a cache)."""
 
-    def __init__(self, args: DecoderArgs, **options: Any):
+    def __init__(self, args: DecoderArgs, *, sliding_window: int | None = None, **options: Any):
         super().__init__()
+        self.sliding_window = sliding_window
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
         self.layers = [DecoderLayer(args, **options) for _ in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
 
+    def make_cache(self) -> list:
+        """One cache per layer: a window of ``sliding_window`` positions, or all of them."""
+        if self.sliding_window is None:
+            return [KVCache() for _ in self.layers]
+        return [RotatingKVCache(self.sliding_window) for _ in self.layers]
+
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         cache = check_cache(cache, len(self.layers))
         h = self.embed_tokens(inputs)
-        mask = mask_for(cache[0], h.shape[1])
+        first = cache[0]
+        if first is None and self.sliding_window is not None:  # no cache: still the window
+            first = RotatingKVCache(self.sliding_window)
+        mask = mask_for(first, h.shape[1])
         for layer, layer_cache in zip(self.layers, cache, strict=True):
             h = layer(h, mask, layer_cache)
         return self.norm(h)
@@ -157,14 +168,14 @@ class DecoderLM(CausalLM):
     """A :class:`Decoder` and its head (:class:`~mlx_zoo.CausalLM`), with ``sanitize``,
     ``make_cache`` and ``shard``; a plugin's ``Model`` passes the options that differ.
 
-    ``sliding_window`` (an int, or None for full attention) gives every layer a
-    :class:`~mlx_zoo.RotatingKVCache` of that many positions; the other options
-    (``qkv_bias``, ``o_bias``, ``qk_norm``, ``mlp_bias``) go to each :class:`DecoderLayer`.
+    ``sliding_window`` (an int, or None for full attention) limits every layer's attention to
+    that many positions and gives it a :class:`~mlx_zoo.RotatingKVCache` of that size; the other
+    options (``qkv_bias``, ``o_bias``, ``qk_norm``, ``mlp_bias``) go to each
+    :class:`DecoderLayer`.
     """
 
-    def __init__(self, args: DecoderArgs, *, sliding_window: int | None = None, **options: Any):
+    def __init__(self, args: DecoderArgs, **options: Any):
         super().__init__(args, Decoder(args, **options))
-        self.sliding_window = sliding_window
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop rotary ``inv_freq`` buffers (RoPE is recomputed) and, for tied embeddings, the
@@ -175,10 +186,8 @@ class DecoderLM(CausalLM):
         return weights
 
     def make_cache(self) -> list:
-        """One cache per layer: a window of ``sliding_window`` positions, or all of them."""
-        if self.sliding_window is None:
-            return [KVCache() for _ in self.layers]
-        return [RotatingKVCache(self.sliding_window) for _ in self.layers]
+        """The decoder's caches (:meth:`Decoder.make_cache`)."""
+        return self.model.make_cache()
 
     def shard(self, group: mx.distributed.Group | None = None) -> None:
         """Megatron-style tensor parallelism over ``group`` (Shoeybi et al. 2019,
