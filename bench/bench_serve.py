@@ -1,0 +1,142 @@
+"""Serving throughput: ``mlx-zoo serve`` against ``mlx_lm.server`` on the same checkpoint.
+
+For each concurrency C in 1, 2, 4, 8, 16, C client threads each send ``--requests-per-client``
+streamed chat requests (greedy, ``max_tokens`` fixed, end-of-sequence banned through
+``logit_bias`` so every answer has the same length) and the figures are: aggregate generated
+tokens per second over the wall time of the round, and p50/p95 time to first token (first content
+chunk). Each server runs as a subprocess on 127.0.0.1 and is stopped at the end.
+
+    python bench/bench_serve.py --model demo:qwen2            # both servers
+    python bench/bench_serve.py --model DIR --only mlx-zoo
+
+``mlx_lm.server`` needs a directory mlx-lm can load (``demo:NAME`` is resolved to its directory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+PROMPTS = ["hello there", "what is a plugin?", "write a function that adds two numbers",
+           "tell me about caches", "sort a list", "open a file and read it"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_up(url: str, process: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process.poll() is not None:
+            raise RuntimeError(f"server exited with {process.returncode}")
+        try:
+            with urllib.request.urlopen(f"{url}/v1/models", timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError("server did not start")
+
+
+def start(kind: str, model: str, port: int, concurrency: int) -> subprocess.Popen:
+    if kind == "mlx-zoo":
+        cmd = [sys.executable, "-m", "mlx_zoo.serve", "--model", model, "--port", str(port),
+               "--max-concurrency", str(concurrency), "--log-level", "warning"]
+    else:
+        cmd = [sys.executable, "-m", "mlx_lm", "server", "--model", model, "--port", str(port),
+               "--log-level", "WARNING"]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def one_request(url: str, model: str, prompt: str, max_tokens: int) -> tuple[float, int, float]:
+    """(time to first token, tokens, total time) of one streamed chat request."""
+    body = {"model": model, "messages": [{"role": "user", "content": prompt}],
+            "max_tokens": max_tokens, "temperature": 0, "stream": True,
+            "logit_bias": {"0": -100, "2": -100}}
+    request = urllib.request.Request(f"{url}/v1/chat/completions",
+                                     data=json.dumps(body).encode(),
+                                     headers={"Content-Type": "application/json"})
+    start = time.perf_counter()
+    first, tokens = None, 0
+    with urllib.request.urlopen(request, timeout=600) as response:
+        for raw in response:
+            line = raw.decode().strip()
+            if not line.startswith("data:") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[5:])
+            for choice in chunk.get("choices", []):
+                if (choice.get("delta") or {}).get("content"):
+                    tokens += 1
+                    if first is None:
+                        first = time.perf_counter() - start
+    return first or 0.0, tokens, time.perf_counter() - start
+
+
+def bench_round(url: str, model: str, concurrency: int, per_client: int,
+                max_tokens: int) -> dict:
+    jobs = [PROMPTS[i % len(PROMPTS)] for i in range(concurrency * per_client)]
+    start = time.perf_counter()
+    with ThreadPoolExecutor(concurrency) as pool:
+        results = list(pool.map(lambda p: one_request(url, model, p, max_tokens), jobs))
+    wall = time.perf_counter() - start
+    ttfts = sorted(r[0] for r in results)
+    tokens = sum(r[1] for r in results)
+    return {"concurrency": concurrency, "requests": len(jobs), "tokens": tokens,
+            "tok_per_s": tokens / wall, "ttft_p50": statistics.median(ttfts),
+            "ttft_p95": ttfts[min(len(ttfts) - 1, int(0.95 * len(ttfts)))]}
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--model", default="demo:qwen2")
+    parser.add_argument("--concurrency", default="1,2,4,8,16")
+    parser.add_argument("--requests-per-client", type=int, default=2)
+    parser.add_argument("--max-tokens", type=int, default=64)
+    parser.add_argument("--only", choices=["mlx-zoo", "mlx-lm"], default=None)
+    args = parser.parse_args()
+    model = args.model
+    served = {}
+    if model.startswith("demo:"):
+        import mlx_zoo
+
+        served["mlx-lm"] = str(mlx_zoo.resolve_model_dir(model))
+    levels = [int(c) for c in args.concurrency.split(",")]
+    rows = []
+    for kind in ("mlx-zoo", "mlx-lm"):
+        if args.only and kind != args.only:
+            continue
+        port = free_port()
+        name = served.get(kind, model)
+        process = start(kind, name, port, max(levels))
+        url = f"http://127.0.0.1:{port}"
+        try:
+            wait_up(url, process)
+            one_request(url, name, "warm up", 8)
+            for c in levels:
+                row = {"server": kind, **bench_round(url, name, c, args.requests_per_client,
+                                                     args.max_tokens)}
+                rows.append(row)
+                print(f"{kind:8} C={c:<3} {row['tok_per_s']:8.1f} tok/s  TTFT p50 "
+                      f"{row['ttft_p50'] * 1000:7.1f} ms  p95 {row['ttft_p95'] * 1000:7.1f} ms  "
+                      f"({row['requests']} requests, {row['tokens']} tokens)", flush=True)
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                process.kill()
+    print(json.dumps(rows))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
