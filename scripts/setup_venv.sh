@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A fresh virtual environment (.venv) with the core (and its `generate` extra) and every plugin
+# A fresh virtual environment (.venv) with the core (and its `generate` and `serve` extras) and every plugin
 # in plugins/, installed from this checkout. Extra arguments go to the same `pip install`
 # (e.g. -r requirements-test.txt). Used by demo.sh and test.sh.
 set -euo pipefail
@@ -8,4 +8,4 @@ PYTHON=${PYTHON:-python3}
 "$PYTHON" -m venv --clear .venv
 .venv/bin/python -m pip install --quiet --upgrade pip setuptools wheel
 .venv/bin/python -m pip install --quiet --no-build-isolation \
-    "./core[generate]" ./plugins/mlx-* "$@"
+    "./core[generate,serve]" ./plugins/mlx-* "$@"

@@ -1,4 +1,4 @@
-"""The ``mlx-zoo`` command: ``list``, ``info``, ``generate``, ``chat``, ``convert``.
+"""The ``mlx-zoo`` command: ``list``, ``info``, ``generate``, ``chat``, ``convert``, ``serve``.
 
 Each subcommand lives in its own function and imports what it needs only when it runs, so
 ``mlx-zoo list`` stays fast and never imports a plugin it does not check.
@@ -264,6 +264,22 @@ COMMANDS["chat"] = ("chat with a model (one message per input line)", _add_chat,
 from .convert import COMMAND as _CONVERT  # noqa: E402 (after the commands it is listed with)
 
 COMMANDS["convert"] = _CONVERT
+
+
+def _add_serve(p: argparse.ArgumentParser) -> None:
+    from .serve import add_arguments  # imports nothing heavy: the server loads on run
+
+    add_arguments(p)
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    """An OpenAI-compatible HTTP server with continuous batching (needs mlx-zoo[serve])."""
+    from .serve import run
+
+    return run(args)
+
+
+COMMANDS["serve"] = ("serve a model over an OpenAI-compatible HTTP API", _add_serve, cmd_serve)
 
 
 def build_parser() -> argparse.ArgumentParser:
