@@ -3,7 +3,8 @@
 Llama, Mistral, Qwen2 and their many relatives are one architecture with switches::
 
     token ids -> embed_tokens -> N x DecoderLayer -> norm -> lm_head (or the tied embedding)
-    DecoderLayer:  h = x + self_attn(input_layernorm(x));  out = h + mlp(post_attention_layernorm(h))
+    DecoderLayer:  h = x + self_attn(input_layernorm(x))
+                   out = h + mlp(post_attention_layernorm(h))
     self_attn:     grouped-query attention, RoPE from the config (:func:`mlx_zoo.get_rope`)
     mlp:           SwiGLU, down(silu(gate(x)) * up(x))
 
@@ -60,11 +61,9 @@ class DecoderArgs(BaseModelArgs):
     rope_scaling: RopeScaling | None = None  # context extension (variants: mlx_zoo.rope)
     tie_word_embeddings: bool = False  # logits through the transposed embedding, no lm_head
 
-    def __post_init__(self):
-        if self.num_key_value_heads is None:
-            self.num_key_value_heads = self.num_attention_heads
-        if self.head_dim is None:
-            self.head_dim = self.hidden_size // self.num_attention_heads
+    def __post_init__(self):  # the defaults derived from other fields (both positive or None)
+        self.num_key_value_heads = self.num_key_value_heads or self.num_attention_heads
+        self.head_dim = self.head_dim or self.hidden_size // self.num_attention_heads
 
 
 class Attention(nn.Module):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 
 import mlx.nn as nn
+import numpy as np
 import pytest
 
 import mlx_zoo
@@ -21,6 +22,7 @@ from mlx_zoo.testing import (
 )
 
 YARN = {"rope_type": "yarn", "factor": 4.0, "original_max_position_embeddings": 16}
+IDS = np.arange(40)[None] % 320
 BASE = dict(vocab_size=320, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=64,
             rope_theta=10000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
@@ -55,14 +57,13 @@ def test_mlx_lm_reads_ours_and_we_read_its_quantized_conversion(checkpoint, tmp_
     ours, config = mlx_zoo.load(checkpoint, **PLAIN)
     mlx_zoo.save(ours, config, tmp_path / "saved")
     theirs, _ = load_model(tmp_path / "saved")
-    ids = __import__("numpy").arange(40)[None] % 320
-    assert relative_error(logits(theirs, ids), logits(ours, ids)) < TOLERANCE
+    assert relative_error(logits(theirs, IDS), logits(ours, IDS)) < TOLERANCE
     convert(str(tmp_path / "saved"), mlx_path=str(tmp_path / "q4"), quantize=True,
             q_group_size=32, q_bits=4)
     ours, _ = mlx_zoo.load(tmp_path / "q4", **PLAIN)
     assert isinstance(ours.model.layers[0].self_attn.q_proj, nn.QuantizedLinear)
     theirs, _ = load_model(tmp_path / "q4")
-    assert relative_error(logits(ours, ids), logits(theirs, ids)) < TOLERANCE
+    assert relative_error(logits(ours, IDS), logits(theirs, IDS)) < TOLERANCE
 
 
 def test_mixed_precision_per_layer_overrides_from_mlx_lm(checkpoint, tmp_path):
@@ -79,8 +80,7 @@ def test_mixed_precision_per_layer_overrides_from_mlx_lm(checkpoint, tmp_path):
     modules = dict(ours.named_modules())
     assert all(modules[path].bits == bits for path, bits in overrides.items())
     theirs, _ = load_model(tmp_path / "mixed")
-    ids = __import__("numpy").arange(40)[None] % 320
-    assert relative_error(logits(ours, ids), logits(theirs, ids)) < TOLERANCE
+    assert relative_error(logits(ours, IDS), logits(theirs, IDS)) < TOLERANCE
 
 
 def test_transformers5_dialect_where_mlx_lm_goes_wrong(checkpoint, tmp_path):
@@ -90,8 +90,7 @@ def test_transformers5_dialect_where_mlx_lm_goes_wrong(checkpoint, tmp_path):
 
     from mlx_zoo.testing import TinyCase, torch_logits
 
-    case = TinyCase("untied", {**BASE, "tie_word_embeddings": False}, checkpoint,
-                    __import__("numpy").arange(40)[None] % 320)
+    case = TinyCase("untied", {**BASE, "tie_word_embeddings": False}, checkpoint, IDS)
     hf = transformers_model("Qwen2ForCausalLM", {**case.config, "model_type": "qwen2"},
                             case.weights())
     hf.save_pretrained(tmp_path / "hf")

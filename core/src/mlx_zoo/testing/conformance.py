@@ -10,16 +10,22 @@ import shutil
 import subprocess
 import sys
 import textwrap
-import threading
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
 import pytest
 
-from .helpers import (BROKEN, PLAIN, TOKENIZER_VOCAB, TOLERANCE, relative_error,
-                      write_tiny_checkpoint)
+from .helpers import (
+    BROKEN,
+    PLAIN,
+    TOKENIZER_VOCAB,
+    TOLERANCE,
+    relative_error,
+    write_tiny_checkpoint,
+)
 from .reference import Reference, torch_logits, transformers_model, transformers_reference
 
 # Parity is checked in float32 within 1e-4: on GPUs with TensorFloat-32, MLX's CUDA backend would
@@ -62,20 +68,9 @@ def decode_steps(total: int, prefill: int = 17, chunk: int = 5) -> list[int]:
 
 
 def _in_thread(fn: Callable[[], Any]) -> Any:
-    out: dict[str, Any] = {}
-
-    def run() -> None:
-        try:
-            out["value"] = fn()
-        except BaseException as e:  # handed back to the test
-            out["error"] = e
-
-    thread = threading.Thread(target=run)
-    thread.start()
-    thread.join()
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
+    """``fn()`` run in a new thread (its exception re-raised here)."""
+    with ThreadPoolExecutor(max_workers=1) as pool:
+        return pool.submit(fn).result()
 
 
 ISOLATION_SCRIPT = textwrap.dedent("""
@@ -440,9 +435,9 @@ class PluginConformance:
         for key in keys:
             bad = tmp_path / key
             bad.mkdir()
-            (bad / "config.json").write_text(json.dumps({**base.config, "model_type":
-                                                         self.model_type, key: "bad" if not
-                                                         isinstance(base.config[key], str) else 1.5}))
+            wrong = "bad" if not isinstance(base.config[key], str) else 1.5  # a wrong type
+            raw = {**base.config, "model_type": self.model_type, key: wrong}
+            (bad / "config.json").write_text(json.dumps(raw))
             shutil.copy(base.path / "model.safetensors", bad)
             with pytest.raises(mlx_zoo.ConfigError) as error:
                 mlx_zoo.load(bad)

@@ -148,8 +148,9 @@ def write_tiny_checkpoint(directory: str | os.PathLike, model_type: str,
     """Write a checkpoint of ``model_type`` into ``directory``: ``config.json`` (``config`` as
     given, with ``model_type``), ``model.safetensors`` with sharpened random weights
     (:func:`tiny_weights`, reproducible from ``seed``) and the tiny tokenizer
-    (:func:`write_tiny_tokenizer`, filled up to the config's ``vocab_size``). The plugin serving ``model_type`` builds the model, so the
-    weight names are the plugin's checkpoint names. Returns ``directory``."""
+    (:func:`write_tiny_tokenizer`, filled up to the config's ``vocab_size``). The plugin serving
+    ``model_type`` builds the model, so the weight names are the plugin's checkpoint names.
+    Returns ``directory``."""
     import mlx.core as mx
 
     directory = Path(directory)

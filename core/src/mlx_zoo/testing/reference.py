@@ -6,8 +6,9 @@ from collections.abc import Callable, Mapping
 from typing import Any
 
 Reference = Callable[[dict, Mapping[str, Any], Any], Any]
-"""``reference(config, weights, ids) -> logits``: config.json as a dict, the checkpoint's weights
-(names -> numpy arrays), token ids ``(batch, length)`` (numpy); logits ``(batch, length, vocab)``."""
+"""``reference(config, weights, ids) -> logits``: config.json as a dict, the checkpoint's
+weights (names -> numpy arrays), token ids ``(batch, length)`` (numpy); logits
+``(batch, length, vocab)``."""
 
 
 def transformers_model(class_name: str, config: Mapping[str, Any],
