@@ -90,7 +90,7 @@ def test_register_in_process_without_packaging(tmp_path, testplugin):
 
 
 def test_unknown_model_type_names_package_and_installed(tmp_path, testplugin, monkeypatch):
-    monkeypatch.setitem(registry.KNOWN_PACKAGES, "zoo_absent", "mlx-zoo-absent")
+    monkeypatch.setattr(registry, "known_package", {"zoo_absent": "mlx-zoo-absent"}.get)
     ckpt = write_tiny_checkpoint(tmp_path / "q", model_type="zoo_absent")
     with pytest.raises(PluginNotFoundError) as e:
         mlx_zoo.load(ckpt)

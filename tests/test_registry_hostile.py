@@ -181,7 +181,7 @@ def test_plugin_argument_naming_a_disabled_provider(tiny_checkpoint, monkeypatch
 
 
 def test_chosen_distribution_when_nothing_provides_the_type(tmp_path, testplugin, monkeypatch):
-    monkeypatch.setitem(registry.KNOWN_PACKAGES, "zoo_absent", "mlx-zoo-absent")
+    monkeypatch.setattr(registry, "known_package", {"zoo_absent": "mlx-zoo-absent"}.get)
     ckpt = write_tiny_checkpoint(tmp_path / "a", model_type="zoo_absent")
     with pytest.raises(PluginNotFoundError, match="No installed distribution provides it. "
                        "Install it with: pip install mlx-zoo-absent"):

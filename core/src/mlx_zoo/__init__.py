@@ -14,7 +14,10 @@ generation; each architecture ships as its own plugin distribution.
 from . import blas as blas  # noqa: I001 (must stay first)
 from .cache import (ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, load_prompt_cache,
                     make_prompt_cache, save_prompt_cache)
-from .config import BaseModelArgs, RopeScaling, normalize_config, read_config
+from .checks import (Divides, NonNegativeFloat, NonNegativeInt, PositiveFloat, PositiveInt, Range,
+                     check_value)
+from .config import (QUANTIZATION_CONFIG_KEY, QUANTIZATION_KEY, BaseModelArgs, RopeScaling,
+                     internal_field, normalize_config, read_config)
 from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZooError,
                      PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
                      QuantizationError, SafetensorsError, SaveError, ShardingError,
@@ -22,12 +25,13 @@ from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZo
 from .fusion import FusedLinear, fuse_projections, project, unfuse_projections
 from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
                        reuse_prompt_cache, stream_generate)
-from .hookspecs import SPEC_VERSION, Architecture, Model, hookimpl
+from .hookspecs import (SPEC_VERSION, Architecture, MakesCache, Model, QuantizePredicate, Sanitizes,
+                        Shards, hookimpl)
 from .layers import (CausalLM, SwiGLU, SwitchGLU, SwitchLinear, attention, mask_for,
                      merge_heads, split_heads)
 from .loading import ModelNotFoundError, load, resolve_model_dir, save
 from .registry import list_plugins, register, unregister
-from .rope import RoPE, get_rope
+from .rope import RoPE, default_periods, get_rope, validate_rope_scaling
 from .sample import make_logits_processors, make_sampler
 from .sharding import shard_attention, shard_experts, shard_mlp
 from .tokenizer import Tokenizer, load_tokenizer
@@ -51,4 +55,8 @@ __all__ = [
     "stream_generate",
     "ShardingError", "shard_attention", "shard_experts", "shard_mlp",
     "QuantizationError", "SaveError",
+    "Divides", "NonNegativeFloat", "NonNegativeInt", "PositiveFloat", "PositiveInt", "Range",
+    "check_value", "QUANTIZATION_CONFIG_KEY", "QUANTIZATION_KEY", "internal_field",
+    "default_periods", "validate_rope_scaling",
+    "MakesCache", "QuantizePredicate", "Sanitizes", "Shards",
 ]

@@ -14,46 +14,66 @@ Two dialects of config.json are in the wild and both are read into one form:
 strictly: ``"2"`` is no number -- and the range the field declares (:class:`Range`,
 :data:`PositiveInt` and friends; every float must be finite), then the checks across fields
 (:class:`Divides`, the RoPE scaling, a plugin's own :meth:`~BaseModelArgs.validate`), and names
-the file and key of any failure in a :class:`~mlx_zoo.ConfigError`.
+the file and key of any failure in a :class:`~mlx_zoo.ConfigError`. The checks themselves live in
+:mod:`mlx_zoo.checks` (re-exported here and from ``mlx_zoo``).
+
+A config object carries everything it read, explicitly: its declared fields, ``extra`` (the keys
+of config.json the dataclass does not declare, kept for :meth:`~BaseModelArgs.to_dict`) and
+``quantization`` (mlx-lm's quantization entry, or ``None``). :meth:`~BaseModelArgs.to_dict` is a
+function of those alone, so :func:`mlx_zoo.save` writes the same config.json whatever happened to
+the model in between (fused, sharded, quantized and dequantized again).
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
-import math
-import types
 import typing
 from pathlib import Path
-from typing import Annotated, Any, TypedDict
+from typing import Any, ClassVar
 
+from .checks import (
+    FLOAT32_MAX,
+    MAX_SIZE,
+    Divides,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
+    check_value,
+    markers,
+    type_name,
+)
 from .errors import ConfigError
+from .rope import RopeScaling, validate_rope_scaling
+
+__all__ = [
+    "CONFIG_FILE", "FLOAT32_MAX", "MAX_SIZE", "NESTED_CONFIGS", "QUANTIZATION_CONFIG_KEY",
+    "QUANTIZATION_KEY", "BaseModelArgs", "Divides", "NonNegativeFloat", "NonNegativeInt",
+    "PositiveFloat", "PositiveInt", "Range", "RopeScaling", "check_value", "internal_field",
+    "is_internal", "normalize_config", "normalize_rope_scaling", "read_config",
+]
 
 CONFIG_FILE = "config.json"
 
+QUANTIZATION_KEY = "quantization"
+"""config.json key written by mlx-lm's convert: ``{"group_size", "bits", "mode"?}`` plus
+per-layer overrides keyed by module path (see :func:`mlx_zoo.weights.validate_quantization`)."""
+
+QUANTIZATION_CONFIG_KEY = "quantization_config"
+"""The copy of :data:`QUANTIZATION_KEY` mlx-lm also writes: the key transformers' readers look
+for."""
+
+NESTED_CONFIGS = ("text_config",)
+"""Sections normalised like the top level (multimodal checkpoints nest the language model)."""
+
 _DEFAULT_ROPE_TYPE = "default"
 
-
-class RopeScaling(TypedDict, total=False):
-    """Hugging Face's RoPE-scaling parameters, normalised (``rope_type`` always present).
-
-    Which keys a variant reads is documented on its class in :mod:`mlx_zoo.rope`.
-    """
-
-    rope_type: str  # registry key: default, linear, dynamic, yarn, longrope, llama3, or a plugin's
-    factor: float  # context-extension factor (linear, dynamic, yarn, llama3, longrope)
-    original_max_position_embeddings: int  # context length the model was pre-trained with
-    low_freq_factor: float  # llama3: wavelengths above orig_max/low_freq_factor are scaled fully
-    high_freq_factor: float  # llama3: wavelengths below orig_max/high_freq_factor are kept
-    beta_fast: float  # yarn: rotations per context above which a dimension is extrapolated
-    beta_slow: float  # yarn: rotations per context below which a dimension is interpolated
-    mscale: float  # yarn (DeepSeek form): attention-scale coefficient
-    mscale_all_dim: float  # yarn (DeepSeek form): attention-scale coefficient of the baseline
-    attention_factor: float  # yarn/longrope: explicit attention (cos/sin) scale
-    truncate: bool  # yarn: round the correction range to whole dimensions (default True)
-    short_factor: list[float]  # longrope: per-dimension rescale within the original context
-    long_factor: list[float]  # longrope: per-dimension rescale beyond it
-    alpha: float  # dynamic NTK-alpha (HunYuan): base = theta * alpha ** (d / (d - 2))
+INTERNAL = "mlx_zoo.internal"
+"""Field metadata key marking a field of a config dataclass that is no config.json key
+(:func:`internal_field`)."""
 
 
 def read_config(model_dir: Path | str) -> dict[str, Any]:
@@ -95,21 +115,12 @@ def normalize_config(config: dict[str, Any], path: Path | str | None = None) -> 
             try:
                 config[key] = normalize_config(config[key], path)
             except ConfigError as error:
-                raise nested_error(error, key) from None
+                raise error.with_key_prefix(key) from None
     return config
 
 
 NESTED_CONFIGS = ("text_config",)
 """Sections normalised like the top level (multimodal checkpoints nest the language model)."""
-
-
-def nested_error(error: ConfigError, section: str) -> ConfigError:
-    """``error`` with its key named as it sits in ``section`` (``text_config.rope_scaling``)."""
-    if error.key is None:
-        return error
-    prefix = str(ConfigError(error.path, "", key=error.key))  # "<file>, key '<key>': "
-    return ConfigError(error.path, str(error).removeprefix(prefix),
-                       key=f"{section}.{error.key}")
 
 
 def normalize_rope_scaling(scaling: Any, path: Path | str | None = None) -> RopeScaling | None:
@@ -132,73 +143,42 @@ def normalize_rope_scaling(scaling: Any, path: Path | str | None = None) -> Rope
 
 # -- typed model arguments ---------------------------------------------------------------------
 
-MAX_SIZE = 2**31 - 1
-"""Largest count or width a config may give: MLX array shapes and indices are 32-bit signed
-integers, so a dimension beyond it overflows (and a model that size would not fit anyway)."""
 
-FLOAT32_MAX = 3.4028234663852886e38
-"""Largest finite float32. MLX computes in float32 (or narrower): a config float of greater
-magnitude becomes infinity there, so it is refused like ``NaN`` and ``Infinity`` (which
-Python's json module accepts)."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Range:
-    """A numeric field's allowed interval, declared on its type:
-    ``Annotated[int, Range(1, MAX_SIZE)]``. ``exclusive_low`` makes the lower bound strict."""
-
-    low: float
-    high: float
-    exclusive_low: bool = False
-
-    def check(self, value: float, key: str, path: Path | str | None, where: str = "") -> None:
-        too_low = value <= self.low if self.exclusive_low else value < self.low
-        if too_low or value > self.high:
-            raise ConfigError(path, f"{where}expected {self.describe()}, got {value!r}", key=key)
-
-    def describe(self) -> str:
-        low = f"> {self.low:g}" if self.exclusive_low else f">= {self.low:g}"
-        if self.high >= FLOAT32_MAX:
-            return f"a value {low}"
-        high = "2**31 - 1" if self.high == MAX_SIZE else f"{self.high:g}"
-        return f"a value {low} and <= {high}"
+def internal_field(**kwargs: Any) -> Any:
+    """A field of a config dataclass that is *not* a config.json key:
+    :meth:`BaseModelArgs.from_dict` does not read it by name, and :meth:`BaseModelArgs.to_dict`
+    does not write it as one. For
+    what a dataclass keeps about the file's layout (``extra``, ``quantization``; Llama 4's keys
+    around its nested ``text_config``). Keyword-only, so it may follow fields without defaults;
+    ``kwargs`` go to :func:`dataclasses.field` (give a ``default`` or ``default_factory``)."""
+    metadata = {**kwargs.pop("metadata", {}), INTERNAL: True}
+    return dataclasses.field(kw_only=True, metadata=metadata, **kwargs)
 
 
-@dataclasses.dataclass(frozen=True)
-class Divides:
-    """Cross-field constraint, declared on the divisor's type: the field's value divides field
-    ``other`` (e.g. key/value heads divide attention heads, for grouped-query attention).
-
-    Checked once the dataclass is built (after ``__post_init__`` fills derived defaults). When
-    config.json gives one of the ``unless_given`` keys (non-null), the division is not needed and
-    the check is skipped -- e.g. ``hidden_size // num_attention_heads`` is the head width only
-    when ``head_dim`` is absent."""
-
-    other: str
-    unless_given: tuple[str, ...] = ()
-
-
-PositiveInt = Annotated[int, Range(1, MAX_SIZE)]
-"""A count or width: head counts, layer counts, sizes, experts, top-k, chunk lengths."""
-NonNegativeInt = Annotated[int, Range(0, MAX_SIZE)]
-"""A count that may be zero (e.g. a number of optional shared experts) or an index."""
-PositiveFloat = Annotated[float, Range(0, FLOAT32_MAX, exclusive_low=True)]
-"""A scale, base or divisor: ``rope_theta``, RoPE factors, Llama 4's ``floor_scale``, and
-``rms_norm_eps`` (MLX's RMSNorm refuses 0)."""
-NonNegativeFloat = Annotated[float, Range(0, FLOAT32_MAX)]
-"""A strength or coefficient that may be zero (Llama 4's ``attn_scale``, yarn's ``mscale``)."""
+def is_internal(field: dataclasses.Field) -> bool:
+    """Whether ``field`` was declared with :func:`internal_field`."""
+    return bool(field.metadata.get(INTERNAL))
 
 
 @dataclasses.dataclass
 class BaseModelArgs:
     """Base of every plugin's config dataclass.
 
-    :meth:`from_dict` keeps only the fields the dataclass declares (config.json carries many more),
-    checks that required ones are present and that every value has the declared type and lies in
-    its declared range, runs :meth:`validate` for checks across fields, and remembers the full
-    dictionary (:meth:`to_dict`) so that :func:`mlx_zoo.save` writes it back.
+    :meth:`from_dict` reads the fields the dataclass declares, checks that required ones are
+    present and that every value has the declared type and lies in its declared range, checks
+    the :class:`Divides` declarations, and runs :meth:`validate` for the other checks across
+    fields. What config.json holds besides lands in two declared fields of every config:
 
-    Plugins *declare* their constraints on the field types (:func:`check_value` enforces them):
+    * ``extra`` -- the keys the dataclass does not declare (``architectures``, ``torch_dtype``,
+      ...), written back unchanged by :meth:`to_dict`;
+    * ``quantization`` -- mlx-lm's ``quantization`` entry (``None`` for a dense model), changed
+      only through :meth:`set_quantization` / :meth:`clear_quantization`.
+
+    :meth:`to_dict` is a function of the object alone. Float fields that config.json spells as
+    integers (``"rope_theta": 10000``) are read as floats and written back as integers (some
+    readers type-check integers); they are listed in ``integer_floats``.
+
+    Plugins *declare* their constraints on the field types (:mod:`mlx_zoo.checks`):
 
     * every ``float`` field must be finite (no NaN or Infinity, within float32) -- automatic;
     * a range with :class:`Range` in ``Annotated``, usually through :data:`PositiveInt`,
@@ -206,17 +186,38 @@ class BaseModelArgs:
       fields check every entry, :class:`RopeScaling` fields every key it declares;
     * divisibility between fields with :class:`Divides`;
     * a ``rope_scaling`` field is checked against the RoPE variant it selects
-      (:func:`mlx_zoo.rope.validate_rope_scaling`), with the dataclass's ``head_dim``,
-      ``rope_theta``, ``max_position_embeddings`` and ``rope_type`` attributes where it has them.
+      (:func:`mlx_zoo.validate_rope_scaling`), with the dataclass's ``head_dim``,
+      ``rope_theta``, ``max_position_embeddings`` and ``rope_type`` attributes where it has them;
+      a plugin whose models build RoPE variants of its own lists them in :attr:`rope_variants`.
 
     Anything else a plugin overrides :meth:`validate` for (calling ``super().validate(path)``).
     """
 
+    extra: dict[str, Any] = internal_field(default_factory=dict, repr=False)
+    """config.json's keys that the dataclass does not declare, as read."""
+    quantization: dict[str, Any] | None = internal_field(default=None)
+    """mlx-lm's ``quantization`` entry (checked by the loader,
+    :func:`mlx_zoo.weights.validate_quantization`), or ``None`` for a dense model."""
+    integer_floats: frozenset[str] = internal_field(default=frozenset(), repr=False)
+    """Float fields that config.json gave as integers: written back as integers."""
+
+    rope_variants: ClassVar[dict[str, type]] = {}
+    """RoPE variants (``{rope_type: class}``) this plugin's models pass to
+    :func:`mlx_zoo.get_rope` themselves: :meth:`validate` checks ``rope_scaling`` against them
+    too, so a config validates whether or not the plugin is registered."""
+
     @classmethod
     def from_dict(cls, config: dict[str, Any], path: Path | str | None = None):
+        """Read and check ``config`` (a normalised config.json dictionary, see
+        :func:`normalize_config`); raise :class:`~mlx_zoo.ConfigError` naming ``path`` and the
+        key of the first problem."""
         hints = typing.get_type_hints(cls, include_extras=True)
-        values = {}
+        values: dict[str, Any] = {}
+        keys = set()
         for field in dataclasses.fields(cls):
+            if is_internal(field):
+                continue
+            keys.add(field.name)
             if not field.init:
                 continue
             if field.name not in config:
@@ -224,159 +225,85 @@ class BaseModelArgs:
                               and field.default_factory is dataclasses.MISSING)
                 if no_default:
                     raise ConfigError(path, f"missing; {cls.__name__} requires it "
-                                      f"({_type_name(hints[field.name])})", key=field.name)
+                                      f"({type_name(hints[field.name])})", key=field.name)
                 continue
             values[field.name] = check_value(config[field.name], hints[field.name],
                                              field.name, path)
-        args = cls(**values)
-        object.__setattr__(args, "_source", dict(config))
-        object.__setattr__(args, "_source_path", path)
+        quantization = config.get(QUANTIZATION_KEY)
+        managed = {QUANTIZATION_KEY}
+        if quantization is not None:
+            managed.add(QUANTIZATION_CONFIG_KEY)  # mlx-lm's copy of it, written back from it
+        integer_floats = frozenset(
+            name for name, value in values.items()
+            if isinstance(value, float) and _is_int(config[name]))
+        args = cls(**values,
+                   extra={k: copy.deepcopy(v) for k, v in config.items()
+                          if k not in keys and k not in managed},
+                   quantization=copy.deepcopy(quantization), integer_floats=integer_floats)
+        args.check_divides(given=config, path=path)
         args.validate(path)
         return args
 
-    def validate(self, path: Path | str | None = None) -> None:
-        """Checks across fields, run by :meth:`from_dict` once every field has its type and range
-        (so no check here divides by zero): the :class:`Divides` declarations and the RoPE
-        scaling. Plugins extend it and raise :class:`ConfigError` naming the file and key."""
+    def check_divides(self, given: dict[str, Any], path: Path | str | None = None) -> None:
+        """The :class:`Divides` declarations, run by :meth:`from_dict` once the dataclass is
+        built (after ``__post_init__`` fills derived defaults). ``given`` is config.json as read:
+        a declaration is skipped when it gives one of its ``unless_given`` keys (non-null)."""
         hints = typing.get_type_hints(type(self), include_extras=True)
-        given = getattr(self, "_source", {})
         for field in dataclasses.fields(self):
-            for rule in _markers(hints[field.name], Divides):
+            if is_internal(field):
+                continue
+            for rule in markers(hints[field.name], Divides):
                 if any(given.get(key) is not None for key in rule.unless_given):
                     continue
                 divisor, total = getattr(self, field.name), getattr(self, rule.other)
                 if divisor is not None and total is not None and total % divisor:
                     raise ConfigError(path, f"{divisor} does not divide {rule.other} = {total}; "
                                       f"expected a divisor of it", key=field.name)
-        if any(field.name == "rope_scaling" for field in dataclasses.fields(self)):
-            from .rope import validate_rope_scaling  # rope.py imports this module
 
+    def validate(self, path: Path | str | None = None) -> None:
+        """Checks across fields, run by :meth:`from_dict` once every field has its type and range
+        and the :class:`Divides` declarations hold (so no check here divides by zero): the RoPE
+        scaling. Plugins extend it and raise :class:`ConfigError` naming the file and key."""
+        if any(field.name == "rope_scaling" for field in dataclasses.fields(self)):
             validate_rope_scaling(self.rope_scaling, getattr(self, "head_dim", None), path,
                                   base=getattr(self, "rope_theta", None),
                                   max_position_embeddings=getattr(self, "max_position_embeddings",
                                                                   None),
-                                  rope_type=getattr(self, "rope_type", None))
+                                  rope_type=getattr(self, "rope_type", None),
+                                  variants=self.rope_variants)
+
+    def set_quantization(self, quantization: dict[str, Any]) -> None:
+        """Record that the model is quantized as ``quantization`` says (mlx-lm's entry:
+        ``group_size``, ``bits``, ``mode`` and per-layer overrides); :meth:`to_dict` then
+        writes it as ``quantization`` and ``quantization_config``."""
+        self.quantization = copy.deepcopy(quantization)
+
+    def clear_quantization(self) -> None:
+        """Record that the model is dense (dequantized): :meth:`to_dict` writes no quantization
+        entry."""
+        self.quantization = None
 
     def to_dict(self) -> dict[str, Any]:
-        """The configuration as a config.json dictionary (the file's other keys preserved)."""
-        source = dict(getattr(self, "_source", {}))
+        """The configuration as a config.json dictionary: ``extra``, every declared field, and
+        the quantization entry when there is one (a new dictionary: editing it leaves the
+        config as it is)."""
+        data = dict(self.extra)
         for field in dataclasses.fields(self):
+            if is_internal(field):
+                continue
             value = getattr(self, field.name)
             if dataclasses.is_dataclass(value):
-                value = value.to_dict() if hasattr(value, "to_dict") else dataclasses.asdict(value)
-            if _same_number(source.get(field.name), value):
-                continue  # keep 10000 as 10000, not 10000.0: some readers type-check integers
-            source[field.name] = value
-        return source
+                value = (value.to_dict() if isinstance(value, BaseModelArgs)
+                         else dataclasses.asdict(value))
+            elif (field.name in self.integer_floats and isinstance(value, float)
+                  and value.is_integer()):
+                value = int(value)  # keep 10000 as 10000, not 10000.0
+            data[field.name] = value
+        if self.quantization is not None:
+            data[QUANTIZATION_KEY] = self.quantization
+            data[QUANTIZATION_CONFIG_KEY] = self.quantization
+        return copy.deepcopy(data)
 
 
-def _same_number(original: Any, value: Any) -> bool:
-    """True when ``value`` is the float that ``from_dict`` made of the integer ``original``."""
-    return (isinstance(original, int) and not isinstance(original, bool)
-            and isinstance(value, float) and value == original)
-
-
-def _type_name(tp: Any) -> str:
-    tp, _ = _unannotated(tp)
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        return " | ".join(_type_name(arg) for arg in typing.get_args(tp))
-    if typing.get_origin(tp) is list:
-        (item,) = typing.get_args(tp) or (Any,)
-        return f"list[{_type_name(item)}]"
-    if tp is type(None):
-        return "null"
-    return getattr(tp, "__name__", None) or str(tp).replace("typing.", "")
-
-
-def _unannotated(tp: Any) -> tuple[Any, tuple[Any, ...]]:
-    """``Annotated[T, m1, m2]`` -> ``(T, (m1, m2))``; any other type -> ``(tp, ())``."""
-    if typing.get_origin(tp) is typing.Annotated:
-        return tp.__origin__, tp.__metadata__
-    return tp, ()
-
-
-def _markers(tp: Any, kind: type) -> list[Any]:
-    """The ``kind`` markers in ``tp``'s annotations, looking inside unions (``X | None``)."""
-    tp, metadata = _unannotated(tp)
-    found = [m for m in metadata if isinstance(m, kind)]
-    if typing.get_origin(tp) in (typing.Union, types.UnionType):
-        for arg in typing.get_args(tp):
-            found += _markers(arg, kind)
-    return found
-
-
-def check_value(value: Any, tp: Any, key: str, path: Path | str | None = None) -> Any:
-    """Check ``value`` against the declared type ``tp`` and its constraints; return it (an int
-    given for a ``float`` as that float: lossless) or raise a :class:`ConfigError` naming
-    ``path`` and ``key``.
-
-    Types are strict -- ``"2"`` is no number and ``1`` no bool; ``float`` values must be finite
-    (:data:`FLOAT32_MAX`); ``Annotated`` :class:`Range` markers bound numbers; ``list[T]`` checks
-    each entry (and is returned unchanged), a ``TypedDict`` (:class:`RopeScaling`) each key it
-    declares (null meaning absent), ``X | Y`` the first alternative of the right kind."""
-    return _check(value, tp, key, path, "")
-
-
-def _check(value: Any, tp: Any, key: str, path: Path | str | None, where: str) -> Any:
-    """:func:`check_value`; ``where`` prefixes the message (which list entry is wrong)."""
-    tp, metadata = _unannotated(tp)
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        arm = next((arg for arg in typing.get_args(tp) if _matches(value, arg)), None)
-        if arm is None:
-            raise _type_error(value, tp, key, path, where)
-        value = _check(value, arm, key, path, where)
-    elif not _matches(value, tp):
-        raise _type_error(value, tp, key, path, where)
-    elif tp is float:
-        value = float(value)
-        if not math.isfinite(value) or abs(value) > FLOAT32_MAX:
-            raise ConfigError(path, f"{where}expected a finite number (within float32), got "
-                              f"{value!r}", key=key)
-    elif origin is list and typing.get_args(tp):
-        (item,) = typing.get_args(tp)
-        for index, entry in enumerate(value):
-            _check(entry, item, key, path, f"{where}entry {index}: ")
-    elif isinstance(tp, type) and typing.is_typeddict(tp):
-        for name, item in typing.get_type_hints(tp, include_extras=True).items():
-            if value.get(name) is not None:
-                _check(value[name], item, f"{key}.{name}", path, where)
-    elif dataclasses.is_dataclass(tp) and isinstance(value, dict):
-        value = tp.from_dict(value, path) if hasattr(tp, "from_dict") else tp(**value)
-    for rule in metadata:
-        if isinstance(rule, Range):
-            rule.check(value, key, path, where)
-    return value
-
-
-def _type_error(value: Any, tp: Any, key: str, path: Path | str | None,
-                where: str) -> ConfigError:
-    return ConfigError(path, f"{where}expected {_type_name(tp)}, got {type(value).__name__} "
-                       f"{value!r}", key=key)
-
-
-def _matches(value: Any, tp: Any) -> bool:
-    """Whether ``value`` is of ``tp``'s kind (the outer type only: no ranges, no entries)."""
-    tp, _ = _unannotated(tp)
-    if tp is Any:
-        return True
-    origin = typing.get_origin(tp)
-    if origin in (typing.Union, types.UnionType):
-        return any(_matches(value, arg) for arg in typing.get_args(tp))
-    if tp is type(None):
-        return value is None
-    if tp is float:
-        return isinstance(value, (int, float)) and not isinstance(value, bool)
-    if tp is int:
-        return isinstance(value, int) and not isinstance(value, bool)
-    if dataclasses.is_dataclass(tp):
-        return isinstance(value, (dict, tp))
-    if origin is typing.Literal:
-        return value in typing.get_args(tp)
-    if origin is not None:  # list[int], dict[str, Any], RopeScaling-like generics
-        return isinstance(value, origin)
-    if isinstance(tp, type):
-        if typing.is_typeddict(tp):
-            return isinstance(value, dict)
-        return isinstance(value, tp)
-    return True
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)

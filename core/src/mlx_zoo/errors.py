@@ -18,15 +18,28 @@ class MlxZooError(Exception):
 
 
 class ConfigError(MlxZooError):
-    """config.json is missing, not JSON, or a field is absent or of the wrong type."""
+    """config.json is missing, not JSON, or a field is absent or of the wrong type.
+
+    Attributes: ``path`` (the file, or None), ``key`` (the key, dotted for nested ones:
+    ``rope_scaling.factor``; or None) and ``message`` (what is wrong, without the file and key);
+    ``str(error)`` is ``"<path>, key '<key>': <message>"``."""
 
     def __init__(self, path: Path | str | None, message: str, key: str | None = None):
         self.path = Path(path) if path is not None else None
         self.key = key
+        self.message = message
         where = str(self.path) if self.path is not None else "<config>"
         if key is not None:
             where += f", key {key!r}"
         super().__init__(f"{where}: {message}")
+
+    def with_key_prefix(self, section: str) -> ConfigError:
+        """The same error with its key named as it sits in ``section`` of config.json
+        (``text_config.rope_scaling``) -- for a plugin that reads a nested section on its own;
+        the error itself when it names no key."""
+        if self.key is None:
+            return self
+        return ConfigError(self.path, self.message, key=f"{section}.{self.key}")
 
 
 # -- plugins -----------------------------------------------------------------------------------
@@ -156,6 +169,11 @@ class WeightMismatchError(WeightsError):
 
 
 # -- prompt caches and tokenizers --------------------------------------------------------------
+
+
+class ModelNotFoundError(MlxZooError):
+    """Neither a local directory nor a Hugging Face repo that could be fetched (nor a demo
+    checkpoint some installed plugin provides)."""
 
 
 class CacheFileError(MlxZooError):

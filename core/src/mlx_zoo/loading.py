@@ -29,7 +29,8 @@ from mlx.utils import tree_map
 
 from . import blas, registry
 from .config import CONFIG_FILE, read_config
-from .errors import MlxZooError, SaveError
+from .demos import DEMO_PREFIX, demo_dir, is_demo_reference
+from .errors import ModelNotFoundError, SaveError
 from .fusion import checkpoint_parameters, fuse_projections
 from .hookspecs import Sanitizes
 from .weights import (
@@ -54,17 +55,11 @@ DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*
 """Files fetched from the Hub: configs, weights and tokenizer files -- never code."""
 
 
-class ModelNotFoundError(MlxZooError):
-    """Neither a local directory nor a Hugging Face repo that could be fetched."""
-
-
 def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None) -> Path:
     """A local model directory for a path, a Hub repo id fetched with ``snapshot_download``
     (only :data:`DOWNLOAD_PATTERNS`; honours the HF cache and ``HF_HUB_OFFLINE``), or
-    ``demo:NAME`` for a demo checkpoint shipped with mlx-zoo (:mod:`mlx_zoo.demos`)."""
-    from .demos import DEMO_PREFIX, demo_dir, is_demo_reference
-
-    if is_demo_reference(path_or_repo):  # "demo:qwen2": a checkpoint shipped with mlx-zoo
+    ``demo:NAME`` for a demo checkpoint shipped with a plugin (:mod:`mlx_zoo.demos`)."""
+    if is_demo_reference(path_or_repo):  # "demo:qwen2": a checkpoint shipped with mlx-qwen2
         return demo_dir(str(path_or_repo)[len(DEMO_PREFIX):])
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
@@ -158,8 +153,7 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     del weights  # the model holds them now: fusing below may then free the parts it replaces
     if quantization and dequantize:
         dequantize_model(model, None if dtype is None else _as_dtype(dtype))
-        for key in (QUANTIZATION_KEY, "quantization_config"):  # save() now writes it dense
-            getattr(config, "_source", {}).pop(key, None)
+        config.clear_quantization()  # save() now writes it dense
     if fuse:
         _fuse(model, lazy)
     if not lazy:

@@ -20,10 +20,13 @@ from __future__ import annotations
 
 import difflib
 import importlib
+import json
 import os
 import re
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from importlib import metadata
+from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -37,15 +40,20 @@ PLUGINS_ENV = "MLX_ZOO_PLUGINS"
 PREFER_ENV = "MLX_ZOO_PREFER"
 IN_PROCESS = "<registered in process>"
 
-KNOWN_PACKAGES = {
-    "qwen2": "mlx-qwen2",
-    "hunyuan": "mlx-hunyuan",
-    "hunyuan_v1_dense": "mlx-hunyuan",
-    "hunyuan_v1_moe": "mlx-hunyuan",
-    "llama4": "mlx-llama4",
-    "llama4_text": "mlx-llama4",
-}
-"""Where to find the project's own plugins: used only in the "install ..." hint of an error."""
+KNOWN_PACKAGES_FILE = Path(__file__).with_name("known_plugins.json")
+"""Data, not code: ``{"model_types": {model_type: distribution}}`` for the project's own
+plugins, read only for the "install ..." hint of an error (:func:`known_package`)."""
+
+
+def known_package(model_type: str) -> str | None:
+    """The distribution to install for ``model_type``, from :data:`KNOWN_PACKAGES_FILE` (None if
+    the file does not name one, or cannot be read)."""
+    try:
+        known = json.loads(KNOWN_PACKAGES_FILE.read_text(encoding="utf-8"))["model_types"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    hint = known.get(model_type) if isinstance(known, dict) else None
+    return hint if isinstance(hint, str) else None
 
 PROPAGATED = (KeyboardInterrupt, GeneratorExit)
 """The only base exceptions a plugin's import or hook may pass on to the caller: the user's
@@ -286,7 +294,7 @@ def _not_found(model_type: str, path: Any, choice: str | None,
     if model_type in _in_process:
         providers.append(IN_PROCESS)
     disabled = sorted(every.difference(providers))
-    hint = None if every or model_type in _in_process else KNOWN_PACKAGES.get(model_type)
+    hint = None if every or model_type in _in_process else known_package(model_type)
     return PluginNotFoundError(
         model_type, available_model_types(), hint, path, disabled=disabled,
         disabled_by=os.environ.get(PLUGINS_ENV) if disabled else None, chosen=choice,
@@ -329,6 +337,94 @@ def _architecture_from(entry: PluginEntry) -> Architecture:
     raise PluginLoadError(entry.distribution, "its register_models hook", LookupError(
         f"the entry point names model_type {entry.model_type!r}, but register_models returns "
         "no Architecture for it"))
+
+
+
+# -- contributions by name: RoPE variants, cache classes, demos ----------------------------------
+
+
+def _call_one(hook_name: str, plugin: Any, label: str) -> dict[str, Any]:
+    """What ``plugin``'s implementation of ``hook_name`` returns, merged (``{}`` if none)."""
+    merged: dict[str, Any] = {}
+    for impl in _impls(hook_name, plugin):
+        try:
+            result = impl.function()
+        except PROPAGATED:
+            raise
+        except BaseException as e:
+            raise PluginLoadError(label, f"its {hook_name} hook", e) from e
+        if result is not None and not isinstance(result, dict):
+            raise PluginLoadError(label, f"its {hook_name} hook", TypeError(
+                f"returned {type(result).__name__}, expected a dict"))
+        merged.update(result or {})
+    return merged
+
+
+def _unimported_plugins(name: str = "", providers: Iterable[str] = ()) -> Iterator[PluginEntry]:
+    """One entry point per installed, enabled distribution whose plugin is not registered yet,
+    those most likely to provide ``name`` first: the distributions in ``providers``, then those
+    whose module is ``name``'s prefix (``mlx_myarch.SharedKVCache``), then those serving a
+    model_type called ``name``, then the rest."""
+    pm = plugin_manager()
+    by_dist: dict[str, PluginEntry] = {}
+    for entry in installed_entries():
+        if is_enabled(entry.distribution) and pm.get_plugin(entry.distribution) is None:
+            by_dist.setdefault(entry.distribution, entry)
+    wanted = [canonical_name(p) for p in providers]
+    prefix = name.partition(".")[0]
+    served = {e.distribution for e in installed_entries() if e.model_type == name}
+
+    def rank(entry: PluginEntry) -> tuple:
+        module = entry.module.partition(":")[0].partition(".")[0]
+        return (entry.distribution not in wanted, module != prefix,
+                entry.distribution not in served, entry.distribution)
+
+    yield from sorted(by_dist.values(), key=rank)
+
+
+def find_contribution(hook_name: str, name: str, *, providers: Iterable[str] = ()) -> Any | None:
+    """The value under ``name`` in the dicts that the ``hook_name`` hook returns
+    (``register_rope_variants``, ``register_cache_classes``, ``register_demos``): from the
+    plugins registered now, else from installed plugins not imported yet, imported one at a time
+    -- the likeliest first (:func:`_unimported_plugins`; ``providers`` names distributions known
+    to provide it) -- until one provides it. So what a plugin registers is found whether or not
+    anything imported the plugin before, and only what is needed is imported. A plugin that
+    fails to import is skipped here (``mlx-zoo list`` shows it as broken). None if no plugin
+    provides ``name``."""
+    for contributed in call_hook(hook_name):
+        if name in (contributed or {}):
+            return contributed[name]
+    for entry in _unimported_plugins(name, providers):
+        try:
+            found = _call_one(hook_name, import_plugin(entry), entry.distribution)
+        except PluginLoadError:
+            continue
+        if name in found:
+            return found[name]
+    return None
+
+
+def all_contributions(hook_name: str) -> dict[str, Any]:
+    """Everything every enabled plugin -- registered, or installed and imported for the purpose
+    -- contributes through ``hook_name``, merged (installed ones first, registered in-process
+    ones override). Plugins that fail to import or whose hook raises are left out."""
+    pm = plugin_manager()
+    for entry in list(_unimported_plugins()):
+        try:
+            import_plugin(entry)
+        except PluginLoadError:
+            continue
+    merged: dict[str, Any] = {}
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration order
+        try:
+            result = impl.function()
+        except PROPAGATED:
+            raise
+        except BaseException:
+            continue
+        if isinstance(result, dict):
+            merged.update(result)
+    return merged
 
 
 @dataclass(frozen=True)

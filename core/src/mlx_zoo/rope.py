@@ -41,24 +41,40 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypedDict
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .config import (
-    NonNegativeFloat,
-    PositiveFloat,
-    PositiveInt,
-    RopeScaling,
-    check_value,
-)
+from .checks import NonNegativeFloat, PositiveFloat, PositiveInt, check_value
 from .errors import ConfigError
 
 SCALING_KEY = "rope_scaling"
 """The config.json key of the scaling parameters; errors name ``rope_scaling.<parameter>``."""
 
 ORIGINAL_CONTEXT = "original_max_position_embeddings"
+
+
+class RopeScaling(TypedDict, total=False):
+    """Hugging Face's RoPE-scaling parameters, normalised (``rope_type`` always present).
+
+    Which keys a variant reads is documented on its class in :mod:`mlx_zoo.rope`.
+    """
+
+    rope_type: str  # registry key: default, linear, dynamic, yarn, longrope, llama3, or a plugin's
+    factor: float  # context-extension factor (linear, dynamic, yarn, llama3, longrope)
+    original_max_position_embeddings: int  # context length the model was pre-trained with
+    low_freq_factor: float  # llama3: wavelengths above orig_max/low_freq_factor are scaled fully
+    high_freq_factor: float  # llama3: wavelengths below orig_max/high_freq_factor are kept
+    beta_fast: float  # yarn: rotations per context above which a dimension is extrapolated
+    beta_slow: float  # yarn: rotations per context below which a dimension is interpolated
+    mscale: float  # yarn (DeepSeek form): attention-scale coefficient
+    mscale_all_dim: float  # yarn (DeepSeek form): attention-scale coefficient of the baseline
+    attention_factor: float  # yarn/longrope: explicit attention (cos/sin) scale
+    truncate: bool  # yarn: round the correction range to whole dimensions (default True)
+    short_factor: list[float]  # longrope: per-dimension rescale within the original context
+    long_factor: list[float]  # longrope: per-dimension rescale beyond it
+    alpha: float  # dynamic NTK-alpha (HunYuan): base = theta * alpha ** (d / (d - 2))
 
 
 def default_periods(dims: int, base: float) -> mx.array:
@@ -395,49 +411,74 @@ BUILTIN_VARIANTS: dict[str, type[RoPE]] = {
 
 
 def rope_variants() -> dict[str, type[RoPE]]:
-    """All variants: the built-in ones, then the registered plugins' (which may override)."""
-    from .registry import call_hook
+    """The variants known now: the built-in ones, then those of the plugins registered so far
+    (which may override). :func:`variant_for` also finds those of installed plugins not yet
+    imported."""
+    from .registry import call_hook  # registry -> hookspecs only; imported on use
 
     variants = dict(BUILTIN_VARIANTS)
-    for contributed in call_hook("register_rope_variants"):
+    for contributed in call_hook(HOOK):
         variants.update(contributed or {})
     return variants
 
 
-def variant_for(kind: str, path: Path | str | None = None) -> type[RoPE]:
-    """The registered variant ``kind``, or a :class:`~mlx_zoo.ConfigError` listing the known."""
-    variants = rope_variants()
-    if kind not in variants:
-        raise ConfigError(path, f"unknown rope_type {kind!r}; known: "
-                          f"{', '.join(sorted(variants))}", key=f"{SCALING_KEY}.rope_type")
-    return variants[kind]
+HOOK = "register_rope_variants"
+"""The hook through which plugins add variants (:mod:`mlx_zoo.hookspecs`)."""
+
+
+def variant_for(kind: str, path: Path | str | None = None,
+                variants: dict[str, type[RoPE]] | None = None) -> type[RoPE]:
+    """The variant ``kind``: from ``variants`` (a plugin's own, passed explicitly), the built-in
+    and registered ones (:func:`rope_variants`), else the first installed plugin that provides
+    it (imported for the purpose, :func:`mlx_zoo.registry.find_contribution`); a
+    :class:`~mlx_zoo.ConfigError` listing the known ones if none does."""
+    if variants and kind in variants:
+        return variants[kind]
+    known = rope_variants()
+    if kind in known:
+        return known[kind]
+    from .registry import find_contribution
+
+    found = find_contribution(HOOK, kind)
+    if found is not None:
+        return found
+    names = sorted({*known, *(variants or {})})
+    raise ConfigError(path, f"unknown rope_type {kind!r}; known: {', '.join(names)}",
+                      key=f"{SCALING_KEY}.rope_type")
 
 
 def validate_rope_scaling(scaling: RopeScaling | None, head_dim: int | None,
                           path: Path | str | None = None, *, base: float | None = None,
                           max_position_embeddings: int | None = None,
-                          rope_type: str | None = None) -> None:
+                          rope_type: str | None = None,
+                          variants: dict[str, type[RoPE]] | None = None) -> None:
     """Check a config's normalised ``rope_scaling`` (see :mod:`mlx_zoo.config`) for the variant
     it selects -- ``rope_type`` if given, as in :func:`get_rope` -- without building anything;
-    raise :class:`~mlx_zoo.ConfigError` naming ``path`` and the key."""
+    raise :class:`~mlx_zoo.ConfigError` naming ``path`` and the key. ``variants`` are a plugin's
+    own (as passed to :func:`get_rope`)."""
     scaling = scaling or RopeScaling()
     kind = rope_type or scaling.get("rope_type", "default")
-    variant_for(kind, path).check_params(scaling, dims=head_dim, base=base,
-                                         max_position_embeddings=max_position_embeddings,
-                                         path=path)
+    variant_for(kind, path, variants).check_params(
+        scaling, dims=head_dim, base=base, max_position_embeddings=max_position_embeddings,
+        path=path)
 
 
 def get_rope(dims: int, *, base: float, traditional: bool = False,
              scaling: RopeScaling | None = None, max_position_embeddings: int | None = None,
-             rope_type: str | None = None) -> RoPE:
+             rope_type: str | None = None,
+             variants: dict[str, type[RoPE]] | None = None) -> RoPE:
     """Build the RoPE module for a model.
 
     ``scaling`` is config.json's normalised ``rope_scaling`` (see :mod:`mlx_zoo.config`); its
-    ``rope_type`` picks the variant unless ``rope_type`` is given explicitly.
+    ``rope_type`` picks the variant unless ``rope_type`` is given explicitly. A plugin that
+    brings variants of its own passes them as ``variants`` (``{rope_type: class}``), so that
+    its models build whether or not the plugin was registered (imported directly, in any
+    order); other names are looked up as :func:`variant_for` says.
     """
     kind = rope_type or (scaling or {}).get("rope_type", "default")
-    return variant_for(kind)(dims, base=base, traditional=traditional, scaling=scaling,
-                          max_position_embeddings=max_position_embeddings)
+    return variant_for(kind, variants=variants)(
+        dims, base=base, traditional=traditional, scaling=scaling,
+        max_position_embeddings=max_position_embeddings)
 
 
 RopeFactory = Callable[..., RoPE]

@@ -26,7 +26,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten, tree_unflatten
 
-from .config import CONFIG_FILE
+from .config import CONFIG_FILE, QUANTIZATION_CONFIG_KEY, QUANTIZATION_KEY
 from .errors import (
     ConfigError,
     MlxZooError,
@@ -36,6 +36,7 @@ from .errors import (
     WeightMismatchError,
 )
 from .fusion import fuse_projections, unfuse_projections
+from .hookspecs import QuantizePredicate
 
 INDEX_FILE = "model.safetensors.index.json"
 SINGLE_FILE = "model.safetensors"
@@ -387,10 +388,10 @@ def _dtype_name(dtype: mx.Dtype) -> str:
 
 # -- quantization ------------------------------------------------------------------------------
 
-QUANTIZATION_KEY = "quantization"
-"""config.json key written by mlx-lm's convert: ``{"group_size", "bits", "mode"?}`` plus
-per-layer overrides keyed by module path (``false`` to keep a layer in full precision, ``true``
-for the global settings, or its own ``{"group_size", "bits", "mode"?}``)."""
+# QUANTIZATION_KEY (mlx_zoo.config): config.json's ``quantization`` entry, written by mlx-lm's
+# convert: ``{"group_size", "bits", "mode"?}`` plus per-layer overrides keyed by module path
+# (``false`` to keep a layer in full precision, ``true`` for the global settings, or its own
+# ``{"group_size", "bits", "mode"?}``).
 GLOBAL_QUANT_KEYS = ("group_size", "bits", "mode")
 LAYER_QUANT_KEYS = frozenset({"group_size", "bits", "mode", "quantize_input"})
 """Keys a per-layer override may hold: the arguments of MLX's ``to_quantized``."""
@@ -524,7 +525,7 @@ def quantize_model(model: nn.Module, config: Any, *, bits: int = 4, group_size: 
     if problem:
         raise QuantizationError(f"quantize(): {problem[0]} {problem[1]}")
     was_fused = unfuse_projections(model) > 0
-    own = getattr(model, "quantize_predicate", None)
+    own = model.quantize_predicate if isinstance(model, QuantizePredicate) else None
     quantized: list[str] = []
 
     def predicate(path: str, module: nn.Module):
@@ -560,20 +561,12 @@ def quantize_model(model: nn.Module, config: Any, *, bits: int = 4, group_size: 
         raise QuantizationError(f"quantize(): no layer could be quantized with group_size "
                                 f"{group_size} (already quantized, excluded by the model's "
                                 "quantize_predicate, or input sizes not divisible by it)")
-    source = _source_dict(config)
-    source[QUANTIZATION_KEY] = quantization
-    source["quantization_config"] = quantization  # the key transformers' readers look for
-    return quantization
-
-
-def _source_dict(config: Any) -> dict[str, Any]:
     if isinstance(config, dict):
-        return config
-    source = getattr(config, "_source", None)
-    if source is None:
-        source = {}
-        object.__setattr__(config, "_source", source)
-    return source
+        config[QUANTIZATION_KEY] = quantization
+        config[QUANTIZATION_CONFIG_KEY] = quantization  # the key transformers' readers look for
+    else:
+        config.set_quantization(quantization)  # mlx_zoo.BaseModelArgs
+    return quantization
 
 
 # -- saving ------------------------------------------------------------------------------------

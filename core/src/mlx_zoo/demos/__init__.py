@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from ..errors import ModelNotFoundError
+
 DEMO_PREFIX = "demo:"
 DEFAULT_DEMO = "qwen2"
 DEMO_ROOT = Path(__file__).resolve().parent
@@ -25,8 +27,6 @@ def is_demo_reference(reference: object) -> bool:
 
 def demo_dir(name: str) -> Path:
     """The directory of demo ``name``; raises ``ModelNotFoundError`` listing the others."""
-    from ..loading import ModelNotFoundError
-
     path = DEMO_ROOT / name
     if not name or "/" in name or not (path / "config.json").is_file():
         raise ModelNotFoundError(f"{DEMO_PREFIX}{name}: no such demo checkpoint (available: "

@@ -42,7 +42,10 @@ from mlx_zoo import (
     BaseModelArgs,
     CausalLM,
     ConfigError,
+    Divides,
     KVCache,
+    PositiveFloat,
+    PositiveInt,
     QuantizedKVCache,
     RopeScaling,
     SwiGLU,
@@ -58,9 +61,21 @@ from mlx_zoo import (
     split_heads,
     unfuse_projections,
 )
-from mlx_zoo.config import Divides, PositiveFloat, PositiveInt
 
-from .rope import rope_type_for
+from .rope import NTK_ALPHA, NTKAlphaRoPE, rope_type_for
+
+__all__ = [
+    "Attention", "DecoderLayer", "HunYuanArgs", "HunYuanForCausalLM", "HunYuanModel", "MLPPlan",
+    "MoE", "MoEPlan", "Router", "per_layer", "sanitize_weights",
+]
+
+EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
+QUANTIZED_PARTS = ("weight", "scales", "biases", "bias")  # a linear's tensors, quantized or not
+
+KeysValues = tuple[Any, Any]
+"""Keys and values as fetched from a cache (arrays, or quantized tuples), handed between the
+layers of a CLA run."""
+
 
 # -- configuration -----------------------------------------------------------------------------
 
@@ -120,6 +135,8 @@ class HunYuanArgs(BaseModelArgs):
 
     PER_LAYER_FIELDS: ClassVar[tuple[str, ...]] = ()
     """Fields that config.json may give as a list with one value per layer."""
+    rope_variants: ClassVar[dict[str, type]] = {NTK_ALPHA: NTKAlphaRoPE}
+    """HunYuan's own RoPE variant, passed to :func:`mlx_zoo.get_rope` by :class:`Attention`."""
 
     def __post_init__(self):
         if self.num_key_value_heads is None:
@@ -174,10 +191,6 @@ class HunYuanArgs(BaseModelArgs):
 
 # -- attention ---------------------------------------------------------------------------------
 
-KeysValues = tuple[Any, Any]
-"""Keys and values as fetched from a cache (arrays, or quantized tuples), handed between the
-layers of a CLA run."""
-
 
 def _dequantize(keys: Any, values: Any, cache: Any) -> tuple[mx.array, mx.array]:
     if not isinstance(cache, QuantizedKVCache):
@@ -223,7 +236,7 @@ class Attention(nn.Module):
         self.normalizes_fetched_keys = self.use_qk_norm and args.shares_kv
         self.rope = get_rope(head_dim, base=args.rope_theta, scaling=args.rope_scaling,
                              max_position_embeddings=args.max_position_embeddings,
-                             rope_type=args.rope_type)
+                             rope_type=args.rope_type, variants=args.rope_variants)
 
     def _own_keys_values(self, keys: mx.array, values: mx.array, offset: int,
                          cache: Any) -> KeysValues:
@@ -318,6 +331,9 @@ class MoE(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One pre-norm residual block: attention (which hands on the keys/values of its CLA run),
+    then a dense SwiGLU or a mixture of experts."""
+
     def __init__(self, args: HunYuanArgs, layer: int):
         super().__init__()
         self.self_attn = Attention(args, layer)
@@ -373,54 +389,7 @@ class HunYuanModel(nn.Module):
         return self.norm(h)
 
 
-class HunYuanForCausalLM(CausalLM):
-    """The language model: :class:`HunYuanModel` and the output projection (``lm_head``, or the
-    transposed embedding when ``tie_word_embeddings``). Base of each format's ``Model``."""
-
-    def __init__(self, args: HunYuanArgs):
-        super().__init__(args, HunYuanModel(args))
-
-    def make_cache(self) -> list:
-        """One :class:`~mlx_zoo.KVCache` per layer that computes keys/values. Without CLA that is
-        every layer; with CLA the layers reusing a run's keys/values read their run's cache and
-        store nothing of their own, so the list has ``num_layers / cla_share_factor`` entries."""
-        return [KVCache() for _ in range(self.model.num_cache_slots)]
-
-    def shard(self, group: mx.distributed.Group | None = None) -> None:
-        """Megatron-style tensor parallelism over ``group`` (Shoeybi et al. 2019,
-        https://arxiv.org/abs/1909.08053), in place: q/k/v and gate/up split by output features
-        (each rank computes its own heads / hidden units), o_proj and down by input features
-        (partial results summed across ranks): one all-reduce after attention and one after the
-        MLP or mixture of experts. Query/key norms act per head and need no change; CLA layers
-        reuse the keys/values of their rank's own heads. Needs head counts divisible by the
-        group size. Fused projections are split first: each part is sharded by its own heads."""
-        unfuse_projections(self)
-        group = group or mx.distributed.init()
-        for layer in self.layers:
-            attn = layer.self_attn
-            inputs = ("q_proj", "k_proj", "v_proj") if attn.computes_kv else ("q_proj",)
-            shard_attention(attn, group, inputs=inputs)
-            if isinstance(layer.mlp, MoE):
-                layer.mlp.shard(group)
-            else:
-                shard_mlp(layer.mlp, group)
-
-    def quantize_predicate(self, path: str, module: nn.Module) -> bool:
-        """Everything but the expert routers (``mlp.gate.wg``): they are small, and a routing
-        decision flips on small errors, so they stay in full precision (the references even run
-        them in float32)."""
-        return not path.endswith("mlp.gate.wg")
-
-    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
-        """Map a checkpoint's tensors to this model's parameters (idempotent: a checkpoint
-        written by :func:`mlx_zoo.save` passes through unchanged). See :func:`sanitize_weights`."""
-        return sanitize_weights(weights, self.args)
-
-
 # -- checkpoint tensors ------------------------------------------------------------------------
-
-EXPERT_PROJECTIONS = ("gate_proj", "up_proj", "down_proj")
-QUANTIZED_PARTS = ("weight", "scales", "biases", "bias")  # a linear's tensors, quantized or not
 
 
 def sanitize_weights(weights: dict[str, mx.array], args: HunYuanArgs) -> dict[str, mx.array]:
@@ -503,3 +472,50 @@ def _stack_experts(weights: dict[str, mx.array], args: HunYuanArgs) -> dict[str,
                     weights[f"{prefix}.switch_mlp.{proj}.{part}"] = mx.stack(
                         [weights.pop(n) for n in names])
     return weights
+
+
+# -- the model ---------------------------------------------------------------------------------
+
+
+class HunYuanForCausalLM(CausalLM):
+    """The language model: :class:`HunYuanModel` and the output projection (``lm_head``, or the
+    transposed embedding when ``tie_word_embeddings``). Base of each format's ``Model``."""
+
+    def __init__(self, args: HunYuanArgs):
+        super().__init__(args, HunYuanModel(args))
+
+    def make_cache(self) -> list:
+        """One :class:`~mlx_zoo.KVCache` per layer that computes keys/values. Without CLA that is
+        every layer; with CLA the layers reusing a run's keys/values read their run's cache and
+        store nothing of their own, so the list has ``num_layers / cla_share_factor`` entries."""
+        return [KVCache() for _ in range(self.model.num_cache_slots)]
+
+    def shard(self, group: mx.distributed.Group | None = None) -> None:
+        """Megatron-style tensor parallelism over ``group`` (Shoeybi et al. 2019,
+        https://arxiv.org/abs/1909.08053), in place: q/k/v and gate/up split by output features
+        (each rank computes its own heads / hidden units), o_proj and down by input features
+        (partial results summed across ranks): one all-reduce after attention and one after the
+        MLP or mixture of experts. Query/key norms act per head and need no change; CLA layers
+        reuse the keys/values of their rank's own heads. Needs head counts divisible by the
+        group size. Fused projections are split first: each part is sharded by its own heads."""
+        unfuse_projections(self)
+        group = group or mx.distributed.init()
+        for layer in self.layers:
+            attn = layer.self_attn
+            inputs = ("q_proj", "k_proj", "v_proj") if attn.computes_kv else ("q_proj",)
+            shard_attention(attn, group, inputs=inputs)
+            if isinstance(layer.mlp, MoE):
+                layer.mlp.shard(group)
+            else:
+                shard_mlp(layer.mlp, group)
+
+    def quantize_predicate(self, path: str, module: nn.Module) -> bool:
+        """Everything but the expert routers (``mlp.gate.wg``): they are small, and a routing
+        decision flips on small errors, so they stay in full precision (the references even run
+        them in float32)."""
+        return not path.endswith("mlp.gate.wg")
+
+    def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
+        """Map a checkpoint's tensors to this model's parameters (idempotent: a checkpoint
+        written by :func:`mlx_zoo.save` passes through unchanged). See :func:`sanitize_weights`."""
+        return sanitize_weights(weights, self.args)

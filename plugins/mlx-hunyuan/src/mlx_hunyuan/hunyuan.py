@@ -39,10 +39,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from mlx_zoo import ConfigError
-from mlx_zoo.config import NonNegativeInt, PositiveInt
+from mlx_zoo import ConfigError, NonNegativeInt, PositiveInt
 
 from .blocks import HunYuanArgs, HunYuanForCausalLM, MLPPlan, MoEPlan, per_layer
+
+__all__ = ["Model", "ModelArgs"]
 
 
 @dataclass

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 
 from .blocks import HunYuanArgs, HunYuanForCausalLM
 
+__all__ = ["Model", "ModelArgs"]
+
 
 @dataclass
 class ModelArgs(HunYuanArgs):

@@ -31,10 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import ClassVar
 
-from mlx_zoo import ConfigError
-from mlx_zoo.config import PositiveInt
+from mlx_zoo import ConfigError, PositiveInt
 
 from .blocks import HunYuanArgs, HunYuanForCausalLM, MoEPlan, per_layer
+
+__all__ = ["Model", "ModelArgs"]
 
 
 @dataclass

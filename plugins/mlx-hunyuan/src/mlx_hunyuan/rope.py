@@ -35,8 +35,9 @@ from typing import ClassVar
 
 import mlx.core as mx
 
-from mlx_zoo import RoPE, RopeScaling
-from mlx_zoo.config import PositiveFloat
+from mlx_zoo import PositiveFloat, RoPE, RopeScaling
+
+__all__ = ["DYNAMIC", "NTK_ALPHA", "NTKAlphaRoPE", "rope_type_for"]
 
 NTK_ALPHA = "ntk_alpha"
 """Registry key of :class:`NTKAlphaRoPE` (transformers' internal name for it)."""

@@ -38,8 +38,9 @@ vision tower, which is dropped) and ``llama4_text`` (transformers' ``Llama4ForCa
 
 from __future__ import annotations
 
+import copy
 import re
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, ClassVar
 
@@ -47,16 +48,25 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_zoo import (
+    QUANTIZATION_CONFIG_KEY,
+    QUANTIZATION_KEY,
     BaseModelArgs,
     CausalLM,
     ChunkedKVCache,
     ConfigError,
+    Divides,
     KVCache,
+    NonNegativeFloat,
+    NonNegativeInt,
+    PositiveFloat,
+    PositiveInt,
+    Range,
     RopeScaling,
     SwiGLU,
     SwitchGLU,
     attention,
     get_rope,
+    internal_field,
     mask_for,
     merge_heads,
     project,
@@ -66,19 +76,25 @@ from mlx_zoo import (
     split_heads,
     unfuse_projections,
 )
-from mlx_zoo.config import (
-    Divides,
-    NonNegativeFloat,
-    NonNegativeInt,
-    PositiveFloat,
-    PositiveInt,
-    Range,
-)
+
+__all__ = ["DecoderLayer", "Llama4TextModel", "Model", "ModelArgs", "attention_temperature"]
 
 CHUNKED_ATTENTION = "chunked_attention"  # layer_types entry: local attention within chunks
 FULL_ATTENTION = "full_attention"  # layer_types entry: global causal attention
 LAYER_TYPES = (CHUNKED_ATTENTION, FULL_ATTENTION)
 SUPPORTED_ACTIVATIONS = ("silu",)  # SwiGLU's gate activation; every Llama 4 checkpoint uses SiLU
+TEXT_CONFIG = "text_config"  # the llama4 layout's section holding the text model's settings
+QUANTIZATION_KEYS = (QUANTIZATION_KEY, QUANTIZATION_CONFIG_KEY)  # top level in either layout
+
+LANGUAGE_MODEL_PREFIX = "language_model."  # the text model's weights in the llama4 layout
+DROPPED_PREFIXES = ("vision_model.", "multi_modal_projector.")  # the llama4 image path
+ROUTER_SUFFIX = "feed_forward.router"
+FUSED_GATE_UP = ".experts.gate_up_proj"  # (experts, hidden, 2 * inter): gate then up, x @ W
+FUSED_DOWN = ".experts.down_proj"  # (experts, inter, hidden): x @ W
+PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<expert>\d+)\.(?P<rest>\w+\.\w+)$")
+
+
+# -- configuration -----------------------------------------------------------------------------
 
 
 @dataclass
@@ -137,36 +153,49 @@ class ModelArgs(BaseModelArgs):
         if self.head_dim is None:
             self.head_dim = self.hidden_size // self.num_attention_heads
 
+    outer_config: dict[str, Any] | None = internal_field(default=None, repr=False)
+    """The published ``llama4`` layout: config.json's top-level keys other than ``text_config``
+    and the quantization entry (``vision_config``, ``architectures``, ...), written back around
+    the text settings by :meth:`to_dict`; None for the flat ``llama4_text`` layout."""
+    text_model_type: str | None = internal_field(default=None, repr=False)
+    """``text_config.model_type`` in the ``llama4`` layout (``llama4_text``), as read."""
+
     @classmethod
     def from_dict(cls, config: dict[str, Any], path: Path | str | None = None) -> ModelArgs:
         """Read a flat config, or a nested one (``text_config``), whose text settings are read
-        with the top-level ``model_type``; the original layout is kept for :meth:`to_dict`."""
-        text = config.get("text_config")
+        with the top-level ``model_type`` (and quantization entry); the keys around them are kept
+        in ``outer_config`` for :meth:`to_dict`. Errors name nested keys ``text_config.<key>``."""
+        text = config.get(TEXT_CONFIG)
         if text is None:
-            flat = config
-        elif isinstance(text, dict):
-            flat = {**text, "model_type": config.get("model_type")}
-        else:
+            return super().from_dict(config, path)
+        if not isinstance(text, dict):
             raise ConfigError(path, f"expected an object, got {type(text).__name__}",
-                              key="text_config")
+                              key=TEXT_CONFIG)
+        moved = QUANTIZATION_KEYS if config.get(QUANTIZATION_KEY) is not None else ()
+        flat = {**text, **{k: config[k] for k in moved if k in config},
+                "model_type": config.get("model_type")}
         try:
             args = super().from_dict(flat, path)  # validate() included
         except ConfigError as error:
-            if text is None or error.key is None:
-                raise
-            raise _within_text_config(error) from error
-        object.__setattr__(args, "_source", dict(config))
+            raise error.with_key_prefix(TEXT_CONFIG) from error
+        args.outer_config = copy.deepcopy({k: v for k, v in config.items()
+                                           if k != TEXT_CONFIG and k not in moved})
+        args.text_model_type = text.get("model_type")
         return args
 
     def to_dict(self) -> dict[str, Any]:
         """The config.json dictionary, in the layout it was read from (nested or flat)."""
         flat = super().to_dict()
-        source = getattr(self, "_source", {})
-        if not isinstance(source.get("text_config"), dict):
+        if self.outer_config is None:
             return flat
-        text = dict(source["text_config"])
-        text.update({f.name: flat[f.name] for f in fields(self) if f.name != "model_type"})
-        return {**source, "model_type": self.model_type, "text_config": text}
+        moved = {}
+        if self.quantization is not None:  # at the top level, where mlx-lm writes it
+            moved = {k: flat.pop(k) for k in QUANTIZATION_KEYS}
+        model_type = flat.pop("model_type")
+        if self.text_model_type is not None:
+            flat["model_type"] = self.text_model_type
+        return {**copy.deepcopy(self.outer_config), "model_type": model_type, TEXT_CONFIG: flat,
+                **moved}
 
     def validate(self, path: Path | str | None = None) -> None:
         """Check the fields that only make sense together (after the core's checks,
@@ -212,11 +241,7 @@ class ModelArgs(BaseModelArgs):
         return self.uses_rope(layer)
 
 
-def _within_text_config(error: ConfigError) -> ConfigError:
-    """The same error, its key named as it sits in a nested config (``text_config.<key>``)."""
-    prefix = str(ConfigError(error.path, "", key=error.key))  # "<file>, key '<key>': "
-    message = str(error).removeprefix(prefix)
-    return ConfigError(error.path, message, key=f"text_config.{error.key}")
+# -- modules -----------------------------------------------------------------------------------
 
 
 def attention_temperature(positions: mx.array, floor_scale: float, attn_scale: float) -> mx.array:
@@ -235,7 +260,14 @@ def attention_temperature(positions: mx.array, floor_scale: float, attn_scale: f
 
 
 class Attention(nn.Module):
-    # q/k/v read the same input: mlx_zoo.fuse_projections may make them one qkv_proj matmul
+    """Grouped-query attention of one layer: on the local layers RoPE (interleaved pairs) and the
+    q/k L2 norm, within chunks of ``attention_chunk_size`` positions; on the global (NoPE)
+    layers no positional encoding and the attention temperature
+    (:func:`attention_temperature`).
+
+    q/k/v read the same input: :func:`mlx_zoo.fuse_projections` may make them one ``qkv_proj``
+    matmul."""
+
     fusable_projections: ClassVar[dict[str, tuple[str, ...]]] = {
         "qkv_proj": ("q_proj", "k_proj", "v_proj")}
 
@@ -315,7 +347,10 @@ class MoE(nn.Module):
         return y
 
 
-class TransformerBlock(nn.Module):
+class DecoderLayer(nn.Module):
+    """One pre-norm residual block: attention (chunked local with RoPE, or global NoPE), then
+    the feed-forward layer (a mixture of experts or a dense SwiGLU)."""
+
     def __init__(self, args: ModelArgs, layer: int):
         super().__init__()
         self.self_attn = Attention(args, layer)
@@ -331,11 +366,14 @@ class TransformerBlock(nn.Module):
 
 
 class Llama4TextModel(nn.Module):
+    """Embedding -> decoder layers -> final RMSNorm; the masks of the chunked and of the global
+    layers are built once per call."""
+
     def __init__(self, args: ModelArgs):
         super().__init__()
         self.args = args
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [TransformerBlock(args, i) for i in range(args.num_hidden_layers)]
+        self.layers = [DecoderLayer(args, i) for i in range(args.num_hidden_layers)]
         self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
         self.chunked = [args.is_chunked(i) for i in range(args.num_hidden_layers)]
 
@@ -360,6 +398,48 @@ class Llama4TextModel(nn.Module):
                 first = ChunkedKVCache(self.args.attention_chunk_size)
             masks[chunked] = mask_for(first, n)
         return masks
+
+
+# -- checkpoint tensors ------------------------------------------------------------------------
+
+
+def _split_fused_experts(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """transformers' fused expert tensors -> SwitchGLU's stacked ``(experts, out, in)`` weights."""
+    out = {}
+    for name, value in weights.items():
+        if name.endswith(FUSED_GATE_UP):
+            prefix = name.removesuffix(".gate_up_proj")
+            gate, up = mx.split(value, 2, axis=-1)
+            out[f"{prefix}.gate_proj.weight"] = gate.swapaxes(-1, -2)
+            out[f"{prefix}.up_proj.weight"] = up.swapaxes(-1, -2)
+        elif name.endswith(FUSED_DOWN):
+            out[f"{name}.weight"] = value.swapaxes(-1, -2)
+        else:
+            out[name] = value
+    return out
+
+
+def _stack_per_expert(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """``...experts.<e>.gate_proj.weight`` (one tensor per expert) -> one stacked tensor."""
+    groups: dict[str, dict[int, mx.array]] = {}
+    out = {}
+    for name, value in weights.items():
+        match = PER_EXPERT.match(name)
+        if match is None:
+            out[name] = value
+            continue
+        key = f"{match['prefix']}.{match['rest']}"
+        groups.setdefault(key, {})[int(match["expert"])] = value
+    for key, experts in groups.items():
+        if sorted(experts) != list(range(len(experts))):  # a gap: leave them to the strict check,
+            prefix, rest = key.rsplit(".", 2)[0], ".".join(key.rsplit(".", 2)[1:])
+            out.update({f"{prefix}.{e}.{rest}": v for e, v in experts.items()})  # which names them
+            continue
+        out[key] = mx.stack([experts[e] for e in range(len(experts))])
+    return out
+
+
+# -- the model ---------------------------------------------------------------------------------
 
 
 class Model(CausalLM):
@@ -417,50 +497,3 @@ class Model(CausalLM):
         if self.args.tie_word_embeddings:
             kept.pop("lm_head.weight", None)
         return kept
-
-
-LANGUAGE_MODEL_PREFIX = "language_model."  # the text model's weights in the llama4 layout
-DROPPED_PREFIXES = ("vision_model.", "multi_modal_projector.")  # the llama4 image path
-ROUTER_SUFFIX = "feed_forward.router"
-FUSED_GATE_UP = ".experts.gate_up_proj"  # (experts, hidden, 2 * inter): gate then up, x @ W
-FUSED_DOWN = ".experts.down_proj"  # (experts, inter, hidden): x @ W
-PER_EXPERT = re.compile(r"^(?P<prefix>.*\.experts)\.(?P<expert>\d+)\.(?P<rest>\w+\.\w+)$")
-
-
-def _split_fused_experts(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """transformers' fused expert tensors -> SwitchGLU's stacked ``(experts, out, in)`` weights."""
-    out = {}
-    for name, value in weights.items():
-        if name.endswith(FUSED_GATE_UP):
-            prefix = name.removesuffix(".gate_up_proj")
-            gate, up = mx.split(value, 2, axis=-1)
-            out[f"{prefix}.gate_proj.weight"] = gate.swapaxes(-1, -2)
-            out[f"{prefix}.up_proj.weight"] = up.swapaxes(-1, -2)
-        elif name.endswith(FUSED_DOWN):
-            out[f"{name}.weight"] = value.swapaxes(-1, -2)
-        else:
-            out[name] = value
-    return out
-
-
-def _stack_per_expert(weights: dict[str, mx.array]) -> dict[str, mx.array]:
-    """``...experts.<e>.gate_proj.weight`` (one tensor per expert) -> one stacked tensor."""
-    groups: dict[str, dict[int, mx.array]] = {}
-    out = {}
-    for name, value in weights.items():
-        match = PER_EXPERT.match(name)
-        if match is None:
-            out[name] = value
-            continue
-        key = f"{match['prefix']}.{match['rest']}"
-        groups.setdefault(key, {})[int(match["expert"])] = value
-    for key, experts in groups.items():
-        if sorted(experts) != list(range(len(experts))):  # a gap: leave them to the strict check,
-            prefix, rest = key.rsplit(".", 2)[0], ".".join(key.rsplit(".", 2)[1:])
-            out.update({f"{prefix}.{e}.{rest}": v for e, v in experts.items()})  # which names them
-            continue
-        out[key] = mx.stack([experts[e] for e in range(len(experts))])
-    return out
-
-
-__all__ = ["Model", "ModelArgs", "attention_temperature"]
