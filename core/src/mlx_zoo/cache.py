@@ -30,6 +30,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CacheFileError, GenerationArgumentError
+from .hookspecs import MakesCache
 
 Mask = None | str | mx.array
 
@@ -350,7 +351,7 @@ def _registered_name(cache: Any, registry: dict[str, type]) -> str:
 
 def make_prompt_cache(model: Any) -> list:
     """The model's own caches (its ``make_cache``), else one :class:`KVCache` per layer."""
-    if hasattr(model, "make_cache"):
+    if isinstance(model, MakesCache):
         return model.make_cache()
     return [KVCache() for _ in model.layers]
 
