@@ -31,6 +31,7 @@ from mlx.utils import tree_flatten, tree_unflatten
 
 from .errors import CacheFileError, GenerationArgumentError
 from .hookspecs import MakesCache
+from .registry import call_hook, find_contribution, provider_of
 
 Mask = None | str | mx.array
 
@@ -331,14 +332,27 @@ BUILTIN_CACHES: dict[str, type] = {
 }
 
 
-def cache_classes() -> dict[str, type]:
-    """The cache registry: built-in classes and those of the registered plugins."""
-    from .registry import call_hook
+CACHE_HOOK = "register_cache_classes"
 
+
+def cache_classes() -> dict[str, type]:
+    """The cache registry: built-in classes and those of the registered plugins (see
+    :func:`cache_class` for those of installed plugins not imported yet)."""
     classes = dict(BUILTIN_CACHES)
-    for contributed in call_hook("register_cache_classes"):
+    for contributed in call_hook(CACHE_HOOK):
         classes.update(contributed or {})
     return classes
+
+
+def cache_class(name: str, plugin: str | None = None) -> type | None:
+    """The cache class registered as ``name``: built-in, of a registered plugin, or of an
+    installed plugin imported for the purpose -- ``plugin`` (the distribution recorded when the
+    cache was saved) first, else the likeliest (:func:`mlx_zoo.registry.find_contribution`).
+    None if no plugin registers it."""
+    found = cache_classes().get(name)
+    if found is None:
+        found = find_contribution(CACHE_HOOK, name, providers=[plugin] if plugin else ())
+    return found
 
 
 def _registered_name(cache: Any, registry: dict[str, type]) -> str:
@@ -432,6 +446,9 @@ def save_prompt_cache(path: str | Path, cache: list, metadata: dict[str, str] | 
     for i, c in enumerate(cache):
         arrays.update(tree_flatten(list(c.state), prefix=f".{i}"))
     layout = [{"class": _registered_name(c, registry), "meta": list(c.meta_state)} for c in cache]
+    for entry in layout:  # which distribution registers a plugin's class: found again on load
+        if entry["class"] not in BUILTIN_CACHES:
+            entry["plugin"] = provider_of(CACHE_HOOK, entry["class"])
     header = {"format": CACHE_FORMAT, "layers": json.dumps(layout),
               "user": json.dumps(metadata or {})}
     if model is not None:
@@ -456,7 +473,7 @@ def _json_key(path: Path, header: dict[str, str], key: str, expected: type, defa
     return value
 
 
-def _layout_entry(path: Path, i: int, entry: Any) -> tuple[str, tuple[str, ...]]:
+def _layout_entry(path: Path, i: int, entry: Any) -> tuple[str, tuple[str, ...], str | None]:
     where = f"{path}: key 'layers', entry {i}"
     if not isinstance(entry, dict) or not isinstance(entry.get("class"), str):
         raise CacheFileError(f"{where}: expected an object with a string 'class' and a 'meta' "
@@ -466,7 +483,8 @@ def _layout_entry(path: Path, i: int, entry: Any) -> tuple[str, tuple[str, ...]]
             isinstance(m, str) and m.isascii() and m.isdigit() for m in meta):
         raise CacheFileError(f"{where}: 'meta' must be a list of non-negative integers written "
                              f"as strings, got {meta!r}")
-    return entry["class"], tuple(meta)
+    plugin = entry.get("plugin")
+    return entry["class"], tuple(meta), plugin if isinstance(plugin, str) else None
 
 
 def _stored_length(cache: Any) -> int | None:
@@ -545,7 +563,6 @@ def load_prompt_cache(path: str | Path, return_metadata: bool = False, model: An
     user = _json_key(path, header, "user", dict, {})
     if not all(isinstance(k, str) and isinstance(v, str) for k, v in user.items()):
         raise CacheFileError(f"{path}: key 'user' must map strings to strings, got {user!r}")
-    registry = cache_classes()
     by_layer: dict[int, list] = {}
     for key, array in arrays.items():
         layer, _, rest = key.partition(".")
@@ -554,11 +571,11 @@ def load_prompt_cache(path: str | Path, return_metadata: bool = False, model: An
                                  f"layer in 0 .. {len(layout) - 1}")
         by_layer.setdefault(int(layer), []).append((rest, array))
     caches = []
-    for i, (class_name, meta) in enumerate(layout):
+    for i, (class_name, meta, plugin) in enumerate(layout):
         where = f"{path}: key 'layers', entry {i} ({class_name})"
-        cls = registry.get(class_name)
+        cls = cache_class(class_name, plugin)
         if cls is None:
-            known = ", ".join(sorted(registry))
+            known = ", ".join(sorted(cache_classes()))
             raise CacheFileError(f"{path}: layer {i} uses cache class {class_name!r}, which no "
                                  f"installed plugin registers (known: {known})")
         cache = cls.__new__(cls)

@@ -404,6 +404,23 @@ def find_contribution(hook_name: str, name: str, *, providers: Iterable[str] = (
     return None
 
 
+def provider_of(hook_name: str, name: str) -> str | None:
+    """The name of the registered plugin (its distribution, for an installed one) whose
+    ``hook_name`` hook contributes ``name`` -- the last one, as merged lookups let it win."""
+    pm = plugin_manager()
+    found = None
+    for impl in getattr(pm.hook, hook_name).get_hookimpls():
+        try:
+            result = impl.function()
+        except PROPAGATED:
+            raise
+        except BaseException:
+            continue
+        if isinstance(result, dict) and name in result:
+            found = pm.get_name(impl.plugin)
+    return found
+
+
 def all_contributions(hook_name: str) -> dict[str, Any]:
     """Everything every enabled plugin -- registered, or installed and imported for the purpose
     -- contributes through ``hook_name``, merged (installed ones first, registered in-process

@@ -48,6 +48,7 @@ import mlx.nn as nn
 
 from .checks import NonNegativeFloat, PositiveFloat, PositiveInt, check_value
 from .errors import ConfigError
+from .registry import call_hook, find_contribution
 
 SCALING_KEY = "rope_scaling"
 """The config.json key of the scaling parameters; errors name ``rope_scaling.<parameter>``."""
@@ -414,8 +415,6 @@ def rope_variants() -> dict[str, type[RoPE]]:
     """The variants known now: the built-in ones, then those of the plugins registered so far
     (which may override). :func:`variant_for` also finds those of installed plugins not yet
     imported."""
-    from .registry import call_hook  # registry -> hookspecs only; imported on use
-
     variants = dict(BUILTIN_VARIANTS)
     for contributed in call_hook(HOOK):
         variants.update(contributed or {})
@@ -437,12 +436,10 @@ def variant_for(kind: str, path: Path | str | None = None,
     known = rope_variants()
     if kind in known:
         return known[kind]
-    from .registry import find_contribution
-
     found = find_contribution(HOOK, kind)
     if found is not None:
         return found
-    names = sorted({*known, *(variants or {})})
+    names = sorted({*rope_variants(), *(variants or {})})  # the plugins searched included
     raise ConfigError(path, f"unknown rope_type {kind!r}; known: {', '.join(names)}",
                       key=f"{SCALING_KEY}.rope_type")
 
