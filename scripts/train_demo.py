@@ -1,4 +1,4 @@
-"""Train the demo checkpoints shipped in ``mlx_zoo/demos/``: one tiny model per architecture.
+"""Train the demo checkpoints the plugins ship (``<plugin>/demo/``), one tiny model each.
 
 The training text: docstrings of Python's standard library
 ----------------------------------------------------------
@@ -57,7 +57,11 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "scripts" / "demo_corpus.txt"
-DEMOS = REPO / "core" / "src" / "mlx_zoo" / "demos"
+DEMOS = {  # where each demo lives: inside the plugin that ships it (its register_demos hook)
+    "qwen2": REPO / "plugins" / "mlx-qwen2" / "src" / "mlx_qwen2" / "demo",
+    "hunyuan": REPO / "plugins" / "mlx-hunyuan" / "src" / "mlx_hunyuan" / "demo",
+    "llama4": REPO / "plugins" / "mlx-llama4" / "src" / "mlx_llama4" / "demo",
+}
 
 # -- 1. the corpus -----------------------------------------------------------------------------
 
@@ -358,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
     p = sub.add_parser("train", help="train demo checkpoints")
     p.add_argument("names", nargs="+", choices=sorted(CONFIGS))
     p.add_argument("--steps", type=int, default=1500)
-    p.add_argument("--out", type=Path, default=DEMOS, help="parent directory of the demos")
+    p.add_argument("--out", type=Path, default=None,
+                   help="parent directory of the demos (default: each in its plugin)")
     args = parser.parse_args(argv)
 
     if args.command == "extract":
@@ -390,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
         with router_choices_without_gradients():
             loss = train(model, stream, args.steps, rng)
         minutes = (time.perf_counter() - start) / 60
-        out = args.out / name
+        out = args.out / name if args.out else DEMOS[name]
         save_demo(name, model, config, tokenizer, out)
         size = sum(f.stat().st_size for f in out.iterdir()) / 1e6
         print(f"{name}: final loss {loss:.3f}, {minutes:.1f} min, {size:.2f} MB in {out}")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from mlx_zoo.demos import DEMO_ROOT
+from mlx_zoo.demos import available_demos
 
 SCRIPT = Path(sys.executable).parent / "mlx-zoo"
 CORPUS = Path(__file__).resolve().parent.parent / "scripts" / "demo_corpus.txt"
@@ -102,5 +102,5 @@ def test_chat_keeps_history_and_reads_piped_input():
 
 def test_available_demos_are_listed_in_the_error():
     proc = mlx_zoo_cli("generate", "--model", "demo:nonexistent")
-    for name in sorted(p.name for p in DEMO_ROOT.iterdir() if (p / "config.json").is_file()):
+    for name in available_demos():
         assert f"demo:{name}" in proc.stderr

@@ -13,7 +13,7 @@ import warnings
 import pytest
 
 import mlx_zoo
-from mlx_zoo.demos import DEMO_ROOT
+from mlx_zoo.demos import demo_dir
 from mlx_zoo.errors import GenerationArgumentError, TokenizerError
 from mlx_zoo.generate import ContextLengthWarning, resolve_kv_group_size
 
@@ -38,7 +38,7 @@ def assert_refused(proc, *fragments) -> None:
 
 def demo_copy(tmp_path, name="qwen2", config=None, tokenizer_config=None) -> str:
     target = tmp_path / name
-    shutil.copytree(DEMO_ROOT / name, target)
+    shutil.copytree(demo_dir(name), target)
     for file, changes in (("config.json", config), ("tokenizer_config.json", tokenizer_config)):
         if changes:
             data = json.loads((target / file).read_text())

@@ -1,6 +1,6 @@
-"""The demo checkpoints shipped in mlx_zoo/demos: present, small, loadable by ``demo:NAME``, and
--- end to end through tokenizer, RoPE, masks and caches of each architecture -- they reproduce a
-passage they learned by heart and write English-like text."""
+"""The demo checkpoints the plugins ship (``register_demos``): present, small, loadable by
+``demo:NAME``, and -- end to end through tokenizer, RoPE, masks and caches of each
+architecture -- they reproduce a passage they learned by heart and write English-like text."""
 
 import json
 import re
@@ -11,7 +11,7 @@ import mlx.core as mx
 import pytest
 
 import mlx_zoo
-from mlx_zoo.demos import DEMO_ROOT, available_demos
+from mlx_zoo.demos import README, available_demos, demo_dir
 
 REPO = Path(__file__).resolve().parent.parent
 CORPUS = REPO / "scripts" / "demo_corpus.txt"
@@ -41,7 +41,7 @@ def corpus() -> dict[str, str]:
 def demo(request):
     name = request.param
     if name not in available_demos():
-        pytest.fail(f"demo {name!r} is missing from {DEMO_ROOT}")
+        pytest.fail(f"demo {name!r} is missing: no installed plugin provides it")
     model, config = mlx_zoo.load(f"demo:{name}")
     return name, model, config, mlx_zoo.load_tokenizer(f"demo:{name}")
 
@@ -52,7 +52,7 @@ def test_qwen2_demo_ships():
 
 @pytest.mark.parametrize("name", available_demos())
 def test_demo_files_are_small_and_complete(name):
-    files = {p.name: p.stat().st_size for p in (DEMO_ROOT / name).iterdir()}
+    files = {p.name: p.stat().st_size for p in (demo_dir(name)).iterdir()}
     for required in ("config.json", "model.safetensors", "tokenizer.json",
                      "tokenizer_config.json", "generation_config.json"):
         assert required in files, f"{name}: {required} missing"
@@ -114,7 +114,7 @@ def test_the_passage_check_fails_with_a_wrong_rope_base(demo, tmp_path):
     edited) lose the passage."""
     name, _, _, tokenizer = demo
     copy = tmp_path / name
-    shutil.copytree(DEMO_ROOT / name, copy)
+    shutil.copytree(demo_dir(name), copy)
     config = json.loads((copy / "config.json").read_text())
     config["rope_theta"] *= 100
     (copy / "config.json").write_text(json.dumps(config))
@@ -157,6 +157,6 @@ def test_llama4_demo_uses_chunked_attention_and_experts():
 
 
 def test_readme_names_the_licence_of_the_training_text():
-    readme = (DEMO_ROOT / "README.md").read_text(encoding="utf-8")
+    readme = (README).read_text(encoding="utf-8")
     assert "PSF License" in readme and "demo_corpus.txt" in readme
     assert CORPUS.stat().st_size > 50_000

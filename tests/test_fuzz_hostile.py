@@ -33,7 +33,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 import mlx_zoo
-from mlx_zoo.demos import DEMO_ROOT
+from mlx_zoo.demos import demo_dir
 
 MAX_EXAMPLES = int(os.environ.get("MLX_ZOO_FUZZ_EXAMPLES", "25"))
 """Examples per property: with ~10 properties, about a minute of CI on 2 cores."""
@@ -61,7 +61,7 @@ def demo_copy(tmp: Path, demo: str) -> Path:
     target = tmp / demo
     if target.exists():
         shutil.rmtree(target)
-    shutil.copytree(DEMO_ROOT / demo, target)
+    shutil.copytree(demo_dir(demo), target)
     return target
 
 
@@ -117,7 +117,7 @@ ROPE_TYPES = ("linear", "dynamic", "yarn", "longrope", "llama3", "default", "non
 
 
 def config_keys(demo: str) -> list[tuple[str, ...]]:
-    config = json.loads((DEMO_ROOT / demo / "config.json").read_text())
+    config = json.loads((demo_dir(demo) / "config.json").read_text())
     keys = [(k,) for k in config if k not in ("model_type", "architectures")]
     keys += [("rope_scaling", k) for k in ROPE_KEYS] + [("quantization", "group_size"),
                                                        ("quantization", "bits")]

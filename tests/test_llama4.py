@@ -384,9 +384,9 @@ def test_no_chunked_layers_without_a_chunk_size(tmp_path):
     """``attention_chunk_size: null`` means global attention on every layer (ModelArgs): the
     model runs with and without caches and decodes incrementally as it runs whole (it used to
     build a ChunkedKVCache(None) for the mask and fail with a TypeError)."""
-    from mlx_zoo.demos import DEMO_ROOT
+    from mlx_zoo.demos import demo_dir
 
-    model_dir = edited_copy(DEMO_ROOT / "llama4", tmp_path / "global",
+    model_dir = edited_copy(demo_dir("llama4"), tmp_path / "global",
                             lambda c: c.update(attention_chunk_size=None))
     model, _ = mlx_zoo.load(model_dir, fuse=False)
     ids = [[3, 17, 42, 7, 9]]

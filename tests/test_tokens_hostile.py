@@ -14,7 +14,7 @@ import mlx.core as mx
 import pytest
 
 import mlx_zoo
-from mlx_zoo.demos import DEMO_ROOT
+from mlx_zoo.demos import demo_dir
 from mlx_zoo.errors import GenerationArgumentError, TokenizerError
 from mlx_zoo.layers import checked_token_ids
 from mlx_zoo.tokenizer import check_ids_fit_vocab
@@ -32,7 +32,7 @@ def demo():
 def hostile_dir(tmp_path, edit) -> str:
     """A copy of the qwen2 demo whose tokenizer.json ``edit`` changes in place."""
     target = tmp_path / "hostile"
-    shutil.copytree(DEMO_ROOT / "qwen2", target)
+    shutil.copytree(demo_dir("qwen2"), target)
     path = target / "tokenizer.json"
     data = json.loads(path.read_text(encoding="utf-8"))
     edit(data)

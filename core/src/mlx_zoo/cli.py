@@ -65,7 +65,7 @@ COMMANDS["info"] = ("describe a checkpoint", _add_info, cmd_info)
 
 # -- generate / chat ---------------------------------------------------------------------------
 
-DEFAULT_MODEL = "demo:qwen2"  # a demo checkpoint shipped with mlx-zoo: runs offline
+DEFAULT_MODEL = None  # an installed plugin's demo checkpoint, qwen2 first (mlx_zoo.demos): offline
 DEFAULT_PROMPT = "hello"
 CHAT_HELP = ("Type a message and press Enter; 'r' resets the conversation, 'q' (or end of "
              "input) quits.")
@@ -73,8 +73,8 @@ CHAT_HELP = ("Type a message and press Enter; 'r' resets the conversation, 'q' (
 
 def _add_sampling(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", default=DEFAULT_MODEL,
-                   help="model directory, Hugging Face repo id, or demo:NAME "
-                        "(default: %(default)s)")
+                   help="model directory, Hugging Face repo id, or demo:NAME (default: an "
+                        "installed plugin's demo, demo:qwen2 first)")
     p.add_argument("--max-tokens", "-m", type=int, default=256, help="most tokens to generate")
     p.add_argument("--temp", type=float, default=0.0, help="sampling temperature (0: greedy)")
     p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass, in (0, 1]")
@@ -130,6 +130,15 @@ def _load_for_generation(args: argparse.Namespace):
     check_seed(args.seed)
     mlx_zoo.make_sampler(args.temp, args.top_p, args.top_k, args.min_p)
     mlx_zoo.make_logits_processors(args.repetition_penalty, args.repetition_context_size)
+    if args.model is None:
+        from .demos import DEMO_PREFIX, default_demo
+
+        demo = default_demo()
+        if demo is None:
+            raise mlx_zoo.ModelNotFoundError(
+                "no --model given, and no installed plugin ships a demo checkpoint (install "
+                "one, e.g. pip install mlx-qwen2, or pass --model)")
+        args.model = DEMO_PREFIX + demo
 
     # "auto": dense float32 on MLX's Linux CPU backend when it fits (mlx_zoo.backend), else as is;
     # fuse: q/k/v and gate/up as one matmul each, fewer kernels per token (mlx_zoo.fusion).

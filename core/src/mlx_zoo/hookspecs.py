@@ -14,6 +14,14 @@ There are three extension points:
   ``globals()``).
 * **RoPE** -- :func:`register_rope_variants` adds rotary-embedding variants to the one registry
   keyed by Hugging Face's ``rope_scaling["rope_type"]`` (see :mod:`mlx_zoo.rope`).
+* **demos** -- :func:`register_demos` names the demo checkpoints the plugin ships (a tiny model
+  directory inside its package), loadable as ``demo:NAME`` (:mod:`mlx_zoo.demos`).
+
+What a plugin registers is found whether or not anything imported the plugin before: a name the
+registered plugins do not know is looked up in the installed plugins' hooks, importing only what
+is needed (:func:`mlx_zoo.registry.find_contribution`). Plugin modules register nothing when
+imported; a model class that builds the plugin's own RoPE variant passes it to
+:func:`mlx_zoo.get_rope` (``variants=``), so it builds in any import order.
 
 A model's modules may also declare projections that read the same input and may run as one
 matmul (``fusable_projections = {"qkv_proj": ("q_proj", "k_proj", "v_proj")}``, called through
@@ -46,6 +54,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import pluggy
@@ -168,6 +177,14 @@ def register_rope_variants() -> dict[str, type]:
     Each class is built as ``cls(dims, *, base, traditional, scaling, max_position_embeddings)``
     and called as ``rope(x, offset)``; derive it from :class:`mlx_zoo.rope.RoPE`.
     """
+
+
+@hookspec
+def register_demos() -> dict[str, Path]:
+    """Return the demo checkpoints this plugin ships: ``{name: directory}``, each directory an
+    ordinary checkpoint (``config.json``, ``model.safetensors``, tokenizer files) inside the
+    plugin's package (declare it as package data), e.g.
+    ``{"myarch": Path(__file__).parent / "demo"}``; loaded as ``demo:myarch``."""
 
 
 @hookspec

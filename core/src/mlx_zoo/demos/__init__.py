@@ -1,8 +1,13 @@
-"""Demo checkpoints that ship with mlx-zoo: tiny models (a few MB) trained by
-``scripts/train_demo.py`` on docstrings of Python's standard library, one per architecture.
+"""Demo checkpoints, resolved through the plugins that ship them.
 
-They run offline, so ``mlx-zoo generate`` works right after installation; load one with the
-model reference ``demo:NAME`` (``mlx_zoo.load("demo:qwen2")``). See README.md beside this file.
+Each plugin may ship tiny demo models (a few MB, trained by ``scripts/train_demo.py`` on
+docstrings of Python's standard library; see README.md beside this file) inside its own package,
+and names them with the ``register_demos`` hook (:mod:`mlx_zoo.hookspecs`); the core ships none.
+They run offline, so ``mlx-zoo generate`` works right after installing a plugin: load one with
+the model reference ``demo:NAME`` (``mlx_zoo.load("demo:qwen2")``, with mlx-qwen2 installed).
+
+``demo:NAME`` is resolved by whoever provides it: the registered plugins first, else the
+installed ones, importing only what is needed (:func:`mlx_zoo.registry.find_contribution`).
 """
 
 from __future__ import annotations
@@ -10,25 +15,50 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
+from ..registry import all_contributions, find_contribution
+
+__all__ = ["DEMO_HOOK", "DEMO_PREFIX", "PREFERRED_DEMOS", "README", "available_demos",
+           "default_demo", "demo_dir", "is_demo_reference"]
 
 DEMO_PREFIX = "demo:"
-DEFAULT_DEMO = "qwen2"
-DEMO_ROOT = Path(__file__).resolve().parent
+DEMO_HOOK = "register_demos"
+PREFERRED_DEMOS = ("qwen2",)
+"""Picked first, in this order, as the default model of ``mlx-zoo generate`` / ``chat``."""
+README = Path(__file__).resolve().with_name("README.md")
+"""What the project's demos are, how they were trained, and the licence of their training text."""
+
+
+def _is_checkpoint(path: object) -> bool:
+    return isinstance(path, (str, Path)) and (Path(path) / "config.json").is_file()
 
 
 def available_demos() -> list[str]:
-    """Names of the demos present in this installation."""
-    return sorted(p.name for p in DEMO_ROOT.iterdir() if (p / "config.json").is_file())
+    """Names of the demos the enabled plugins provide (every installed plugin is imported)."""
+    return sorted(name for name, path in all_contributions(DEMO_HOOK).items()
+                  if _is_checkpoint(path))
+
+
+def default_demo() -> str | None:
+    """The demo ``mlx-zoo generate`` runs without ``--model``: the first of
+    :data:`PREFERRED_DEMOS` some plugin provides, else the first available; None if none is."""
+    for name in PREFERRED_DEMOS:
+        if _is_checkpoint(find_contribution(DEMO_HOOK, name)):
+            return name
+    names = available_demos()
+    return names[0] if names else None
 
 
 def is_demo_reference(reference: object) -> bool:
+    """Whether ``reference`` is a ``demo:NAME`` model reference."""
     return isinstance(reference, str) and reference.startswith(DEMO_PREFIX)
 
 
 def demo_dir(name: str) -> Path:
-    """The directory of demo ``name``; raises ``ModelNotFoundError`` listing the others."""
-    path = DEMO_ROOT / name
-    if not name or "/" in name or not (path / "config.json").is_file():
+    """The directory of demo ``name``, from the plugin that provides it; raises
+    :class:`~mlx_zoo.ModelNotFoundError` listing the available demos."""
+    path = find_contribution(DEMO_HOOK, name) if name and "/" not in name else None
+    if not _is_checkpoint(path):
+        available = ", ".join(DEMO_PREFIX + d for d in available_demos()) or "none installed"
         raise ModelNotFoundError(f"{DEMO_PREFIX}{name}: no such demo checkpoint (available: "
-                                 + ", ".join(DEMO_PREFIX + d for d in available_demos()) + ")")
-    return path
+                                 f"{available}; plugins ship them)")
+    return Path(path)

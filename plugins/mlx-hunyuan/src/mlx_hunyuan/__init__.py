@@ -14,6 +14,8 @@ The plugin also adds HunYuan's NTK-alpha RoPE to the core's RoPE registry
 (:mod:`mlx_hunyuan.rope`).
 """
 
+from pathlib import Path
+
 from mlx_zoo import Architecture, hookimpl
 
 from . import hunyuan, hunyuan_v1_dense, hunyuan_v1_moe
@@ -40,3 +42,9 @@ def register_models() -> list[Architecture]:
 @hookimpl
 def register_rope_variants() -> dict[str, type]:
     return {NTK_ALPHA: NTKAlphaRoPE}
+
+
+@hookimpl
+def register_demos() -> dict[str, Path]:
+    """The demo checkpoint shipped in this package (``demo:hunyuan``)."""
+    return {"hunyuan": Path(__file__).resolve().parent / "demo"}

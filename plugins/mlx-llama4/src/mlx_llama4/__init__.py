@@ -8,6 +8,8 @@ Two model_types, one architecture:
 * ``llama4_text`` -- what transformers' ``Llama4ForCausalLM`` saves: a flat text config.
 """
 
+from pathlib import Path
+
 from mlx_zoo import Architecture, hookimpl
 
 from .llama4 import Model, ModelArgs
@@ -26,3 +28,9 @@ def spec_version() -> int:
 @hookimpl
 def register_models() -> list[Architecture]:
     return [Architecture(model_type, ModelArgs, Model) for model_type in MODEL_TYPES]
+
+
+@hookimpl
+def register_demos() -> dict[str, Path]:
+    """The demo checkpoint shipped in this package (``demo:llama4``)."""
+    return {"llama4": Path(__file__).resolve().parent / "demo"}

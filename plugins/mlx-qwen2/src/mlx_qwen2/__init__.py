@@ -4,6 +4,8 @@ The reference plugin: a module with one hook implementation, found by the core t
 ``mlx_zoo.models`` entry point declared in this distribution's pyproject.toml.
 """
 
+from pathlib import Path
+
 from mlx_zoo import Architecture, hookimpl
 
 from .qwen2 import Model, ModelArgs
@@ -20,3 +22,9 @@ def spec_version() -> int:
 @hookimpl
 def register_models() -> list[Architecture]:
     return [Architecture("qwen2", ModelArgs, Model)]
+
+
+@hookimpl
+def register_demos() -> dict[str, Path]:
+    """The demo checkpoint shipped in this package (``demo:qwen2``)."""
+    return {"qwen2": Path(__file__).resolve().parent / "demo"}
