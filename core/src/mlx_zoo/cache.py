@@ -261,6 +261,12 @@ def chunked_causal_mask(offset: int, n: int, stored: int, chunk_size: int) -> mx
     return causal & same_chunk
 
 
+KV_BITS = (2, 3, 4, 5, 6, 8)
+"""Bit widths MLX quantizes to (``mx.quantize``, affine mode)."""
+KV_GROUP_SIZES = (32, 64, 128)
+"""Group sizes MLX quantizes with: consecutive elements of a key/value vector sharing a scale."""
+
+
 class QuantizedKVCache(_Trimmable):
     """Full attention with keys and values stored quantized (``bits`` per element in groups of
     ``group_size``); :func:`mlx_zoo.layers.attention` reads it with quantized matmuls. Like
@@ -508,8 +514,6 @@ def _check_meta(where: str, cache: Any) -> None:
             raise CacheFileError(f"{where}: start {cache.start} must be a multiple of chunk_size "
                                  f"{cache.chunk_size} and <= offset {cache.offset}")
     if isinstance(cache, QuantizedKVCache):
-        from .generate import KV_BITS, KV_GROUP_SIZES
-
         if cache.bits not in KV_BITS or cache.group_size not in KV_GROUP_SIZES:
             raise CacheFileError(f"{where}: bits {cache.bits} / group_size {cache.group_size} "
                                  f"must be in {KV_BITS} / {KV_GROUP_SIZES}")

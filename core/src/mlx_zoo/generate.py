@@ -26,7 +26,13 @@ from typing import Any
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cache import KVCache, check_prompt_cache, make_prompt_cache
+from .cache import (
+    KV_BITS,
+    KV_GROUP_SIZES,
+    KVCache,
+    check_prompt_cache,
+    make_prompt_cache,
+)
 from .compiled import compiled_decoder, enabled_by_default
 from .errors import GenerationArgumentError
 from .layers import checked_token_ids
@@ -72,10 +78,6 @@ def check_seed(seed: int | None) -> None:
             f"seed must be an integer in [0, 2**64) (MLX's random seed is 64-bit), got {seed!r}")
 
 
-KV_BITS = (2, 3, 4, 5, 6, 8)
-"""Bit widths MLX quantizes to (``mx.quantize``, affine mode)."""
-KV_GROUP_SIZES = (32, 64, 128)
-"""Group sizes MLX quantizes with: consecutive elements of a key/value vector sharing a scale."""
 DEFAULT_KV_GROUP_SIZE = None
 """None: the largest of :data:`KV_GROUP_SIZES` dividing the head dimension
 (:func:`resolve_kv_group_size`) -- a fixed 64 would fail on every model with 32-wide heads."""
