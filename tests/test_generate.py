@@ -362,3 +362,10 @@ def test_a_model_config_transformers_rejects_does_not_block_the_tokenizer(demo_c
     tokenizer = mlx_zoo.load_tokenizer(demo_copy)
     assert tokenizer.encode(UNICODE_TEXT) == reference.encode(UNICODE_TEXT)
     assert tokenizer.eos_token_ids == reference.eos_token_ids
+
+
+def test_byte_level_detokenizer_ids_in_the_embedding_padding():
+    """Embedding tables are often padded past the tokenizer (Qwen2: 151,936 rows for 151,665
+    tokens): an id in the padding stands for no text instead of raising IndexError."""
+    detok = ByteLevelDetokenizer([b"a", b"b"])
+    assert detok.add_token(0) + detok.add_token(5) + detok.add_token(1) + detok.finalize() == "ab"

@@ -113,7 +113,10 @@ class ByteLevelDetokenizer(StreamingDetokenizer):
         self._decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
 
     def add_token(self, token: int) -> str:
-        return self._decoder.decode(self._token_bytes[token])
+        # Embedding tables are often padded past the tokenizer (Qwen2: 151,936 rows for 151,665
+        # tokens): an id in the padding is valid for the model and stands for no text.
+        piece = self._token_bytes[token] if 0 <= token < len(self._token_bytes) else b""
+        return self._decoder.decode(piece)
 
     def finalize(self) -> str:
         return self._decoder.decode(b"", final=True)
