@@ -8,7 +8,6 @@ import copy
 import json
 import pickle
 from collections.abc import Callable
-from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -17,6 +16,7 @@ from mlx.utils import tree_flatten
 
 import mlx_zoo
 from mlx_zoo import registry
+from mlx_zoo.demos import demo_dir
 from mlx_zoo.layers import SwitchGLU
 
 DEMOS = ("qwen2", "hunyuan", "llama4")
@@ -41,7 +41,7 @@ def demo(name: str, variant: str) -> nn.Module:
 def hunyuan_moe() -> nn.Module:
     """The HunYuan demo's shape as ``hunyuan_v1_moe`` (routed SwitchGLU experts and a shared
     MLP), randomly initialised: the demo checkpoint itself is dense."""
-    raw = json.loads((Path(mlx_zoo.__file__).parent / "demos" / "hunyuan" / "config.json")
+    raw = json.loads((demo_dir("hunyuan") / "config.json")
                      .read_text())
     raw.update(model_type="hunyuan_v1_moe", num_experts=4, moe_topk=2,
                moe_intermediate_size=64, num_shared_expert=1, use_mixed_mlp_moe=True)
