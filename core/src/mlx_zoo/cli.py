@@ -1,4 +1,5 @@
-"""The ``mlx-zoo`` command: ``list``, ``info``, ``generate``, ``chat``, ``convert``, ``serve``.
+"""The ``mlx-zoo`` command: ``list``, ``info``, ``generate``, ``chat``, ``convert``, ``serve``,
+``new-plugin``.
 
 Each subcommand lives in its own function and imports what it needs only when it runs, so
 ``mlx-zoo list`` stays fast and never imports a plugin it does not check.
@@ -273,6 +274,11 @@ COMMANDS["chat"] = ("chat with a model (one message per input line)", _add_chat,
 from .convert import COMMAND as _CONVERT  # noqa: E402 (after the commands it is listed with)
 
 COMMANDS["convert"] = _CONVERT
+
+# new-plugin: a tested, buildable plugin distribution from the template (mlx_zoo.newplugin)
+from .newplugin import COMMAND as _NEW_PLUGIN  # noqa: E402
+
+COMMANDS["new-plugin"] = _NEW_PLUGIN
 
 
 def _add_serve(p: argparse.ArgumentParser) -> None:

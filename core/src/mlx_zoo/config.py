@@ -200,6 +200,10 @@ class BaseModelArgs:
     :func:`mlx_zoo.weights.validate_quantization`), or ``None`` for a dense model."""
     integer_floats: frozenset[str] = internal_field(default=frozenset(), repr=False)
     """Float fields that config.json gave as integers: written back as integers."""
+    derived: frozenset[str] = internal_field(default=frozenset(), repr=False)
+    """Fields config.json did not give whose value ``__post_init__`` derived from others
+    (``head_dim = hidden_size // num_attention_heads``): not written back, so that a saved
+    config.json holds the keys the original did (transformers' configs derive them too)."""
 
     rope_variants: ClassVar[dict[str, type]] = {}
     """RoPE variants (``{rope_type: class}``) this plugin's models pass to
@@ -240,6 +244,11 @@ class BaseModelArgs:
                    extra={k: copy.deepcopy(v) for k, v in config.items()
                           if k not in keys and k not in managed},
                    quantization=copy.deepcopy(quantization), integer_floats=integer_floats)
+        args.derived = frozenset(
+            field.name for field in dataclasses.fields(cls)
+            if not is_internal(field) and field.init and field.name not in config
+            and field.default is not dataclasses.MISSING
+            and getattr(args, field.name) != field.default)
         args.check_divides(given=config, path=path)
         args.validate(path)
         return args
@@ -289,7 +298,7 @@ class BaseModelArgs:
         config as it is)."""
         data = dict(self.extra)
         for field in dataclasses.fields(self):
-            if is_internal(field):
+            if is_internal(field) or field.name in self.derived:
                 continue
             value = getattr(self, field.name)
             if dataclasses.is_dataclass(value):

@@ -38,6 +38,7 @@ from pathlib import Path
 from typing import Any
 
 from .errors import MlxZooError
+from .hookspecs import QuantizePredicate
 
 CONVERSION_DTYPES = ("float16", "bfloat16", "float32")
 """What ``--dtype`` accepts: the floating-point types a checkpoint can be stored in."""
@@ -216,7 +217,7 @@ def _quantize(model, config, *, bits: int, group_size: int, mode: str, quant_pre
 
     if isinstance(quant_predicate, str):
         quant_predicate = mixed_recipe(quant_predicate, model, group_size)
-    own = getattr(model, "quantize_predicate", None)
+    own = model.quantize_predicate if isinstance(model, QuantizePredicate) else None
 
     def decide(path: str, module):
         decision = own(path, module) if own is not None else True
@@ -614,10 +615,9 @@ def _prepare(hf_path: str, *, dtype, quantize, q_bits, q_group_size, q_mode, qua
         if target is not None:
             _cast(model, target)
         tensors = list(checkpoint_parameters(model))
-    data = config.to_dict() if hasattr(config, "to_dict") else dict(config)
     if dequantize:
-        for key in ("quantization", "quantization_config"):
-            data.pop(key, None)
+        config.clear_quantization()  # written dense
+    data = config.to_dict()
     del model
     gc.collect()  # a module cycle would otherwise keep the model's arrays alive past writing
     return tensors, data, source, flags

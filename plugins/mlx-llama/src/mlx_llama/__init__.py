@@ -9,6 +9,12 @@ __all__ = ["MistralArgs", "MistralModel", "Model", "ModelArgs"]
 
 
 @hookimpl
+def spec_version() -> int:
+    """The mlx-zoo plugin spec this plugin implements (``mlx_zoo.SPEC_VERSION``)."""
+    return 1
+
+
+@hookimpl
 def register_models() -> list[Architecture]:
     return [Architecture("llama", ModelArgs, Model),
             Architecture("mistral", MistralArgs, MistralModel)]
