@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import inspect
 import json
 import os
 import pickle
@@ -202,9 +203,14 @@ class PluginConformance:
         return self.case("base", tmp_path_factory)
 
     def reference_callable(self) -> Reference | None:
-        if isinstance(self.reference, str):
-            return transformers_reference(self.reference)
-        return self.reference
+        """The declared reference as a callable. A function assigned in the class body
+        (``reference = my_logits``) is taken as written, not bound as a method."""
+        declared = inspect.getattr_static(self, "reference", None)
+        if isinstance(declared, (staticmethod, classmethod)):
+            declared = declared.__get__(None, type(self))
+        if isinstance(declared, str):
+            return transformers_reference(declared)
+        return declared
 
     def expected(self, case: TinyCase):
         """The reference's logits for ``case`` (skips the test without a reference)."""
