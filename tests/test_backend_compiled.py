@@ -9,11 +9,11 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
-from parity import rel_err
 
 import mlx_zoo
 from mlx_zoo import registry
 from mlx_zoo.compiled import StaticKVCache, compiled_decoder
+from mlx_zoo.testing import relative_error as rel_err
 
 TOL = 1e-4
 PROMPT = [3, 17, 42, 8, 99, 5, 61]

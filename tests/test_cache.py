@@ -7,11 +7,11 @@ import mlx.core as mx
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from parity import rel_err
 
 import mlx_zoo
 from mlx_zoo import CacheFileError, ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache
 from mlx_zoo.cache import chunked_causal_mask
+from mlx_zoo.testing import relative_error as rel_err
 
 LENGTH, HEADS, KV_HEADS, DIM = 45, 4, 2, 32
 PIECES = [13, 6, 1, 1, 1, 9, 1, 1, 4, 1, 1, 1, 5]  # prefill, chunks and single steps

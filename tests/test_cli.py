@@ -6,8 +6,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import fake_distribution
-
 MLX_ZOO = str(Path(sys.executable).parent / "mlx-zoo")
 
 
@@ -24,7 +22,7 @@ def test_list_shows_model_types_with_distribution_and_version(testplugin):
     assert ["qwen2", "mlx-qwen2", "0.1.0", "mlx_qwen2", "ok"] in rows
 
 
-def test_list_marks_conflicts_and_broken_plugins(tmp_path, testplugin):
+def test_list_marks_conflicts_and_broken_plugins(tmp_path, testplugin, fake_distribution):
     import os
 
     site = fake_distribution(tmp_path / "site", "mlx-zoo-rival",

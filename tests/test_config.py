@@ -6,7 +6,6 @@ import json
 from dataclasses import dataclass
 
 import pytest
-from conftest import write_tiny_checkpoint
 
 import mlx_zoo
 from mlx_zoo import BaseModelArgs, ConfigError, RopeScaling, read_config
@@ -36,8 +35,8 @@ def test_config_without_model_type(tmp_path):
     assert e.value.key == "model_type" and e.value.path == tmp_path / "config.json"
 
 
-def test_required_field_of_wrong_type(tmp_path, testplugin):
-    ckpt = write_tiny_checkpoint(tmp_path / "t")
+def test_required_field_of_wrong_type(tmp_path, testplugin, write_zoo_tiny):
+    ckpt = write_zoo_tiny(tmp_path / "t")
     cfg = json.loads((ckpt / "config.json").read_text())
     cfg["hidden_size"] = "sixteen"
     (ckpt / "config.json").write_text(json.dumps(cfg))
@@ -45,8 +44,8 @@ def test_required_field_of_wrong_type(tmp_path, testplugin):
         mlx_zoo.load(ckpt)
 
 
-def test_required_field_missing(tmp_path, testplugin):
-    ckpt = write_tiny_checkpoint(tmp_path / "t")
+def test_required_field_missing(tmp_path, testplugin, write_zoo_tiny):
+    ckpt = write_zoo_tiny(tmp_path / "t")
     cfg = json.loads((ckpt / "config.json").read_text())
     del cfg["vocab_size"]
     (ckpt / "config.json").write_text(json.dumps(cfg))

@@ -10,7 +10,6 @@ import textwrap
 import types
 
 import pytest
-from conftest import fake_distribution, write_tiny_checkpoint
 
 import mlx_zoo
 from mlx_zoo import PluginLoadError, hookimpl, hookspecs, registry
@@ -32,15 +31,19 @@ PLUGIN = textwrap.dedent("""
 """)
 
 
-def site(tmp_path, extra: str):
-    module = f"contract_{next(NUMBERS)}"
-    return fake_distribution(tmp_path / "site", "mlx-zoo-contract", {"zoo_contract": module},
-                             {module: PLUGIN.format(extra=textwrap.dedent(extra))})
+@pytest.fixture
+def load_contract_plugin(tmp_path, monkeypatch, fake_distribution, write_zoo_tiny):
+    """``load_contract_plugin(extra)``: install (on sys.path) a plugin serving zoo_contract
+    whose module holds ``extra`` besides its register_models, and load a checkpoint of it."""
 
+    def load(extra: str):
+        module = f"contract_{next(NUMBERS)}"
+        site = fake_distribution(tmp_path / "site", "mlx-zoo-contract", {"zoo_contract": module},
+                                 {module: PLUGIN.format(extra=textwrap.dedent(extra))})
+        monkeypatch.syspath_prepend(str(site))
+        return mlx_zoo.load(write_zoo_tiny(tmp_path / "c", model_type="zoo_contract"))
 
-def load_contract_plugin(tmp_path, monkeypatch, extra: str):
-    monkeypatch.syspath_prepend(str(site(tmp_path, extra)))
-    return mlx_zoo.load(write_tiny_checkpoint(tmp_path / "c", model_type="zoo_contract"))
+    return load
 
 
 def test_the_core_loads_its_own_spec():
@@ -48,8 +51,8 @@ def test_the_core_loads_its_own_spec():
     assert "spec_version" in registry._hook_names()
 
 
-def test_declared_compatible_spec_loads(tmp_path, testplugin, monkeypatch):
-    model, _ = load_contract_plugin(tmp_path, monkeypatch, """
+def test_declared_compatible_spec_loads(tmp_path, testplugin, monkeypatch, load_contract_plugin):
+    model, _ = load_contract_plugin("""
         @hookimpl
         def spec_version():
             return 1
@@ -57,16 +60,16 @@ def test_declared_compatible_spec_loads(tmp_path, testplugin, monkeypatch):
     assert model is not None
 
 
-def test_undeclared_spec_is_the_first_one(tmp_path, testplugin, monkeypatch):
-    model, _ = load_contract_plugin(tmp_path, monkeypatch, "")
+def test_undeclared_spec_is_the_first_one(tmp_path, testplugin, monkeypatch, load_contract_plugin):
+    model, _ = load_contract_plugin("")
     assert model is not None
 
 
 @pytest.mark.parametrize("declared", ["99", "0", "'1'", "True", "None"])
 def test_incompatible_spec_is_refused_naming_both_versions(tmp_path, testplugin, monkeypatch,
-                                                            declared):
+                                                            declared, load_contract_plugin):
     with pytest.raises(PluginLoadError) as e:
-        load_contract_plugin(tmp_path, monkeypatch, f"""
+        load_contract_plugin(f"""
             @hookimpl
             def spec_version():
                 return {declared}
@@ -77,9 +80,10 @@ def test_incompatible_spec_is_refused_naming_both_versions(tmp_path, testplugin,
     assert repr(eval(declared)) in message  # the plugin's own declaration
 
 
-def test_misspelt_hook_is_refused_with_a_suggestion(tmp_path, testplugin, monkeypatch):
+def test_misspelt_hook_is_refused_with_a_suggestion(tmp_path, testplugin, monkeypatch,
+                                                    load_contract_plugin):
     with pytest.raises(PluginLoadError) as e:
-        load_contract_plugin(tmp_path, monkeypatch, """
+        load_contract_plugin("""
             @hookimpl
             def register_rope_variant():   # the hook is register_rope_variants
                 return {}
@@ -88,25 +92,27 @@ def test_misspelt_hook_is_refused_with_a_suggestion(tmp_path, testplugin, monkey
     assert "did you mean 'register_rope_variants'" in str(e.value)
 
 
-def test_a_refused_plugin_leaves_the_others_working(tmp_path, testplugin, monkeypatch):
+def test_a_refused_plugin_leaves_the_others_working(tmp_path, testplugin, monkeypatch,
+                                                    write_zoo_tiny, load_contract_plugin):
     with pytest.raises(PluginLoadError):
-        load_contract_plugin(tmp_path, monkeypatch, """
+        load_contract_plugin("""
             @hookimpl
             def spec_version():
                 return 99
         """)
-    model, _ = mlx_zoo.load(write_tiny_checkpoint(tmp_path / "ok"))  # the fixture plugin
+    model, _ = mlx_zoo.load(write_zoo_tiny(tmp_path / "ok"))  # the fixture plugin
     assert model is not None
     rows = {r.model_type: r for r in mlx_zoo.list_plugins(check=True)}
     assert rows["zoo_contract"].status == "broken"
     assert rows["zoo_tiny"].status == "ok"
 
 
-def test_entry_point_naming_a_missing_module(tmp_path, testplugin, monkeypatch):
+def test_entry_point_naming_a_missing_module(tmp_path, testplugin, monkeypatch, write_zoo_tiny,
+                                             fake_distribution):
     root = fake_distribution(tmp_path / "site", "mlx-zoo-ghost", {"zoo_ghost": "no_such_module"})
     monkeypatch.syspath_prepend(str(root))
     with pytest.raises(PluginLoadError) as e:
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "g", model_type="zoo_ghost"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "g", model_type="zoo_ghost"))
     assert "mlx-zoo-ghost" in str(e.value) and "no_such_module" in str(e.value)
 
 

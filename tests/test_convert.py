@@ -3,7 +3,7 @@ every quantization mode MLX runs on this machine, mixed-bit recipes, dequantizat
 written beside the weights, and the refusals -- each before anything is written.
 
 Interop is measured as everywhere in the suite: ``max |a - b| / max |b|`` of float32 logits
-below 1e-4 (tests/parity.py)."""
+below 1e-4 (mlx_zoo.testing.TOLERANCE)."""
 
 from __future__ import annotations
 
@@ -16,7 +16,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from parity import TOLERANCE, mlx_logits, rel_err
 
 import mlx_zoo
 from mlx_zoo import MlxZooError
@@ -29,6 +28,9 @@ from mlx_zoo.convert import (
     mixed_recipe,
     run,
 )
+from mlx_zoo.testing import TOLERANCE
+from mlx_zoo.testing import logits as mlx_logits
+from mlx_zoo.testing import relative_error as rel_err
 
 IDS = np.array([[1, 5, 7, 9, 200, 3, 17, 42, 99, 7, 5, 300] * 4])  # 48 tokens: past llama4's chunk
 

@@ -16,10 +16,12 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 from mlx.utils import tree_flatten
-from parity import TOLERANCE, decode_steps, incremental_logits, mlx_logits, rel_err
 
 import mlx_zoo
 from mlx_zoo.fusion import FusedLinear, checkpoint_parameters, compatible, is_fused
+from mlx_zoo.testing import BROKEN, TOLERANCE, decode_steps, incremental_logits
+from mlx_zoo.testing import logits as mlx_logits
+from mlx_zoo.testing import relative_error as rel_err
 from mlx_zoo.weights import read_safetensors_header
 
 pytest.importorskip("torch")
@@ -28,7 +30,6 @@ transformers = pytest.importorskip("transformers")
 # fused vs unfused: the same products, at most float rounding apart (a fused product may run a
 # different kernel, summing in another order: 1.1e-6 and 1.3e-6 measured on an H100)
 ROUNDING = 1e-5
-BROKEN = 100 * TOLERANCE  # an error this large is a wrong model, not rounding
 QUANT = dict(bits=4, group_size=32)
 
 
@@ -39,47 +40,31 @@ STORED = {"dtype": None, "dequantize": False, "fuse": False}
 """``load()``'s opt-outs: the checkpoint as stored, unfused (fusion is the default)."""
 STORED_FUSED = {**STORED, "fuse": True}
 
-def write_qwen2(path: Path) -> Path:
-    from test_qwen2 import write_reference
-
-    write_reference(path, tied=False)
+def write_qwen2(writers, path: Path) -> Path:
+    writers.qwen2(path, tied=False)
     return path
 
 
-def write_hunyuan_dense_cla(path: Path) -> Path:
+def write_hunyuan_dense_cla(writers, path: Path) -> Path:
     """Tencent's format, dense SwiGLU layers, CLA in runs of 2 (layers 1 and 3 reuse k/v)."""
-    from test_hunyuan import HUNYUAN, write_hunyuan
-
-    write_hunyuan(path, {**HUNYUAN, "num_experts": 1, "intermediate_size": 96}, seed=3)
-    return path
+    return writers.hunyuan(path, {**writers.HUNYUAN, "num_experts": 1, "intermediate_size": 96},
+                           seed=3)
 
 
-def write_hunyuan_moe_cla(path: Path) -> Path:
+def write_hunyuan_moe_cla(writers, path: Path) -> Path:
     """Tencent's format: CLA, mixture of experts plus a shared SwiGLU on every layer."""
-    from test_hunyuan import write_hunyuan
-
-    write_hunyuan(path)
-    return path
+    return writers.hunyuan(path)
 
 
-def write_hunyuan_v1_moe(path: Path) -> Path:
+def write_hunyuan_v1_moe(writers, path: Path) -> Path:
     """transformers' HunYuan MoE v1: biased q/k/v, shared MLP next to the experts."""
-    from test_hunyuan import write_v1
-
-    write_v1(path, "moe", attention_bias=True)
+    writers.hunyuan_v1(path, "moe", attention_bias=True)
     return path
 
 
-def write_llama4(path: Path) -> Path:
+def write_llama4(writers, path: Path) -> Path:
     """Llama 4 "scout" pattern: chunked RoPE layers, one NoPE layer, MoE with shared expert."""
-    import torch
-    from parity import sharpen
-    from test_llama4 import text_config
-
-    torch.manual_seed(0)
-    ref = transformers.Llama4ForCausalLM(text_config("scout")).eval()
-    sharpen(ref)
-    ref.save_pretrained(path)
+    writers.llama4(path, "scout")
     return path
 
 
@@ -89,8 +74,8 @@ CHECKPOINTS = {"qwen2": write_qwen2, "hunyuan-dense-cla": write_hunyuan_dense_cl
 
 
 @pytest.fixture(scope="module", params=list(CHECKPOINTS))
-def checkpoint(request, tmp_path_factory) -> Path:
-    return CHECKPOINTS[request.param](tmp_path_factory.mktemp(request.param))
+def checkpoint(request, tmp_path_factory, write_checkpoint) -> Path:
+    return CHECKPOINTS[request.param](write_checkpoint, tmp_path_factory.mktemp(request.param))
 
 
 def ids_for(model, length: int = 24, batch: int = 2, seed: int = 0) -> np.ndarray:
@@ -188,8 +173,8 @@ def test_save_of_fused_model_writes_checkpoint_names(checkpoint, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def qwen2_checkpoint(tmp_path_factory) -> Path:
-    return write_qwen2(tmp_path_factory.mktemp("qwen2"))
+def qwen2_checkpoint(tmp_path_factory, write_checkpoint) -> Path:
+    return write_qwen2(write_checkpoint, tmp_path_factory.mktemp("qwen2"))
 
 
 @pytest.fixture(scope="module")

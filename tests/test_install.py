@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 import tomllib
-from conftest import REPO, pip
 
+REPO = Path(__file__).resolve().parents[1]
 PLUGINS = sorted(p for p in (REPO / "plugins").iterdir() if (p / "pyproject.toml").is_file())
 
 
@@ -37,7 +37,8 @@ def was_editable(distribution: str) -> bool:
 
 
 @pytest.mark.parametrize("plugin_dir", PLUGINS, ids=[p.name for p in PLUGINS])
-def test_plugin_installs_and_uninstalls_on_its_own(plugin_dir):
+def test_plugin_installs_and_uninstalls_on_its_own(plugin_dir, pip_run):
+    pip = pip_run
     distribution, model_types = declared(plugin_dir)
     editable = was_editable(distribution)
     install = ["install", "--quiet", "--no-deps", "--no-build-isolation"]

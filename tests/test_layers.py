@@ -7,10 +7,10 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from parity import rel_err
 
 from mlx_zoo import SwitchGLU
 from mlx_zoo.layers import SORT_THRESHOLD, QuantizedSwitchLinear
+from mlx_zoo.testing import relative_error as rel_err
 
 HIDDEN, INTER, EXPERTS = 32, 64, 4
 

@@ -15,11 +15,11 @@ import mlx.core as mx
 import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
-from parity import rel_err
 
 import mlx_zoo
 from mlx_zoo import blas, loading
 from mlx_zoo.layers import QuantizedSwitchLinear, SwitchLinear
+from mlx_zoo.testing import relative_error as rel_err
 from mlx_zoo.weights import dequantize_model
 
 LINUX = sys.platform.startswith("linux")

@@ -8,7 +8,6 @@ import sys
 import textwrap
 
 import pytest
-from conftest import fake_distribution, write_tiny_checkpoint
 
 import mlx_zoo
 from mlx_zoo import PluginConflictError, PluginLoadError, PluginNotFoundError, registry
@@ -36,8 +35,8 @@ def test_loads_by_model_type_through_installed_entry_point(tiny_checkpoint):
     assert entry and entry[0].distribution == "mlx-zoo-testplugin" and entry[0].version == "0.0.1"
 
 
-def test_alias_entry_point_serves_same_plugin(tmp_path, testplugin):
-    model, _ = mlx_zoo.load(write_tiny_checkpoint(tmp_path / "a", model_type="zoo_tiny_alias"))
+def test_alias_entry_point_serves_same_plugin(tmp_path, testplugin, write_zoo_tiny):
+    model, _ = mlx_zoo.load(write_zoo_tiny(tmp_path / "a", model_type="zoo_tiny_alias"))
     assert type(model).__module__ == "mlx_zoo_testplugin"
 
 
@@ -72,7 +71,7 @@ def test_import_of_core_imports_no_plugin_hub_or_transformers():
         assert forbidden not in imported, forbidden
 
 
-def test_register_in_process_without_packaging(tmp_path, testplugin):
+def test_register_in_process_without_packaging(tmp_path, testplugin, write_zoo_tiny):
     import mlx_zoo_testplugin as plugin
 
     class Renamed:  # an object with hook implementations, not an installed module
@@ -82,22 +81,23 @@ def test_register_in_process_without_packaging(tmp_path, testplugin):
 
     obj = Renamed()
     assert mlx_zoo.register(obj) == ["notebook_tiny"]
-    model, _ = mlx_zoo.load(write_tiny_checkpoint(tmp_path / "n", model_type="notebook_tiny"))
+    model, _ = mlx_zoo.load(write_zoo_tiny(tmp_path / "n", model_type="notebook_tiny"))
     assert isinstance(model, plugin.Model)
     mlx_zoo.unregister(obj)
     with pytest.raises(PluginNotFoundError):
         mlx_zoo.load(tmp_path / "n")
 
 
-def test_unknown_model_type_names_package_and_installed(tmp_path, testplugin, monkeypatch):
+def test_unknown_model_type_names_package_and_installed(tmp_path, testplugin, monkeypatch,
+                                                        write_zoo_tiny):
     monkeypatch.setattr(registry, "known_package", {"zoo_absent": "mlx-zoo-absent"}.get)
-    ckpt = write_tiny_checkpoint(tmp_path / "q", model_type="zoo_absent")
+    ckpt = write_zoo_tiny(tmp_path / "q", model_type="zoo_absent")
     with pytest.raises(PluginNotFoundError) as e:
         mlx_zoo.load(ckpt)
     msg = str(e.value)
     assert "'zoo_absent'" in msg and "pip install mlx-zoo-absent" in msg and "zoo_tiny" in msg
     assert "config.json" in msg
-    ckpt2 = write_tiny_checkpoint(tmp_path / "x", model_type="no_such_arch")
+    ckpt2 = write_zoo_tiny(tmp_path / "x", model_type="no_such_arch")
     with pytest.raises(PluginNotFoundError, match="no_such_arch.*Installed model types"):
         mlx_zoo.load(ckpt2)
 
@@ -119,7 +119,8 @@ def test_allow_list_admits_only_named_plugins(tiny_checkpoint, monkeypatch):
         mlx_zoo.load(tiny_checkpoint)
 
 
-def test_conflict_refuses_naming_both_unless_chosen(tmp_path, tiny_checkpoint, monkeypatch):
+def test_conflict_refuses_naming_both_unless_chosen(tmp_path, tiny_checkpoint, monkeypatch,
+                                                    write_zoo_tiny, fake_distribution):
     site = fake_distribution(tmp_path / "site", "mlx-zoo-rival", {"zoo_tiny": "rival_plugin"},
                              {"rival_plugin": CLAIMING_MODULE})
     monkeypatch.syspath_prepend(str(site))
@@ -134,17 +135,18 @@ def test_conflict_refuses_naming_both_unless_chosen(tmp_path, tiny_checkpoint, m
     model, _ = mlx_zoo.load(tiny_checkpoint)
     assert type(model).__name__ == "Model"
     # other model types are unaffected by the conflict
-    mlx_zoo.load(write_tiny_checkpoint(tmp_path / "alias", model_type="zoo_tiny_alias"))
+    mlx_zoo.load(write_zoo_tiny(tmp_path / "alias", model_type="zoo_tiny_alias"))
     statuses = {r.distribution: r.status for r in mlx_zoo.list_plugins()
                 if r.model_type == "zoo_tiny"}
     assert statuses == {"mlx-zoo-rival": "conflict", "mlx-zoo-testplugin": "conflict"}
 
 
-def test_plugin_failing_to_import_is_broken_not_missing(tmp_path, testplugin, monkeypatch):
+def test_plugin_failing_to_import_is_broken_not_missing(tmp_path, testplugin, monkeypatch,
+                                                        write_zoo_tiny, fake_distribution):
     site = fake_distribution(tmp_path / "site", "mlx-zoo-broken", {"zoo_broken": "broken_plugin"},
                              {"broken_plugin": "raise RuntimeError('boom at import')\n"})
     monkeypatch.syspath_prepend(str(site))
-    ckpt = write_tiny_checkpoint(tmp_path / "b", model_type="zoo_broken")
+    ckpt = write_zoo_tiny(tmp_path / "b", model_type="zoo_broken")
     with pytest.raises(PluginLoadError) as e:
         mlx_zoo.load(ckpt)
     assert not isinstance(e.value, PluginNotFoundError)
@@ -153,10 +155,11 @@ def test_plugin_failing_to_import_is_broken_not_missing(tmp_path, testplugin, mo
     rows = {r.distribution: r for r in mlx_zoo.list_plugins(check=True)}
     assert rows["mlx-zoo-broken"].status == "broken"
     assert rows["mlx-zoo-testplugin"].status == "ok"
-    mlx_zoo.load(write_tiny_checkpoint(tmp_path / "ok"))  # others keep working
+    mlx_zoo.load(write_zoo_tiny(tmp_path / "ok"))  # others keep working
 
 
-def test_plugin_whose_hook_raises_is_broken(tmp_path, testplugin, monkeypatch):
+def test_plugin_whose_hook_raises_is_broken(tmp_path, testplugin, monkeypatch, write_zoo_tiny,
+                                            fake_distribution):
     source = textwrap.dedent("""
         from mlx_zoo import hookimpl
 
@@ -168,13 +171,14 @@ def test_plugin_whose_hook_raises_is_broken(tmp_path, testplugin, monkeypatch):
                              {"badhook": source})
     monkeypatch.syspath_prepend(str(site))
     with pytest.raises(PluginLoadError, match="mlx-zoo-badhook.*hook exploded") as e:
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "h", model_type="zoo_badhook"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "h", model_type="zoo_badhook"))
     assert isinstance(e.value.__cause__, ValueError)
-    mlx_zoo.load(write_tiny_checkpoint(tmp_path / "ok"))
+    mlx_zoo.load(write_zoo_tiny(tmp_path / "ok"))
 
 
-def test_entry_point_without_matching_architecture_is_broken(tmp_path, testplugin, monkeypatch):
+def test_entry_point_without_matching_architecture_is_broken(tmp_path, testplugin, monkeypatch,
+                                                             write_zoo_tiny, fake_distribution):
     site = fake_distribution(tmp_path / "site", "mlx-zoo-liar", {"zoo_other": "mlx_zoo_testplugin"})
     monkeypatch.syspath_prepend(str(site))
     with pytest.raises(PluginLoadError, match="no Architecture for it"):
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "l", model_type="zoo_other"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "l", model_type="zoo_other"))

@@ -13,7 +13,6 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from conftest import fake_distribution, write_tiny_checkpoint
 
 import mlx_zoo
 from mlx_zoo import PluginLoadError, PluginNotFoundError, registry
@@ -43,57 +42,65 @@ HOSTILE_IMPORTS = {
 }
 
 
-def hostile_site(root: Path, source: str, name: str = "mlx-zoo-hostile",
-                 model_type: str = "zoo_hostile") -> Path:
-    """A fake distribution whose module has a name of its own (a module imported by an earlier
-    test stays in ``sys.modules``)."""
-    module = f"hostile_{next(MODULE_NUMBERS)}"
-    return fake_distribution(root, name, {model_type: module}, {module: source})
+@pytest.fixture
+def hostile_site(fake_distribution):
+    """``hostile_site(root, source, name=..., model_type=...)``: a fake distribution whose module
+    has a name of its own (a module imported by an earlier test stays in ``sys.modules``)."""
+
+    def write(root: Path, source: str, name: str = "mlx-zoo-hostile",
+              model_type: str = "zoo_hostile") -> Path:
+        module = f"hostile_{next(MODULE_NUMBERS)}"
+        return fake_distribution(root, name, {model_type: module}, {module: source})
+
+    return write
 
 
 @pytest.mark.parametrize("kind", sorted(HOSTILE_IMPORTS))
-def test_base_exception_at_import_is_a_broken_plugin(tmp_path, testplugin, monkeypatch, kind):
+def test_base_exception_at_import_is_a_broken_plugin(tmp_path, testplugin, monkeypatch, kind,
+                                                     write_zoo_tiny, hostile_site):
     source, cause, text = HOSTILE_IMPORTS[kind]
     monkeypatch.syspath_prepend(str(hostile_site(tmp_path / "site", source)))
     with pytest.raises(PluginLoadError) as e:
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "h", model_type="zoo_hostile"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "h", model_type="zoo_hostile"))
     assert "mlx-zoo-hostile" in str(e.value) and text in str(e.value)
     assert isinstance(e.value.__cause__, cause)
     rows = {r.distribution: r for r in mlx_zoo.list_plugins(check=True)}
     assert rows["mlx-zoo-hostile"].status == "broken"
     assert text in rows["mlx-zoo-hostile"].error
     assert rows["mlx-zoo-testplugin"].status == "ok"
-    mlx_zoo.load(write_tiny_checkpoint(tmp_path / "ok"))  # the others keep working
+    mlx_zoo.load(write_zoo_tiny(tmp_path / "ok"))  # the others keep working
 
 
 @pytest.mark.parametrize("exc", ["SystemExit(1)", "type('Boom', (BaseException,), {})('hook')"])
 def test_base_exception_in_register_models_is_a_broken_plugin(tmp_path, testplugin, monkeypatch,
-                                                               exc):
+                                                               exc, write_zoo_tiny, hostile_site):
     site = hostile_site(tmp_path / "site", HOOK_RAISES.format(exc=exc))
     monkeypatch.syspath_prepend(str(site))
     with pytest.raises(PluginLoadError, match="mlx-zoo-hostile.*register_models"):
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "h", model_type="zoo_hostile"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "h", model_type="zoo_hostile"))
 
 
 def test_register_models_returning_a_non_list_is_a_broken_plugin(tmp_path, testplugin,
-                                                                  monkeypatch):
+                                                                  monkeypatch, write_zoo_tiny,
+                                                                  hostile_site):
     source = "from mlx_zoo import hookimpl\n\n@hookimpl\ndef register_models():\n    return 5\n"
     monkeypatch.syspath_prepend(str(hostile_site(tmp_path / "site", source)))
     with pytest.raises(PluginLoadError, match="mlx-zoo-hostile.*not iterable"):
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "h", model_type="zoo_hostile"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "h", model_type="zoo_hostile"))
 
 
 @pytest.mark.parametrize("exc", [KeyboardInterrupt, GeneratorExit])
-def test_keyboard_interrupt_and_generator_exit_propagate(tmp_path, testplugin, monkeypatch, exc):
+def test_keyboard_interrupt_and_generator_exit_propagate(tmp_path, testplugin, monkeypatch, exc,
+                                                         write_zoo_tiny, hostile_site):
     site = hostile_site(tmp_path / "site", f"raise {exc.__name__}()\n")
     monkeypatch.syspath_prepend(str(site))
     with pytest.raises(exc):
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "h", model_type="zoo_hostile"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "h", model_type="zoo_hostile"))
     monkeypatch.syspath_prepend(str(hostile_site(
         tmp_path / "site2", HOOK_RAISES.format(exc=exc.__name__ + "()"), name="mlx-zoo-hostile2",
         model_type="zoo_hostile2")))
     with pytest.raises(exc):
-        mlx_zoo.load(write_tiny_checkpoint(tmp_path / "h2", model_type="zoo_hostile2"))
+        mlx_zoo.load(write_zoo_tiny(tmp_path / "h2", model_type="zoo_hostile2"))
 
 
 def test_call_hook_reports_base_exception_as_broken_plugin():
@@ -111,7 +118,7 @@ def test_call_hook_reports_base_exception_as_broken_plugin():
         mlx_zoo.unregister(plugin)
 
 
-def test_cli_list_survives_base_exception_plugins(tmp_path, repo_root):
+def test_cli_list_survives_base_exception_plugins(tmp_path, repo_root, fake_distribution):
     """``mlx-zoo list`` in a fresh interpreter with both hostile plugins installed: the table,
     the broken rows with their errors, exit status 0."""
     site = tmp_path / "site"
@@ -180,9 +187,10 @@ def test_plugin_argument_naming_a_disabled_provider(tiny_checkpoint, monkeypatch
         "disabled by MLX_ZOO_PLUGINS='-mlx-zoo-testplugin'.")
 
 
-def test_chosen_distribution_when_nothing_provides_the_type(tmp_path, testplugin, monkeypatch):
+def test_chosen_distribution_when_nothing_provides_the_type(tmp_path, testplugin, monkeypatch,
+                                                            write_zoo_tiny):
     monkeypatch.setattr(registry, "known_package", {"zoo_absent": "mlx-zoo-absent"}.get)
-    ckpt = write_tiny_checkpoint(tmp_path / "a", model_type="zoo_absent")
+    ckpt = write_zoo_tiny(tmp_path / "a", model_type="zoo_absent")
     with pytest.raises(PluginNotFoundError, match="No installed distribution provides it. "
                        "Install it with: pip install mlx-zoo-absent"):
         mlx_zoo.load(ckpt, plugin="mlx-zoo-testplugin")

@@ -6,10 +6,10 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
-from parity import rel_err
 
 import mlx_zoo
 from mlx_zoo.rope import BUILTIN_VARIANTS, rope_variants
+from mlx_zoo.testing import relative_error as rel_err
 
 HEAD_DIM, HEADS, MAX_POS, THETA = 32, 2, 64, 10000.0
 

@@ -14,16 +14,9 @@ from pathlib import Path
 
 import mlx.nn as nn
 import pytest
-from parity import TOLERANCE, sharpen
 
 import mlx_zoo
-
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
-
-from test_hunyuan import write_hunyuan, write_v1  # noqa: E402
-from test_llama4 import text_config  # noqa: E402
-from test_qwen2 import write_reference  # noqa: E402
+from mlx_zoo.testing import TOLERANCE
 
 PROMPT_TOKENS = 40  # crosses the llama4 checkpoints' 16-position chunks
 SPLIT = 24  # cached decoding: the first SPLIT tokens, then the rest
@@ -59,21 +52,14 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
-def write_llama4(path: Path, variant: str) -> None:
-    torch.manual_seed(0)
-    model = transformers.Llama4ForCausalLM(text_config(variant)).eval()
-    sharpen(model)
-    model.save_pretrained(path)
-
-
 @pytest.fixture(scope="module")
-def checkpoints(tmp_path_factory) -> list[Path]:
+def checkpoints(tmp_path_factory, write_checkpoint) -> list[Path]:
     root = tmp_path_factory.mktemp("shard")
-    write_reference(root / "qwen2", tied=False)
-    write_hunyuan(root / "hunyuan")
-    write_v1(root / "hunyuan_v1_moe", "moe", attention_bias=True)
-    write_llama4(root / "llama4_scout", "scout")
-    write_llama4(root / "llama4_maverick", "maverick")
+    write_checkpoint.qwen2(root / "qwen2", tied=False)
+    write_checkpoint.hunyuan(root / "hunyuan")
+    write_checkpoint.hunyuan_v1(root / "hunyuan_v1_moe", "moe", attention_bias=True)
+    write_checkpoint.llama4(root / "llama4_scout", "scout")
+    write_checkpoint.llama4(root / "llama4_maverick", "maverick")
     return [root / name for name in ("qwen2", "hunyuan", "hunyuan_v1_moe", "llama4_scout",
                                      "llama4_maverick")]
 

@@ -19,8 +19,10 @@ CLI, and config errors that name the key.
 Helpers (import from here): :func:`relative_error`, :func:`sharpen_weights`,
 :func:`write_tiny_tokenizer`, :func:`write_tiny_checkpoint`, :func:`tiny_weights`,
 :func:`isolated_registry` (a context manager, and a pytest fixture of that name through the
-``mlx_zoo`` pytest plugin this distribution registers), :func:`transformers_reference`, and the
-constants :data:`TOLERANCE`, :data:`TOKENIZER_VOCAB`, :data:`PLAIN`.
+``mlx_zoo`` pytest plugin this distribution registers), :func:`transformers_reference`,
+:func:`transformers_model`, :func:`torch_logits`, :func:`sharpen_torch_model` (a torch
+reference written as the checkpoint), :func:`logits`, :func:`incremental_logits`,
+:func:`decode_steps`, and the constants :data:`TOLERANCE`, :data:`TOKENIZER_VOCAB`, :data:`PLAIN`.
 
 Importing this package is cheap (nothing below is imported until used), so the pytest plugin
 costs other projects' test runs nothing but ``import mlx_zoo``.
@@ -33,13 +35,14 @@ from typing import Any
 
 _EXPORTS = {
     "PluginConformance": "conformance", "TinyCase": "conformance", "decode_steps": "conformance",
-    "logits": "conformance",
+    "incremental_logits": "conformance", "logits": "conformance",
     "BROKEN": "helpers", "PLAIN": "helpers", "SPECIAL_TOKENS": "helpers",
     "TOKENIZER_VOCAB": "helpers", "TOLERANCE": "helpers", "WEIGHT_STD": "helpers",
     "isolated_registry": "helpers", "relative_error": "helpers", "sharpen_weights": "helpers",
     "tiny_weights": "helpers", "write_tiny_checkpoint": "helpers",
     "write_tiny_tokenizer": "helpers",
-    "Reference": "reference", "torch_logits": "reference", "transformers_model": "reference",
+    "Reference": "reference", "sharpen_torch_model": "reference", "torch_logits": "reference",
+    "transformers_model": "reference",
     "transformers_reference": "reference",
 }
 

@@ -68,6 +68,22 @@ def decode_steps(total: int, prefill: int = 17, chunk: int = 5) -> list[int]:
     return [prefill, chunk] + [1] * (total - prefill - chunk)
 
 
+def incremental_logits(model: Any, ids: Any, steps: list[int], cache: Any = None):
+    """Float32 numpy logits of ``ids`` fed through the model's caches in pieces of ``steps``
+    tokens (e.g. :func:`decode_steps`), starting from ``cache`` (default: a new prompt cache)."""
+    import numpy as np
+
+    import mlx_zoo
+
+    cache = mlx_zoo.make_prompt_cache(model) if cache is None else cache
+    pieces, start = [], 0
+    for n in steps:
+        pieces.append(logits(model, ids[:, start:start + n], cache))
+        start += n
+    assert start == ids.shape[1], f"the steps cover {start} of {ids.shape[1]} tokens"
+    return np.concatenate(pieces, axis=1)
+
+
 def _in_thread(fn: Callable[[], Any]) -> Any:
     """``fn()`` run in a new thread (its exception re-raised here)."""
     with ThreadPoolExecutor(max_workers=1) as pool:
@@ -293,18 +309,14 @@ class PluginConformance:
 
     @pytest.mark.parametrize("fused", [False, True], ids=["unfused", "fused"])
     def test_incremental_decoding(self, tiny: TinyCase, fused: bool) -> None:
-        import numpy as np
 
         import mlx_zoo
 
         model, _ = self.load(tiny.path, fuse=fused)
         assert mlx_zoo.fusion.is_fused(model) or not fused
         full = logits(model, tiny.ids)
-        cache, pieces, start = mlx_zoo.make_prompt_cache(model), [], 0
-        for n in decode_steps(self.prompt_length):
-            pieces.append(logits(model, tiny.ids[:, start:start + n], cache))
-            start += n
-        err = relative_error(np.concatenate(pieces, axis=1), full)
+        err = relative_error(incremental_logits(model, tiny.ids, decode_steps(self.prompt_length)),
+                             full)
         assert err < TOLERANCE, f"{tiny.name} fused={fused}: relative error {err:.2e}"
 
     def test_bad_cache_is_an_error(self, base: TinyCase) -> None:

@@ -54,3 +54,23 @@ def transformers_reference(class_name: str) -> Reference:
 
     reference.__name__ = f"transformers.{class_name}"
     return reference
+
+
+def sharpen_torch_model(model: Any, *, std: float | None = None, seed: int = 0) -> Any:
+    """:func:`~mlx_zoo.testing.sharpen_weights` for a torch model, in place: every parameter
+    ~ N(0, ``std``) (default :data:`~mlx_zoo.testing.WEIGHT_STD`), 1-D ``norm`` weights
+    ~ 1 + N(0, ``std`` / 4), drawn from a torch generator seeded by ``seed`` in parameter order.
+    For references built in torch and saved as the checkpoint under test (``save_pretrained``):
+    their attention is sharp, so a wrong RoPE or mask shows. Returns ``model``."""
+    import torch
+
+    from .helpers import WEIGHT_STD
+
+    std = WEIGHT_STD if std is None else std
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, parameter in model.named_parameters():
+            noise = torch.randn(parameter.shape, generator=generator, dtype=torch.float32)
+            parameter.copy_(1.0 + noise * std / 4 if "norm" in name and parameter.ndim == 1
+                            else noise * std)
+    return model

@@ -43,6 +43,7 @@ from mlx_zoo import (
     CausalLM,
     ConfigError,
     Divides,
+    GenerationArgumentError,
     KVCache,
     PositiveFloat,
     PositiveInt,
@@ -371,10 +372,13 @@ class HunYuanModel(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         h = self.embed_tokens(inputs)
-        if cache is not None and len(cache) != self.num_cache_slots:
-            raise ValueError(f"expected a cache list of {self.num_cache_slots} entries (one per "
-                             f"layer that computes keys/values; model.make_cache() builds it), "
-                             f"got {len(cache)}")
+        if cache is not None and (not isinstance(cache, (list, tuple))
+                                  or len(cache) != self.num_cache_slots):
+            got = (f"{len(cache)} entries" if isinstance(cache, (list, tuple))
+                   else f"a {type(cache).__name__}")
+            raise GenerationArgumentError(
+                f"expected a cache list of {self.num_cache_slots} entries (one per layer that "
+                f"computes keys/values; model.make_cache() builds it), got {got}")
         first = cache[0] if cache else None
         # Every layer sees the same positions and the same mask; both are taken before any
         # cache is updated.

@@ -76,6 +76,7 @@ from mlx_zoo import (
     split_heads,
     unfuse_projections,
 )
+from mlx_zoo.decoder import check_cache
 
 __all__ = ["DecoderLayer", "Llama4TextModel", "Model", "ModelArgs", "attention_temperature"]
 
@@ -379,7 +380,7 @@ class Llama4TextModel(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         h = self.embed_tokens(inputs)
-        cache = cache or [None] * len(self.layers)
+        cache = check_cache(cache, len(self.layers))  # [] or a wrong length: an error
         masks = self._masks(cache, h.shape[1])
         for layer, layer_cache, chunked in zip(self.layers, cache, self.chunked, strict=True):
             h = layer(h, masks[chunked], layer_cache)

@@ -3,10 +3,12 @@
 * ``hunyuan_v1_dense`` / ``hunyuan_v1_moe``: transformers' HunYuanDenseV1ForCausalLM and
   HunYuanMoEV1ForCausalLM, on tiny random checkpoints written by ``save_pretrained``.
 * ``hunyuan`` (Tencent's format; transformers has none): the torch reference in
-  tests/hunyuan_reference.py, written from Tencent's modeling code, cross-checked with mlx-lm's
-  ``hunyuan`` model.
+  hunyuan_reference.py (a helper module next to this file), written from Tencent's modeling
+  code, cross-checked with mlx-lm's ``hunyuan`` model.
 
-All weights are "sharp" (tests/parity.py ``sharpen``), so a wrong RoPE base, routing rule or
+The kit's generic checks for the two transformers formats are in test_mlx_hunyuan_conformance.py.
+
+All weights are "sharp" (the kit's ``sharpen_torch_model``), so a wrong RoPE base, routing rule or
 key/value sharing shows as an error of order 1, not 1e-5.
 """
 
@@ -24,24 +26,24 @@ import numpy as np
 import pytest
 from hunyuan_reference import HunYuanReference
 from mlx.utils import tree_flatten
-from parity import (
+
+import mlx_zoo
+from mlx_zoo.testing import (
+    BROKEN,
     TOLERANCE,
     decode_steps,
     incremental_logits,
-    mlx_logits,
-    rel_err,
-    sharpen,
     torch_logits,
 )
-
-import mlx_zoo
+from mlx_zoo.testing import logits as mlx_logits
+from mlx_zoo.testing import relative_error as rel_err
+from mlx_zoo.testing import sharpen_torch_model as sharpen
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 safetensors_torch = pytest.importorskip("safetensors.torch")
 
 VOCAB, LENGTH, PREFILL = 128, 24, 9
-BROKEN = 100 * TOLERANCE  # an error this large is a wrong model, not rounding
 ALPHA = 4.0  # NTK-alpha of the tiny models (published checkpoints use 1000 with head_dim 128)
 
 # transformers-5 dialect (rope_parameters), as save_pretrained writes it
@@ -360,7 +362,7 @@ def test_reads_mlx_lm_quantized_hunyuan(tmp_path):
     theirs, config = quantize_model(theirs, config, group_size=32, bits=4)
     save_model(tmp_path / "q4", theirs)
     save_config(config, tmp_path / "q4" / "config.json")
-    ours, _ = mlx_zoo.load(tmp_path / "q4")
+    ours, _ = mlx_zoo.load(tmp_path / "q4", dequantize=False)  # as stored (no auto-dense)
     assert type(ours.layers[0].mlp.gate.wg) is nn.QuantizedLinear
     ids = prompt()
     assert rel_err(mlx_logits(ours, ids), mlx_logits(theirs, ids)) < TOLERANCE
@@ -460,7 +462,7 @@ def test_4bit_quantized_copy_saves_loads_and_runs(tmp_path, fmt):
     ids = prompt()
     in_memory = mlx_logits(model, ids)
     mlx_zoo.save(model, config, tmp_path / "q4")
-    reloaded, _ = mlx_zoo.load(tmp_path / "q4", fuse=False)
+    reloaded, _ = mlx_zoo.load(tmp_path / "q4", dequantize=False, fuse=False)  # as stored
     modules = dict(reloaded.named_modules())
     assert isinstance(modules["model.layers.0.self_attn.q_proj"], nn.QuantizedLinear)
     if fmt != "dense":

@@ -19,7 +19,7 @@ https://huggingface.co/tencent/Hunyuan-A13B-Instruct), plainly and without cache
 
 Parameter names are those of Tencent's checkpoints, so ``state_dict()`` is a ``hunyuan``
 checkpoint. ``renormalize_topk=False`` switches off the renormalisation -- the one place where
-mlx-lm's ``hunyuan`` model departs from Tencent's code (see tests/test_hunyuan.py).
+mlx-lm's ``hunyuan`` model departs from Tencent's code (see test_mlx_hunyuan.py).
 """
 
 from __future__ import annotations

@@ -1,11 +1,14 @@
 """Llama 4 text model (plugin mlx-llama4) against transformers' Llama4ForCausalLM.
 
-Tiny random checkpoints with sharp attention (parity.sharpen), a chunk of 16 positions so that
-prompts of 50 tokens cross three chunk boundaries, a temperature-tuning step of 4 positions so
-that the NoPE layers' query scaling matters, and two layer patterns:
+Tiny random checkpoints with sharp attention (the kit's sharpen_torch_model), a chunk of 16
+positions so that prompts of 50 tokens cross three chunk boundaries, a temperature-tuning step
+of 4 positions so that the NoPE layers' query scaling matters, and two layer patterns:
 
 * "scout": top-1 routing, every layer MoE, every 4th layer NoPE, q/k norm, llama3 RoPE scaling;
 * "maverick": top-2 routing, MoE on every 2nd layer, every 3rd layer NoPE, no q/k norm.
+
+The kit's generic checks (parity over config switches, caches, save/quantize round trips, the
+two-process shard, the CLI) are in test_mlx_llama4_conformance.py.
 """
 
 from __future__ import annotations
@@ -20,17 +23,17 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from parity import (
+
+import mlx_zoo
+from mlx_zoo.testing import (
     TOLERANCE,
     decode_steps,
     incremental_logits,
-    mlx_logits,
-    rel_err,
-    sharpen,
     torch_logits,
 )
-
-import mlx_zoo
+from mlx_zoo.testing import logits as mlx_logits
+from mlx_zoo.testing import relative_error as rel_err
+from mlx_zoo.testing import sharpen_torch_model as sharpen
 
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
@@ -40,6 +43,10 @@ CHUNK = 16  # attention_chunk_size: small, so that 50 tokens cross several chunk
 PROMPT = 50
 BATCH = 2
 WRONG = 100 * TOLERANCE  # a deliberate error must be at least this large
+# Reloads of the same weights (saved, or stored per expert): equal up to float rounding. Was 1e-6,
+# which these tests already failed (1.33e-6 for "scout" on a Linux CPU, float32): the same
+# products summed in another order; 1e-5 is the rounding bound of the core's fusion tests.
+ROUNDING = 1e-5
 
 TEXT = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=32, intermediate_size_mlp=48,
             num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
@@ -221,7 +228,7 @@ def test_save_and_reload(loaded, tmp_path):
     model, config, ours = loaded
     saved = mlx_zoo.save(model, config, tmp_path / "saved")
     again, _ = mlx_zoo.load(saved)
-    assert rel_err(mlx_logits(again, prompt()), ours) < 1e-6
+    assert rel_err(mlx_logits(again, prompt()), ours) < ROUNDING
     # transformers reads the written config back (it type-checks floor_scale as an integer)
     written = transformers.AutoConfig.from_pretrained(saved)
     assert written.floor_scale == 4 and type(written.floor_scale) is int
@@ -248,18 +255,20 @@ def test_per_expert_tensors_load(checkpoint, loaded, tmp_path):
             unfused[name] = value
     mx.save_safetensors(str(out / "model.safetensors"), unfused, metadata={"format": "pt"})
     model, _ = mlx_zoo.load(out)
-    assert rel_err(mlx_logits(model, prompt()), ours) < 1e-6
+    assert rel_err(mlx_logits(model, prompt()), ours) < ROUNDING
 
 
 def test_quantized_4bit(loaded, tmp_path):
     model, config, ours = loaded
+    # as stored: load's auto-dense default would dequantize the 4-bit reload on a Linux CPU
     quantized, qconfig = mlx_zoo.load(mlx_zoo.save(model, config, tmp_path / "float"),
-                                       fuse=False)
+                                       dequantize=False, fuse=False)
     entry = mlx_zoo.quantize(quantized, qconfig, bits=4, group_size=32)
     assert all(entry[f"model.layers.{i}.feed_forward.router"] is False
                for i, layer in enumerate(quantized.layers) if layer.is_moe)
     in_memory = mlx_logits(quantized, prompt())
-    reloaded, _ = mlx_zoo.load(mlx_zoo.save(quantized, qconfig, tmp_path / "q4"), fuse=False)
+    reloaded, _ = mlx_zoo.load(mlx_zoo.save(quantized, qconfig, tmp_path / "q4"),
+                               dequantize=False, fuse=False)
     logits = mlx_logits(reloaded, prompt())
     assert np.isfinite(logits).all()
     assert rel_err(logits, in_memory) < 1e-6
