@@ -10,7 +10,14 @@ model decides which kind, see :class:`~mlx_zoo.hookspecs.MakesCache`). Every cac
   ``(n, n_keys)`` -- so models never hand-build masks for sliding windows or chunks,
 * has ``state``/``meta_state`` for :func:`save_prompt_cache`, and a name in the cache registry
   (:data:`BUILTIN_CACHES` plus the plugins' ``register_cache_classes`` hook) under which
-  :func:`load_prompt_cache` finds its class again.
+  :func:`load_prompt_cache` finds its class again,
+* follows mlx-lm's cache protocol as well, so that mlx-lm's ``generate``, ``batch_generate`` /
+  ``BatchGenerator`` and ``mlx_lm.server`` drive mlx-zoo models: ``make_mask(N, return_array=,
+  window_size=)``, ``size()``, ``empty()``, ``nbytes``, ``is_trimmable()``/``trim(n)``,
+  ``from_state`` and, for :class:`KVCache`, :class:`RotatingKVCache` and
+  :class:`ChunkedKVCache`, ``merge(caches)`` into a :class:`mlx_zoo.compat.BatchCache` (which has
+  the batch operations ``BatchGenerator`` calls: ``prepare``, ``finalize``, ``filter``,
+  ``extend``, ``extract``).
 
 =========================  ===========================================================
 :class:`KVCache`           full attention; grows in steps of :attr:`KVCache.STEP` tokens
@@ -42,14 +49,40 @@ class _Cache:
     def __init__(self):
         self.offset = 0
 
-    def make_mask(self, n: int) -> Mask:
-        return None if n == 1 else "causal"
+    def make_mask(self, n: int, return_array: bool = False,
+                  window_size: int | None = None) -> Mask:
+        """The mask of the next ``n`` queries (mlx-lm's signature): None for one query, else
+        ``"causal"``; a boolean ``(n, keys)`` array with ``return_array`` or a ``window_size``
+        (keys further back than the window hidden)."""
+        if window_size is None and (n == 1 or not return_array):
+            return None if n == 1 else "causal"
+        query_pos = mx.arange(self.offset, self.offset + n)[:, None]
+        key_pos = mx.arange(self.offset + n)[None]
+        visible = key_pos <= query_pos
+        if window_size is not None:
+            visible = visible & (query_pos - key_pos < window_size)
+        return visible
 
     def is_trimmable(self) -> bool:
         return False
 
     def empty(self) -> bool:
         return self.offset == 0
+
+    def size(self) -> int:
+        """Positions stored (mlx-lm's protocol): what attention of the next query reads."""
+        return self.offset
+
+    @classmethod
+    def from_state(cls, state: Any, meta_state: tuple[str, ...] | None = None) -> _Cache:
+        """A cache holding ``state`` (and ``meta_state``), as mlx-lm's ``from_state``."""
+        cache = cls.__new__(cls)
+        _Cache.__init__(cache)
+        cache.keys = cache.values = None
+        if meta_state is not None:
+            cache.meta_state = meta_state
+        cache.state = state
+        return cache
 
     @property
     def meta_state(self) -> tuple[str, ...]:
@@ -126,6 +159,13 @@ class KVCache(_Trimmable):
             cache.update_and_fetch(*self.state)
         return cache
 
+    @classmethod
+    def merge(cls, caches: list) -> Any:
+        """One batch cache for a list of single-sequence caches of one layer (mlx-lm's
+        ``BatchGenerator`` and server call it): :class:`mlx_zoo.compat.BatchCache`."""
+        from .compat import BatchCache
+        return BatchCache.merge(caches)
+
 
 class RotatingKVCache(_Cache):
     """Sliding-window attention: a query at position p sees keys at positions (p - W, p],
@@ -164,13 +204,27 @@ class RotatingKVCache(_Cache):
         self._write = 0
         return all_k, all_v
 
-    def make_mask(self, n: int) -> Mask:
-        if n == 1:
+    def make_mask(self, n: int, return_array: bool = False,
+                  window_size: int | None = None) -> Mask:
+        """``(n, keys)`` booleans: causal within the last ``max_size`` positions (or the smaller
+        ``window_size``); None for one query that sees every stored key."""
+        window = min(window_size or self.max_size, self.max_size)
+        if n == 1 and (window == self.max_size or self.offset < window):
             return None
+        full = self.keys is not None and self.keys.shape[2] == self.max_size
+        if n == 1 and full:  # a ring buffer: slot s holds position offset - ((write - s) % W)
+            slots = mx.arange(self.max_size)
+            key_pos = self.offset - ((self._write - slots) % self.max_size)
+            return (self.offset - key_pos < window)[None]
         stored = 0 if self.keys is None else min(self.keys.shape[2], self.max_size - 1)
         query_pos = mx.arange(self.offset, self.offset + n)[:, None]
         key_pos = mx.arange(self.offset - stored, self.offset + n)[None]
-        return (key_pos <= query_pos) & (query_pos - key_pos < self.max_size)
+        return (key_pos <= query_pos) & (query_pos - key_pos < window)
+
+    def size(self) -> int:
+        return 0 if self.keys is None else min(self.offset, self.keys.shape[2])
+
+    merge = classmethod(KVCache.merge.__func__)
 
     @property
     def state(self):
@@ -220,13 +274,28 @@ class ChunkedKVCache(_Cache):
         self.start = chunk_start
         return all_k, all_v
 
-    def make_mask(self, n: int) -> Mask:
+    def make_mask(self, n: int, return_array: bool = False,
+                  window_size: int | None = None) -> Mask:
+        """Chunked causal mask of the next ``n`` queries over the stored keys (``window_size``,
+        an mlx-lm option, narrows it further)."""
         stored = self.offset - self.start
+        if window_size is not None or (return_array and n > 1):
+            mask = chunked_causal_mask(self.offset, n, stored, self.chunk_size)
+            if window_size is not None:
+                query_pos = mx.arange(self.offset, self.offset + n)[:, None]
+                key_pos = mx.arange(self.offset - stored, self.offset + n)[None]
+                mask = mask & (query_pos - key_pos < window_size)
+            return mask
         if n == 1:
             return None
         if self.start // self.chunk_size == (self.offset + n - 1) // self.chunk_size:
             return "causal"  # all keys and queries in one chunk: plain causal, the fast kernel
         return chunked_causal_mask(self.offset, n, stored, self.chunk_size)
+
+    def size(self) -> int:
+        return self.offset - self.start
+
+    merge = classmethod(KVCache.merge.__func__)
 
     @property
     def state(self):

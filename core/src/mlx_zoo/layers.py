@@ -8,8 +8,10 @@ kernel here serves every architecture.
 from __future__ import annotations
 
 import copy
+import inspect
 import math
 import pickle
+import weakref
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -58,10 +60,39 @@ def _quantized_attention(queries, keys, values, *, scale, mask, group_size, bits
 
 
 def mask_for(cache: Any, n: int) -> Mask:
-    """The mask for ``n`` new queries: the cache's own (sliding window, chunks), else causal."""
+    """The mask for ``n`` new queries: the cache's own (sliding window, chunks), else causal.
+
+    Caches that follow mlx-lm's protocol -- mlx-zoo's, and mlx-lm's own (``KVCache``,
+    ``BatchKVCache``, ... handed in by mlx-lm's generation code), whose ``make_mask`` requires
+    the options -- are asked with ``make_mask(n, return_array=False, window_size=None)``; a
+    cache whose ``make_mask`` takes only ``n`` is asked with ``n``."""
     if cache is None:
         return None if n == 1 else "causal"
-    return cache.make_mask(n)
+    make_mask = cache.make_mask
+    if _takes_mask_options(getattr(make_mask, "__func__", make_mask)):
+        return make_mask(n, return_array=False, window_size=None)
+    return make_mask(n)
+
+
+_MASK_OPTIONS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+"""make_mask function -> whether it takes mlx-lm's keyword options (decided once per function)."""
+
+
+def _takes_mask_options(function: Any) -> bool:
+    known = _MASK_OPTIONS.get(function)
+    if known is None:
+        try:
+            parameters = inspect.signature(function).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature: the plain form
+            parameters = ()
+        names = {p.name for p in parameters}
+        known = ({"return_array", "window_size"} <= names
+                 or any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters))
+        try:
+            _MASK_OPTIONS[function] = known
+        except TypeError:  # unhashable callable: decide again next time
+            pass
+    return known
 
 
 # -- pieces every decoder-only transformer has --------------------------------------------------

@@ -306,9 +306,16 @@ class Attention(nn.Module):
             q = mx.fast.rms_norm(q, None, self.norm_eps)
             k = mx.fast.rms_norm(k, None, self.norm_eps)
         if self.tune_temperature:
-            positions = mx.arange(offset, offset + length)
-            q = q * attention_temperature(positions, self.floor_scale,
-                                          self.attn_scale)[:, None].astype(q.dtype)
+            if isinstance(offset, mx.array) and offset.ndim == 1:
+                # a batch cache (mlx-lm's BatchGenerator): one offset per row -> (B, 1, L, 1)
+                positions = offset[:, None] + mx.arange(length)
+                scale = attention_temperature(positions, self.floor_scale,
+                                              self.attn_scale)[:, None, :, None]
+            else:
+                positions = mx.arange(offset, offset + length)
+                scale = attention_temperature(positions, self.floor_scale,
+                                              self.attn_scale)[:, None]
+            q = q * scale.astype(q.dtype)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         out = attention(q, k, v, scale=self.scale, mask=mask, cache=cache)
