@@ -55,6 +55,7 @@ from mlx_zoo import (
     ChunkedKVCache,
     ConfigError,
     Divides,
+    GenerationArgumentError,
     KVCache,
     NonNegativeFloat,
     NonNegativeInt,
@@ -76,7 +77,6 @@ from mlx_zoo import (
     split_heads,
     unfuse_projections,
 )
-from mlx_zoo.decoder import check_cache
 
 __all__ = ["DecoderLayer", "Llama4TextModel", "Model", "ModelArgs", "attention_temperature"]
 
@@ -387,7 +387,14 @@ class Llama4TextModel(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         h = self.embed_tokens(inputs)
-        cache = check_cache(cache, len(self.layers))  # [] or a wrong length: an error
+        if cache is None:
+            cache = [None] * len(self.layers)
+        elif not isinstance(cache, (list, tuple)) or len(cache) != len(self.layers):
+            got = (f"{len(cache)} entries" if isinstance(cache, (list, tuple))
+                   else f"a {type(cache).__name__}")
+            raise GenerationArgumentError(
+                f"cache must be a list with one entry per layer ({len(self.layers)}; "
+                f"mlx_zoo.make_prompt_cache(model) builds it) or None, got {got}")
         masks = self._masks(cache, h.shape[1])
         for layer, layer_cache, chunked in zip(self.layers, cache, self.chunked, strict=True):
             h = layer(h, masks[chunked], layer_cache)
