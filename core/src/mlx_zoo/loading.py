@@ -156,6 +156,10 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
         config.clear_quantization()  # save() now writes it dense
     if fuse:
         _fuse(model, lazy)
+    if os.environ.get(FAST_KERNELS_ENV) == "1":  # opt-in: see FAST_KERNELS_ENV
+        from .kernels import use_fast_kernels
+
+        use_fast_kernels(model)
     if not lazy:
         evaluate_all(model)
     model.eval()
@@ -205,6 +209,13 @@ def _fuse(model: nn.Module, lazy: bool) -> None:
 
 
 AUTO = "auto"
+
+FAST_KERNELS_ENV = "MLX_ZOO_FAST_KERNELS"
+"""``1``: on a CUDA GPU, quantized layers run batch-1 matvecs through mlx-zoo's own kernel
+(:mod:`mlx_zoo.kernels`, 2.3-2.8x MLX's on 7B shapes in isolation). Off by default: each call
+costs more host time than MLX's built-in, and MLX's CUDA decode is host-bound, so a whole 7B
+4-bit decode measured slower with it (docs/benchmarks.md, "CUDA quantized matvec"). No effect
+on other devices."""
 
 MEMORY_FRACTION = 0.6
 """Share of available memory that dense float32 weights may take for the "auto" load policy:
