@@ -183,12 +183,12 @@ def test_batched_greedy_equals_alone_hunyuan():
         engine.stop()
 
 
-def test_llama4_per_sequence_fallback():
-    """The llama4 demo's temperature-tuned NoPE layers need an integer offset: the start-up probe
-    finds that and the engine decodes per sequence, with the same results."""
+def test_llama4_temperature_tuning_batched():
+    """The llama4 demo's temperature-tuned NoPE layers take per-row offsets (one position per
+    row for the temperature): the start-up probe finds the batched path exact and batches."""
     engine = started("demo:llama4")
     try:
-        assert not engine.batching
+        assert engine.batching
         assert_same_as_alone(engine, count=4, max_tokens=16)
     finally:
         engine.stop()
