@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The distributions as users get them: build every wheel and sdist into dist/
-# (scripts/build_dists.sh), check what each wheel holds (tests/test_wheels.py), then install one
+# (scripts/build_dists.sh), check what each wheel holds (tests/integration/test_wheels.py), then install one
 # plugin *from the wheels* into a fresh virtual environment -- mlx-zoo and the plugin from dist/
 # only, never from this checkout; their third-party dependencies from the registry, torch as the
 # CPU wheel requirements-test.txt pins -- and run that plugin's own tests against the install.
@@ -47,5 +47,5 @@ PY
 )
 echo "test_wheels: installed in $((SECONDS - start)) s"
 MLX_ZOO_DIST="$PWD/dist" "$VENV/bin/python" -m pytest -p no:cacheprovider \
-    tests/test_wheels.py "plugins/$PLUGIN/tests" "$@"
+    tests/integration/test_wheels.py "plugins/$PLUGIN/tests" "$@"
 echo "test_wheels: done in $((SECONDS - start)) s"

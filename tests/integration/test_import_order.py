@@ -18,7 +18,7 @@ import pytest
 import mlx_zoo
 from mlx_zoo.demos import demo_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PLUGINS = ("mlx_hunyuan", "mlx_llama4", "mlx_qwen2")
 NTK_CONFIG = {"model_type": "hunyuan_v1_dense", "vocab_size": 64, "hidden_size": 32,
               "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2,

@@ -167,7 +167,7 @@ def test_batch_cache_operations(demo):
 # -- mlx_lm.server ---------------------------------------------------------------------------
 
 WRAPPER = textwrap.dedent('''
-    """mlx_lm.server serving an mlx-zoo model (see tests/test_mlx_lm_stack.py)."""
+    """mlx_lm.server serving an mlx-zoo model (see tests/integration/test_mlx_lm_stack.py)."""
     import mlx_zoo
     import mlx_lm.server as server
     from mlx_lm.models.cache import make_prompt_cache

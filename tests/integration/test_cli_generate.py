@@ -12,7 +12,7 @@ import pytest
 from mlx_zoo.demos import available_demos
 
 SCRIPT = Path(sys.executable).parent / "mlx-zoo"
-CORPUS = Path(__file__).resolve().parent.parent / "scripts" / "demo_corpus.txt"
+CORPUS = Path(__file__).resolve().parents[2] / "scripts" / "demo_corpus.txt"
 STATS = ("Prompt: ", "tokens-per-sec", "Generation: ", "Peak memory: ")
 
 

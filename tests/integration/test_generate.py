@@ -324,7 +324,7 @@ def sentencepiece_style(tmp_path_factory):
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
     path = tmp_path_factory.mktemp("spm")
-    corpus = Path(__file__).resolve().parent.parent / "scripts" / "demo_corpus.txt"
+    corpus = Path(__file__).resolve().parents[2] / "scripts" / "demo_corpus.txt"
     lines = [line.split("\t", 1)[1] for line in corpus.read_text().splitlines()[:300]]
     tok = Tokenizer(models.BPE(unk_token="<unk>", byte_fallback=True))
     tok.pre_tokenizer = pre_tokenizers.Metaspace()

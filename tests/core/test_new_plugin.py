@@ -21,7 +21,7 @@ import mlx_zoo
 from mlx_zoo import newplugin
 from mlx_zoo.newplugin import NewPluginError, new_plugin
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 EXPECTED_FILES = {".gitignore", "README.md", "pyproject.toml", "src/mlx_my_arch/__init__.py",
                   "src/mlx_my_arch/myarch.py", "tests/test_mlx_my_arch.py"}
 

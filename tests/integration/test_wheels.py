@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 import tomllib
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PROJECTS = [REPO / "core"] + sorted(p for p in (REPO / "plugins").iterdir()
                                     if (p / "pyproject.toml").is_file())
 IGNORED = ("__pycache__", ".egg-info", ".pyc")

@@ -13,7 +13,7 @@ import pytest
 import mlx_zoo
 from mlx_zoo.demos import README, available_demos, demo_dir
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 CORPUS = REPO / "scripts" / "demo_corpus.txt"
 MAX_DEMO_BYTES = 5_000_000
 MODEL_TYPES = {"qwen2": "qwen2", "hunyuan": "hunyuan_v1_dense", "llama4": "llama4_text"}

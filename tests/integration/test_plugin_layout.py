@@ -12,7 +12,7 @@ import pytest
 
 import mlx_zoo
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 MODEL_FILES = {  # plugin model files checked for layout; the block class of each
     "plugins/mlx-hunyuan/src/mlx_hunyuan/blocks.py": "DecoderLayer",
     "plugins/mlx-llama4/src/mlx_llama4/llama4.py": "DecoderLayer",
