@@ -6,9 +6,9 @@ There are three extension points:
 
 * **models** -- :func:`register_models` returns the :class:`Architecture` of each model_type the
   plugin serves: its config dataclass and its Model class. The Model follows :class:`Model`;
-  the optional capabilities (``sanitize``, ``shard``, ``make_cache``, ``quantize_predicate``)
-  are described by :class:`Sanitizes`, :class:`Shards`, :class:`MakesCache` and
-  :class:`QuantizePredicate`.
+  the optional capabilities (``sanitize``, ``shard``, ``make_cache``, ``quantize_predicate``,
+  ``keep_layers``) are described by :class:`Sanitizes`, :class:`Shards`, :class:`MakesCache`,
+  :class:`QuantizePredicate` and :class:`PipelineStages`.
 * **caches** -- :func:`register_cache_classes` names the plugin's own KV-cache classes, so that a
   prompt cache saved to disk is rebuilt with the right class (looked up by that name, never by
   ``globals()``).
@@ -136,6 +136,24 @@ class QuantizePredicate(Protocol):
     precision, ``True`` to quantize it with the defaults, or a dict of ``group_size``/``bits``."""
 
     def quantize_predicate(self, path: str, module: nn.Module) -> bool | dict: ...
+
+
+@runtime_checkable
+class PipelineStages(Protocol):
+    """Optional: how to cut the model into pipeline stages (:mod:`mlx_zoo.pipeline`), for a
+    backbone that keeps per-layer state besides ``layers`` (cache slots shared across layers,
+    per-layer mask kinds). Without it the core cuts ``model.model.layers`` alone, and refuses a
+    backbone holding other per-layer lists.
+
+    ``pipeline_boundaries()`` lists the layer indices a stage may start at (e.g. only where a
+    run of layers sharing keys/values begins); ``keep_layers(start, stop)`` keeps layers
+    ``start .. stop - 1`` of the backbone, in place, with their bookkeeping, so that the
+    backbone's own forward -- fed the hidden states entering layer ``start`` -- runs exactly
+    those layers and ``make_cache`` makes the caches of those layers only."""
+
+    def pipeline_boundaries(self) -> list[int]: ...
+
+    def keep_layers(self, start: int, stop: int) -> None: ...
 
 
 @dataclass(frozen=True)

@@ -93,7 +93,8 @@ def _as_dtype(dtype: str | mx.Dtype) -> mx.Dtype:
 
 def load(path_or_repo: str | Path, *, revision: str | None = None,
          dtype: str | mx.Dtype | None = "auto", lazy: bool = False, plugin: str | None = None,
-         dequantize: bool | str = "auto", fuse: bool = True) -> tuple[nn.Module, Any]:
+         dequantize: bool | str = "auto", fuse: bool = True, parallel: str | None = None,
+         group: Any = None) -> tuple[nn.Module, Any]:
     """Load a checkpoint; returns ``(model, config)``, config being the plugin's dataclass.
 
     The defaults are the fastest correct settings for this machine; every one has an opt-out
@@ -124,7 +125,20 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
 
     ``lazy`` skips evaluating the weights (they are read on first use); ``plugin`` picks the
     distribution when several claim the checkpoint's model_type.
+
+    ``parallel``: ``"pipeline"`` or ``"tensor"`` splits the model over ``group`` (default:
+    ``mx.distributed.init()``, i.e. the processes ``mlx.launch`` started), each rank reading and
+    materialising only its own part (lazy load, split, then evaluate layer by layer:
+    :func:`mlx_zoo.pipeline.load_distributed`). ``"pipeline"`` returns a
+    :class:`~mlx_zoo.pipeline.PipelineLM` holding this rank's layers; ``"tensor"`` the model with
+    its ``shard`` applied (unfused). Impossible combinations raise
+    :class:`~mlx_zoo.ShardingError` before any weight is read.
     """
+    if parallel is not None:
+        from .pipeline import load_distributed
+
+        return load_distributed(path_or_repo, parallel, group, revision=revision, dtype=dtype,
+                                lazy=lazy, plugin=plugin, dequantize=dequantize, fuse=fuse)
     model_dir = resolve_model_dir(path_or_repo, revision)
     raw = read_config(model_dir)
     config_path = model_dir / CONFIG_FILE

@@ -513,6 +513,20 @@ class HunYuanForCausalLM(CausalLM):
             else:
                 shard_mlp(layer.mlp, group)
 
+    def pipeline_boundaries(self) -> list[int]:
+        """Layers a pipeline stage may start at (:mod:`mlx_zoo.pipeline`): those projecting
+        their own keys/values, so that a CLA run and its shared cache stay on one rank."""
+        return [i for i, layer in enumerate(self.model.layers) if layer.self_attn.computes_kv]
+
+    def keep_layers(self, start: int, stop: int) -> None:
+        """Keep layers ``start .. stop - 1`` (a pipeline stage; ``start`` a boundary) and renumber
+        their cache slots from 0, so ``make_cache`` covers only their slots."""
+        backbone = self.model
+        slots = backbone.cache_slot[start:stop]
+        backbone.layers = backbone.layers[start:stop]
+        backbone.cache_slot = [slot - slots[0] for slot in slots]
+        backbone.num_cache_slots = backbone.cache_slot[-1] + 1
+
     def quantize_predicate(self, path: str, module: nn.Module) -> bool:
         """Everything but the expert routers (``mlp.gate.wg``): they are small, and a routing
         decision flips on small errors, so they stay in full precision (the references even run

@@ -486,6 +486,16 @@ class Model(CausalLM):
             else:
                 shard_mlp(layer.feed_forward, group)
 
+    def pipeline_boundaries(self) -> list[int]:
+        """Any layer may start a pipeline stage (:mod:`mlx_zoo.pipeline`)."""
+        return list(range(len(self.model.layers)))
+
+    def keep_layers(self, start: int, stop: int) -> None:
+        """Keep layers ``start .. stop - 1`` (a pipeline stage) with their chunked/global kinds,
+        which pick each layer's mask and cache."""
+        self.model.layers = self.model.layers[start:stop]
+        self.model.chunked = self.model.chunked[start:stop]
+
     def quantize_predicate(self, path: str, module: nn.Module) -> bool:
         """Keep the routers in full precision: a tiny matrix whose rounding could flip which
         experts a token goes to."""

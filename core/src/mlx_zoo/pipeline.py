@@ -1,0 +1,389 @@
+"""Pipeline parallelism: a model's layers split into contiguous stages, one per rank of a
+distributed group, with one activation transfer per stage boundary per forward pass -- and the
+loader that lets each rank read only its own part of a checkpoint (:func:`load_distributed`).
+
+Layout (``N`` ranks)::
+
+    rank 0        embed_tokens -> layers[0:a]     --send h-->
+    rank 1        recv h       -> layers[a:b]     --send h-->   ...
+    rank N-1      recv h       -> layers[z:L] -> norm -> head (lm_head, or the tied embedding)
+
+* **Balancing**: stages are contiguous and chosen to minimise the largest rank's bytes, counting
+  the embedding on rank 0 and the final norm and head on rank N-1 (:func:`plan_stages`, an exact
+  dynamic programme over the allowed boundaries).
+* **Tied embeddings**: the head *is* the embedding matrix; rank N-1 keeps its own copy of it (as
+  its head, ``as_linear``), rank 0 keeps it as the embedding. Costs one ``vocab x hidden`` matrix
+  more than an ideal split; the balancer counts it.
+* **Transfer**: ``mx.distributed.send`` / ``recv`` (MLX 0.32 has them on the ring, MPI and NCCL
+  backends): a point-to-point ``(B, L, hidden)`` activation, rather than an ``all_sum`` that
+  every rank would join (measured on the ring backend: docs/benchmarks.md, "Parallel").
+* **Output on every rank**: the decode loop of :func:`mlx_zoo.generate` calls ``model(ids,
+  cache)`` on every rank and samples from the result, and every rank must feed the *same* next
+  token. With ``broadcast="logits"`` (default: a drop-in model) rank N-1's logits are broadcast
+  with one ``all_sum`` (the other ranks add zeros), so every rank samples from the same logits;
+  MLX's random state is made equal across ranks when the pipeline is built, so temperature
+  sampling stays in step too. With ``broadcast="token"`` no logits travel: ranks other than the
+  last return zeros, and the sampler wrapped by :meth:`PipelineLM.sampler` broadcasts the id
+  rank N-1 drew (one ``all_sum`` of one int32) -- what ``mlx-zoo generate --parallel pipeline``
+  uses. Logprobs are then real on rank N-1 only.
+* **Caches**: each rank's ``make_cache`` covers its own layers only. A rank's caches are tied
+  (``mx.depends``) to its outgoing send, so evaluating them -- all the prefill of
+  :func:`mlx_zoo.generate_step` evaluates -- also performs the send the next rank waits for.
+
+Which models: any :class:`~mlx_zoo.CausalLM` whose backbone (``model.model``) has
+``embed_tokens``, ``layers`` and ``norm`` and runs ``norm(layers(embed_tokens(inputs)))``: the
+backbone's own forward runs on each rank with its layer list cut to the rank's slice and the
+missing ends replaced by the identity, so its masks, offsets and cache handling are its own. A
+backbone with per-layer bookkeeping besides ``layers`` (cache slots, per-layer mask kinds)
+implements :class:`~mlx_zoo.hookspecs.PipelineStages`; without it such a backbone is refused
+with a :class:`~mlx_zoo.ShardingError` rather than run wrongly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .errors import ShardingError
+from .hookspecs import PipelineStages
+from .layers import guard_token_ids
+
+PARALLEL_MODES = ("pipeline", "tensor")
+BROADCAST_MODES = ("logits", "token")
+
+
+def _nbytes(module: Any) -> int:
+    """Bytes of a module's parameters (shapes only: lazy arrays are not evaluated)."""
+    if module is None:
+        return 0
+    return sum(v.nbytes for _, v in tree_flatten(module.parameters()))
+
+
+def plan_stages(layer_bytes: Sequence[int], ranks: int, *, first_extra: int = 0,
+                last_extra: int = 0, boundaries: Sequence[int] | None = None
+                ) -> list[tuple[int, int]]:
+    """Split ``len(layer_bytes)`` layers into ``ranks`` contiguous, non-empty stages
+    ``[(start, stop), ...]`` minimising the largest stage's bytes, stage 0 also holding
+    ``first_extra`` bytes (the embedding) and the last ``last_extra`` (norm and head).
+    ``boundaries``: the layer indices a stage may start at (default: any). Ties go to the
+    split with the earliest boundaries. :class:`ShardingError` when it cannot be done."""
+    n = len(layer_bytes)
+    allowed = sorted({b for b in (range(1, n) if boundaries is None else boundaries)
+                      if 0 < b < n})
+    if ranks < 1:
+        raise ShardingError(f"a pipeline needs at least 1 stage, got {ranks}")
+    if ranks > len(allowed) + 1:
+        what = "layers" if boundaries is None else "places where the layers may be split"
+        raise ShardingError(
+            f"cannot split {n} layers into {ranks} pipeline stages: the model has "
+            f"{len(allowed) + 1} {'layers' if what == 'layers' else 'possible stages'} "
+            f"(use at most {len(allowed) + 1} processes, or --parallel tensor)")
+    prefix = [0]
+    for b in layer_bytes:
+        prefix.append(prefix[-1] + int(b))
+    cuts = [0, *allowed, n]  # candidate stage starts/ends
+
+    def cost(i: int, j: int, stage: int) -> int:
+        c = prefix[cuts[j]] - prefix[cuts[i]]
+        return c + (first_extra if stage == 0 else 0) + (last_extra if stage == ranks - 1 else 0)
+
+    # best[s][j]: the smallest max-stage bytes of s + 1 stages covering cuts[0]..cuts[j]
+    inf = float("inf")
+    best = [[inf] * len(cuts) for _ in range(ranks)]
+    back = [[0] * len(cuts) for _ in range(ranks)]
+    for j in range(1, len(cuts)):
+        best[0][j] = cost(0, j, 0)
+    for s in range(1, ranks):
+        for j in range(s + 1, len(cuts)):
+            for i in range(s, j):
+                value = max(best[s - 1][i], cost(i, j, s))
+                if value < best[s][j]:
+                    best[s][j], back[s][j] = value, i
+    stages, j = [], len(cuts) - 1
+    for s in range(ranks - 1, 0, -1):
+        i = back[s][j]
+        stages.append((cuts[i], cuts[j]))
+        j = i
+    stages.append((0, cuts[j]))
+    return stages[::-1]
+
+
+class _Identity(nn.Module):
+    """Stands in for the ends of the backbone a rank does not hold."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return x
+
+
+def _per_layer_lists(owner: Any, n: int) -> list[str]:
+    """Names of ``owner``'s attributes, besides ``layers``, that look like per-layer lists."""
+    found = []
+    items = dict(vars(owner))
+    if isinstance(owner, dict):
+        items.update(owner)
+    for name, value in items.items():
+        if name != "layers" and isinstance(value, (list, tuple)) and len(value) == n:
+            found.append(name)
+    return found
+
+
+def _check_pipelinable(model: nn.Module) -> None:
+    backbone = model.get("model") if isinstance(model, dict) else None
+    missing = [a for a in ("embed_tokens", "layers", "norm")
+               if backbone is None or a not in backbone and not hasattr(backbone, a)]
+    if missing:
+        raise ShardingError(
+            f"{type(model).__name__} cannot run as a pipeline: its backbone (model.model) lacks "
+            f"{', '.join(missing)} (needed: embed_tokens, layers, norm)")
+    if not isinstance(model, PipelineStages):
+        extra = (_per_layer_lists(backbone, len(backbone.layers))
+                 + _per_layer_lists(model, len(backbone.layers)))
+        if extra:
+            raise ShardingError(
+                f"{type(model).__name__} keeps per-layer state besides its layers "
+                f"({', '.join(sorted(set(extra)))}): it cannot be cut into pipeline stages "
+                "generically; the plugin must implement mlx_zoo.hookspecs.PipelineStages")
+
+
+def stage_plan(model: nn.Module, ranks: int) -> list[tuple[int, int]]:
+    """:func:`plan_stages` for ``model``: bytes per layer, the embedding on the first stage, the
+    final norm and the head (the embedding again when tied) on the last."""
+    _check_pipelinable(model)
+    backbone = model.model
+    layers = backbone.layers
+    embed = _nbytes(backbone.embed_tokens)
+    head = _nbytes(model["lm_head"]) if "lm_head" in model else embed
+    boundaries = model.pipeline_boundaries() if isinstance(model, PipelineStages) else None
+    return plan_stages([_nbytes(layer) for layer in layers], ranks, first_extra=embed,
+                       last_extra=head + _nbytes(backbone.norm), boundaries=boundaries)
+
+
+def _activation_dtype(embed: nn.Module) -> mx.Dtype:
+    """The dtype of the hidden states: the embedding's (the scales' when it is quantized)."""
+    return (embed["scales"] if "scales" in embed else embed["weight"]).dtype
+
+
+def _same_random_state(group: mx.distributed.Group) -> None:
+    """Seed MLX's random state on every rank with rank 0's draw: ranks that sample from the
+    same logits then draw the same token."""
+    mine = mx.random.randint(0, 2**31 - 1, (1,), dtype=mx.int32)
+    seed = mx.distributed.all_sum(mine if group.rank() == 0 else mx.zeros_like(mine), group=group)
+    mx.random.seed(int(seed.item()))
+
+
+class PipelineLM(nn.Module):
+    """A :class:`~mlx_zoo.CausalLM` run as one stage of a pipeline over ``group`` (built by
+    :func:`pipeline`). Called like the model -- ``model(ids, cache)`` gives ``(B, L, vocab)``
+    logits on every rank (see the module docstring for ``broadcast``); ``make_cache`` gives the
+    caches of this rank's layers; ``args``, ``model_type``, ``vocab_size`` are the model's."""
+
+    def __init__(self, model: nn.Module, group: mx.distributed.Group,
+                 stages: list[tuple[int, int]], broadcast: str = "logits"):
+        super().__init__()
+        if broadcast not in BROADCAST_MODES:
+            raise ValueError(f"broadcast must be one of {BROADCAST_MODES}, got {broadcast!r}")
+        rank, size = group.rank(), group.size()
+        self.group, self.rank, self.size = group, rank, size
+        self.stages, self.broadcast = list(stages), broadcast
+        self.args, self.model_type = model.args, getattr(model, "model_type", None)
+        backbone = model.model
+        embed = backbone.embed_tokens
+        self._vocab = int(embed["weight"].shape[0]) if "weight" in embed else model.args.vocab_size
+        self._hidden = int(model.args.hidden_size)
+        self._dtype = _activation_dtype(embed)
+        start, stop = stages[rank]
+        if isinstance(model, PipelineStages):
+            model.keep_layers(start, stop)
+        else:
+            backbone.layers = backbone.layers[start:stop]
+        self.first_layer = start
+        is_last = rank == size - 1
+        if is_last:
+            head = model["lm_head"] if "lm_head" in model else embed
+            self.head_is_embedding = "lm_head" not in model
+            self.head = head
+        if "lm_head" in model:
+            model.pop("lm_head")
+        if rank != 0:
+            backbone.embed_tokens = _Identity()
+        if not is_last:
+            backbone.norm = _Identity()
+        self.lm = model
+        _same_random_state(group)
+
+    # -- what generation reads -----------------------------------------------------------------
+
+    @property
+    def vocab_size(self) -> int:
+        return self._vocab
+
+    @property
+    def layers(self) -> list:
+        """This rank's layers."""
+        return self.lm.model.layers
+
+    @property
+    def is_last(self) -> bool:
+        return self.rank == self.size - 1
+
+    def make_cache(self) -> list:
+        """The caches of this rank's layers (the model's own ``make_cache`` over its slice)."""
+        from .cache import make_prompt_cache
+
+        return make_prompt_cache(self.lm)
+
+    # -- the forward pass ----------------------------------------------------------------------
+
+    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        inputs, invalid = guard_token_ids(inputs, self._vocab)
+        batch, length = inputs.shape[:2]
+        group, rank = self.group, self.rank
+        if rank == 0:
+            x = inputs
+        else:
+            x = mx.distributed.recv((batch, length, self._hidden), self._dtype, rank - 1,
+                                    group=group)
+        h = self.lm.model(x, cache)
+        shape = (batch, length, self._vocab)
+        if not self.is_last:
+            sent = mx.distributed.send(h.astype(self._dtype), rank + 1, group=group)
+            _tie_caches(cache, sent)
+            logits = mx.depends(mx.zeros(shape, self._dtype), sent)
+        elif self.head_is_embedding:
+            logits = self.head.as_linear(h)
+        else:
+            logits = self.head(h)
+        if self.broadcast == "logits":
+            logits = mx.distributed.all_sum(logits, group=group)
+        if invalid is not None:
+            logits = mx.where(mx.expand_dims(invalid, -1), mx.array(mx.nan, logits.dtype), logits)
+        return logits
+
+    def sampler(self, sampler: Callable[[mx.array], mx.array]) -> Callable[[mx.array], mx.array]:
+        """``sampler`` for ``broadcast="token"``: the last rank draws with it; its id is
+        broadcast (``all_sum`` of one int32, the others adding zero), so every rank feeds the
+        same next token. The result depends on the logprobs on every rank, so evaluating it
+        also runs this rank's stage."""
+
+        def draw(logprobs: mx.array) -> mx.array:
+            if self.is_last:
+                token = sampler(logprobs).astype(mx.int32)
+            else:
+                token = mx.depends(mx.zeros((logprobs.shape[0],), mx.int32), logprobs)
+            return mx.distributed.all_sum(token, group=self.group)
+
+        return draw
+
+
+def _tie_caches(cache: list | None, sent: mx.array) -> None:
+    """Make this rank's caches depend on its outgoing send: a caller that evaluates only the
+    caches (a prefill) then also sends the activations the next rank is waiting for."""
+    if not cache:
+        return
+    for c in reversed(cache):
+        keys = getattr(c, "keys", None)
+        if isinstance(keys, mx.array):
+            c.keys = mx.depends(keys, sent)
+            return
+        if isinstance(keys, (list, tuple)) and keys and isinstance(keys[0], mx.array):
+            c.keys = type(keys)([mx.depends(keys[0], sent), *keys[1:]])
+            return
+    raise ShardingError("pipeline: none of this rank's caches holds its keys in a 'keys' array; "
+                        "cannot order the stage's send after the caches")
+
+
+def pipeline(model: nn.Module, group: mx.distributed.Group | None = None, *,
+             broadcast: str = "logits") -> PipelineLM:
+    """Split ``model`` (a :class:`~mlx_zoo.CausalLM`) into pipeline stages over ``group``
+    (default: ``mx.distributed.init()``) and return this rank's stage: the layers, caches and
+    ends of the other ranks are dropped (on a lazily loaded model they are never read).
+    :class:`ShardingError` for more ranks than stages, or a model that cannot be staged."""
+    group = group or mx.distributed.init()
+    stages = stage_plan(model, group.size())
+    return PipelineLM(model, group, stages, broadcast=broadcast)
+
+
+# -- loading each rank's part ----------------------------------------------------------------
+
+
+def check_parallel(parallel: str, size: int, config: Any = None, model_dir: Path | None = None
+                   ) -> None:
+    """Refuse, before any weight is read, what cannot work: a mode other than ``pipeline`` /
+    ``tensor``, a group of one process, more ranks than layers (pipeline), head counts that do
+    not divide (tensor). ``config`` is the plugin's config dataclass (or None: mode and size
+    only)."""
+    if parallel not in PARALLEL_MODES:
+        raise ShardingError(f"parallel must be one of {', '.join(PARALLEL_MODES)}, got "
+                            f"{parallel!r}")
+    if size < 2:
+        raise ShardingError(
+            f"parallel={parallel!r} needs a distributed group of 2 or more processes, but this "
+            "process is alone (run it under mlx.launch -n 2 ..., or drop --parallel)")
+    if config is None:
+        return
+    where = f"{model_dir}: " if model_dir is not None else ""
+    if parallel == "pipeline":
+        layers = getattr(config, "num_hidden_layers", None)
+        if isinstance(layers, int) and size > layers:
+            raise ShardingError(f"{where}cannot split {layers} layers into {size} pipeline "
+                                f"stages: use at most {layers} processes")
+    else:
+        for name in ("num_attention_heads", "num_key_value_heads"):
+            heads = getattr(config, name, None)
+            if isinstance(heads, int) and heads % size:
+                raise ShardingError(
+                    f"{where}{name} = {heads} heads cannot be split over {size} processes for "
+                    f"tensor parallelism: expected a multiple of {size} (try --parallel "
+                    "pipeline)")
+
+
+def _evaluate_by_parts(model: nn.Module) -> None:
+    """Evaluate a (lazily loaded, then split) model one layer at a time, then the rest: each
+    step reads only its own tensors, so the peak is this rank's share plus one layer."""
+    from .loading import evaluate_all
+
+    for layer in getattr(model, "layers", []):
+        evaluate_all(layer)
+    evaluate_all(model)
+
+
+def load_distributed(path_or_repo: str | Path, parallel: str, group: Any = None, *,
+                     broadcast: str = "logits", **load_options: Any) -> tuple[nn.Module, Any]:
+    """``mlx_zoo.load(path, parallel=..., group=...)``: each rank reads and materialises only
+    its part -- the model is loaded lazily (nothing read but headers), checked, split
+    (``"tensor"``: the plugin's ``shard``; ``"pipeline"``: :func:`pipeline`), then evaluated
+    layer by layer. Returns ``(model, config)``. Bad combinations raise :class:`ShardingError`
+    before any weight is read."""
+    from . import registry
+    from .config import CONFIG_FILE, read_config
+    from .hookspecs import Shards
+    from .loading import load, resolve_model_dir
+
+    group = group or mx.distributed.init()
+    check_parallel(parallel, group.size())
+    model_dir = resolve_model_dir(path_or_repo, load_options.get("revision"))
+    raw = read_config(model_dir)
+    arch = registry.resolve(raw["model_type"], plugin=load_options.get("plugin"),
+                            path=model_dir / CONFIG_FILE)
+    config = arch.config_class.from_dict(raw, model_dir / CONFIG_FILE)
+    check_parallel(parallel, group.size(), config, model_dir)
+    load_options.pop("lazy", None)
+    if parallel == "tensor":
+        load_options["fuse"] = False  # shard splits q/k/v and gate/up by heads: no fusing first
+    model, config = load(model_dir, lazy=True, **load_options)
+    if parallel == "pipeline":
+        model = pipeline(model, group, broadcast=broadcast)
+    else:
+        if not isinstance(model, Shards):
+            raise ShardingError(f"{model_dir}: {type(model).__name__} has no shard method "
+                                "(tensor parallelism); try parallel='pipeline'")
+        model.shard(group)
+        _same_random_state(group)
+    _evaluate_by_parts(model)
+    model.eval()
+    return model, config
