@@ -113,6 +113,13 @@ def _add_generate(p: argparse.ArgumentParser) -> None:
                    help="run even when the prompt plus --max-tokens exceeds the model's "
                         "max_position_embeddings (refused by default: quality degrades past it "
                         "and a huge prompt can prefill for a long time)")
+    p.add_argument("--parallel", choices=("pipeline", "tensor", "auto"), default=None,
+                   help="split the model over the processes started by mlx.launch (e.g. "
+                        "'mlx.launch -n 2 --backend ring -- mlx-zoo generate --parallel auto "
+                        "...'): pipeline (layers per rank), tensor (heads per rank), or auto "
+                        "(pipeline: decode pays one transfer per token instead of two "
+                        "all-reduces per layer; tensor where the layers cannot be split). Each "
+                        "rank reads only its part; only rank 0 prints")
 
 
 def _add_chat(p: argparse.ArgumentParser) -> None:
@@ -143,8 +150,36 @@ def _load_for_generation(args: argparse.Namespace):
 
     # "auto": dense float32 on MLX's Linux CPU backend when it fits (mlx_zoo.backend), else as is;
     # fuse: q/k/v and gate/up as one matmul each, fewer kernels per token (mlx_zoo.fusion).
+    parallel = getattr(args, "parallel", None)
+    if parallel is not None:
+        return _load_parallel(args, parallel)
     model, _ = mlx_zoo.load(args.model, plugin=args.plugin, dtype="auto", dequantize="auto",
                             fuse=True)
+    return model, mlx_zoo.load_tokenizer(args.model)
+
+
+def _load_parallel(args: argparse.Namespace, parallel: str):
+    """``--parallel``: this rank's part of the model (mlx_zoo.pipeline.load_distributed); a
+    pipeline broadcasts the sampled token, not the logits. Ranks other than 0 print nothing on
+    standard output from here on."""
+    import os
+
+    import mlx.core as mx
+
+    import mlx_zoo
+
+    from .pipeline import choose_parallel, load_distributed
+
+    group = mx.distributed.init()
+    parallel = choose_parallel(parallel, args.model, group.size())
+    model, _ = load_distributed(args.model, parallel, group, plugin=args.plugin, dtype="auto",
+                                dequantize="auto", fuse=True,
+                                broadcast="token" if parallel == "pipeline" else "logits")
+    if group.rank() != 0:
+        sys.stdout = open(os.devnull, "w")  # noqa: SIM115 (for the rest of this process)
+    if parallel == "pipeline":
+        args.sampler = model.sampler(mlx_zoo.make_sampler(args.temp, args.top_p, args.top_k,
+                                                          args.min_p))
     return model, mlx_zoo.load_tokenizer(args.model)
 
 
@@ -213,6 +248,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
             warnings.simplefilter("ignore", ContextLengthWarning)
         for last in stream_generate(model, tokenizer, tokens, stop=args.stop,
                                     prefill_step_size=args.prefill_step_size,
+                                    sampler=getattr(args, "sampler", None),
                                     **_sampling_kwargs(args)):
             print(last.text, end="", flush=True)
     print()

@@ -342,6 +342,27 @@ def check_parallel(parallel: str, size: int, config: Any = None, model_dir: Path
                     "pipeline)")
 
 
+AUTO_RULE = ("pipeline for decoding: one activation transfer per stage boundary per token, where "
+             "tensor parallelism pays two all-reduces per layer per token (slower than one "
+             "device at batch 1 on both the ring backend and NCCL: docs/benchmarks.md, "
+             "'Parallel'); tensor where the layers cannot be split over the ranks")
+
+
+def choose_parallel(parallel: str, path_or_repo: str | Path, size: int) -> str:
+    """``"pipeline"`` / ``"tensor"`` as given; ``"auto"`` by :data:`AUTO_RULE`, from the config
+    alone (no weight read). A group of one process is refused (:class:`ShardingError`)."""
+    if parallel != "auto":
+        return parallel
+    check_parallel("pipeline", size)
+    from .config import read_config
+    from .loading import resolve_model_dir
+
+    layers = read_config(resolve_model_dir(path_or_repo)).get("num_hidden_layers")
+    if isinstance(layers, int) and size > layers:
+        return "tensor"
+    return "pipeline"
+
+
 def _evaluate_by_parts(model: nn.Module) -> None:
     """Evaluate a (lazily loaded, then split) model one layer at a time, then the rest: each
     step reads only its own tensors, so the peak is this rank's share plus one layer."""
