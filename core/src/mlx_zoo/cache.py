@@ -31,7 +31,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
@@ -115,6 +115,8 @@ class KVCache(_Trimmable):
     """Full causal attention: keeps every key/value, preallocated in steps of ``STEP`` tokens so
     that decoding writes in place instead of concatenating each step."""
 
+    batch_mode: ClassVar[str] = "full"  # how mlx_zoo.compat.BatchCache batches it
+
     STEP = 256  # tokens allocated at a time
 
     def __init__(self):
@@ -172,6 +174,8 @@ class RotatingKVCache(_Cache):
     W = ``max_size``. Single-token steps write into a ring buffer of W slots (order does not matter
     to attention once RoPE is applied); multi-token updates first put the buffer back in temporal
     order and keep the W - 1 newest positions that the new queries can still see."""
+
+    batch_mode: ClassVar[str] = "window"  # how mlx_zoo.compat.BatchCache batches it
 
     def __init__(self, max_size: int):
         super().__init__()
@@ -251,6 +255,8 @@ class ChunkedKVCache(_Cache):
     """Chunked local attention (Llama 4's local layers): positions are split into chunks of
     ``chunk_size``; a query attends causally to keys of its own chunk only, so the cache keeps
     just the keys from the start of the current chunk."""
+
+    batch_mode: ClassVar[str] = "chunk"  # how mlx_zoo.compat.BatchCache batches it
 
     def __init__(self, chunk_size: int):
         super().__init__()

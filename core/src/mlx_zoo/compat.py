@@ -41,20 +41,23 @@ from typing import Any
 
 import mlx.core as mx
 
-from .cache import ChunkedKVCache, KVCache, RotatingKVCache
-
 MODES = ("full", "window", "chunk")
+"""What a batched layer keeps: every position, a sliding window, or the current chunk. A
+single-sequence cache class states its mode as ``batch_mode`` (:mod:`mlx_zoo.cache`); this
+module reads that declaration instead of importing the classes, so that ``cache`` can hand its
+caches to :class:`BatchCache` without an import cycle."""
+
+WINDOW_SIZE_ATTRIBUTE = {"window": "max_size", "chunk": "chunk_size"}
+"""Where a single-sequence cache of each mode keeps its window or chunk size."""
 
 
 def _mode_of(cache: Any) -> tuple[str, int | None]:
-    if type(cache) is RotatingKVCache:
-        return "window", cache.max_size
-    if type(cache) is ChunkedKVCache:
-        return "chunk", cache.chunk_size
-    if type(cache) is KVCache:
-        return "full", None
-    raise TypeError(f"{type(cache).__qualname__} has no batched form (mlx_zoo.compat.BatchCache "
-                    "merges KVCache, RotatingKVCache and ChunkedKVCache)")
+    mode = getattr(type(cache), "batch_mode", None)
+    if mode not in MODES:
+        raise TypeError(f"{type(cache).__qualname__} has no batched form (mlx_zoo.compat."
+                        "BatchCache merges KVCache, RotatingKVCache and ChunkedKVCache)")
+    attribute = WINDOW_SIZE_ATTRIBUTE.get(mode)
+    return mode, None if attribute is None else getattr(cache, attribute)
 
 
 def _capacity(columns: int, step: int) -> int:
@@ -70,12 +73,15 @@ class BatchCache:
 
     STEP = 256  # columns allocated at a time
 
-    def __init__(self, left_padding: list[int], mode: str = "full", size: int | None = None):
+    def __init__(self, left_padding: list[int], mode: str = "full", size: int | None = None,
+                 single: type | None = None):
+        """``single``: the single-sequence cache class :meth:`extract` hands rows back as
+        (set by :meth:`merge` from the caches it merges)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "full" and (size is None or size < 1):
             raise ValueError(f"mode {mode!r} needs a window/chunk size >= 1, got {size!r}")
-        self.mode, self.size = mode, size
+        self.mode, self.size, self.single = mode, size, single
         self.pad = [int(p) for p in left_padding]
         self.idx = 0  # columns in use
         self.keys: mx.array | None = None
@@ -173,7 +179,7 @@ class BatchCache:
             stored = state[0].shape[2] if state else 0
             rows.append((state, stored, c.offset))
         idx = max(stored for _, stored, _ in rows)
-        batch = cls([idx - offset for _, _, offset in rows], mode, size)
+        batch = cls([idx - offset for _, _, offset in rows], mode, size, type(caches[0]))
         if idx == 0:
             return batch
         first = next(state for state, stored, _ in rows if stored)
@@ -276,17 +282,20 @@ class BatchCache:
                     + [p + idx - other.idx for p in other.pad])
         self.idx = idx
 
-    def extract(self, idx: int) -> KVCache | RotatingKVCache | ChunkedKVCache:
+    def extract(self, idx: int) -> Any:
         """Row ``idx`` as a single-sequence cache of the layer's own kind (what mlx-lm hands
         back for a finished sequence and the server keeps in its prompt cache)."""
+        if self.single is None:
+            raise ValueError("this BatchCache was not made by merge(): it does not know which "
+                             "single-sequence cache class to hand rows back as")
         pad, offset = self.pad[idx], self.idx - self.pad[idx]
         if self.mode == "full":
-            cache, first = KVCache(), max(pad, 0)
+            cache, first = self.single(), max(pad, 0)
         elif self.mode == "window":
-            cache = RotatingKVCache(self.size)
+            cache = self.single(self.size)
             first = max(self.idx - self.size, pad, 0)
         else:
-            cache = ChunkedKVCache(self.size)
+            cache = self.single(self.size)
             cache.start = offset // self.size * self.size
             first = max(pad + cache.start, 0)
         if self.keys is not None and first < self.idx:
