@@ -223,7 +223,7 @@ def test_quantized_checkpoint_passes_and_float_for_packed_weight_is_refused(tmp_
     model, config = mlx_zoo.load("demo:qwen2")
     mlx_zoo.quantize(model, config, bits=4, group_size=32)
     out = mlx_zoo.save(model, config, tmp_path / "q")
-    again, _ = mlx_zoo.load(out)  # uint32 packed weights: accepted
+    again, _ = mlx_zoo.load(out, dequantize=False)  # uint32 packed weights: accepted
     ids = mx.array([[1, 2, 3]])
     np.testing.assert_array_equal(np.array(again(ids)), np.array(model(ids)))
     weights = dict(mx.load(str(out / "model.safetensors")))
@@ -282,7 +282,7 @@ def _quantization(model_dir):
 
 def test_quantized_fixture_loads(quantized_qwen2):
     assert _quantization(quantized_qwen2)["model.layers.0.mlp.up_proj"]["bits"] == 8
-    model, _ = mlx_zoo.load(quantized_qwen2)
+    model, _ = mlx_zoo.load(quantized_qwen2, dequantize=False, fuse=False)
     assert model.model.layers[0].mlp.up_proj.bits == 8
 
 
@@ -410,7 +410,7 @@ def test_quantize_other_modes(tmp_path):
     model, config = mlx_zoo.load("demo:qwen2")
     entry = mlx_zoo.quantize(model, config, mode="mxfp4", bits=4, group_size=32)
     assert entry["mode"] == "mxfp4"
-    again, _ = mlx_zoo.load(mlx_zoo.save(model, config, tmp_path / "mx"))
+    again, _ = mlx_zoo.load(mlx_zoo.save(model, config, tmp_path / "mx"), dequantize=False)
     ids = mx.array([[1, 2, 3]])
     np.testing.assert_array_equal(np.array(again(ids)), np.array(model(ids)))
 
