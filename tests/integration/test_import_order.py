@@ -6,6 +6,7 @@ interpreter, so nothing imported by the test session helps."""
 from __future__ import annotations
 
 import fnmatch
+import importlib
 import json
 import os
 import subprocess
@@ -202,7 +203,10 @@ def test_the_core_ships_no_demo_and_the_plugins_package_theirs():
     for plugin, name in (("mlx-qwen2", "qwen2"), ("mlx-hunyuan", "hunyuan"),
                          ("mlx-llama4", "llama4")):
         package = plugin.replace("-", "_")
-        assert demo_dir(name) == REPO / "plugins" / plugin / "src" / package / "demo"
+        # the plugin's own package directory, wherever it is installed (editable or a wheel)
+        installed = Path(importlib.import_module(package).__file__).parent
+        assert demo_dir(name) == installed / "demo"
+        assert (REPO / "plugins" / plugin / "src" / package / "demo" / "config.json").is_file()
         project = tomllib.loads((REPO / "plugins" / plugin / "pyproject.toml").read_text())
         data = project["tool"]["setuptools"]["package-data"][package]
         for file in demo_dir(name).iterdir():  # every file of the demo goes into the wheel
