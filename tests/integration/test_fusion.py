@@ -346,7 +346,7 @@ def test_only_declaring_modules_are_touched():
 
 
 def test_cli_loads_fused(monkeypatch):
-    """``mlx-zoo generate``/``chat`` load with fuse=True (tests/integration/test_cli_generate.py runs them)."""
+    """``mlx-zoo generate``/``chat`` load with fuse=True (test_cli_generate.py runs them)."""
     from mlx_zoo import cli
 
     seen = {}

@@ -79,7 +79,7 @@ def test_prompts_cross_llama4_chunks(demo):
 
 def test_generate(demo):
     _, model, _, wrapper, expected = demo
-    for prompt, text in zip(PROMPTS, expected):
+    for prompt, text in zip(PROMPTS, expected, strict=True):
         assert mlx_lm.generate(model, wrapper, prompt, max_tokens=MAX_TOKENS) == text
 
 
@@ -143,14 +143,14 @@ def test_batch_cache_operations(demo):
     assert all(isinstance(c, BatchCache) for c in batch)
     last = mx.array([[ids[-1]] for ids in prompts])
     batched = model(last, cache=batch)[:, -1]
-    for row, (ids, cache) in enumerate(zip(prompts, singles)):
+    for row, (ids, cache) in enumerate(zip(prompts, singles, strict=True)):
         single = _last_logits(model, ids[-1:], cache)
         assert mx.allclose(batched[row], single, atol=1e-4).item(), row
     # rows leave and join; then each row extracted continues on its own
     for c in batch:
         c.filter([2, 0])
     more = [singles[1][i].merge([singles[1][i]]) for i in range(len(batch))]
-    for c, m in zip(batch, more):
+    for c, m in zip(batch, more, strict=True):
         c.extend(m)
     step = mx.array([[7], [8], [9]])
     batched = model(step, cache=batch)[:, -1]
@@ -255,7 +255,7 @@ def _completion(port: int, prompt: str, name: str) -> str:
 
 def test_server_one_request_at_a_time(demo, server):
     name, _, _, _, expected = demo
-    for prompt, text in zip(PROMPTS, expected):
+    for prompt, text in zip(PROMPTS, expected, strict=True):
         assert _completion(server, prompt, name) == text
 
 
