@@ -29,10 +29,8 @@ from __future__ import annotations
 import argparse
 import gc
 import json
-import os
 import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -478,28 +476,21 @@ def _distribution(model_type: str) -> str:
 
 
 def _sibling(target: Path, tag: str) -> Path:
-    target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.{tag}-", dir=target.parent))
+    from .weights import sibling_directory
+
+    return sibling_directory(target, tag)
 
 
 def _swap_in(tmp: Path, target: Path, force: bool) -> None:
-    """Rename the finished ``tmp`` to ``target``; with ``force`` an existing target is moved
-    aside first (put back if the rename fails) and deleted after."""
-    if not target.exists():
-        os.rename(tmp, target)
-        return
-    if not force:
+    """Rename the finished ``tmp`` to ``target`` (:func:`mlx_zoo.weights.swap_in_directory`:
+    an existing target is moved aside, put back if the rename fails, deleted after) -- which
+    replaces an existing target only with ``force``."""
+    from .weights import swap_in_directory
+
+    if target.exists() and not force:
         raise ConvertError("appeared while converting; pass --force to replace it",
                            path=target, flag="--mlx-path")
-    old = _sibling(target, "old")
-    old.rmdir()
-    os.rename(target, old)
-    try:
-        os.rename(tmp, target)
-    except BaseException:
-        os.rename(old, target)
-        raise
-    shutil.rmtree(old, ignore_errors=True)
+    swap_in_directory(tmp, target)
 
 
 

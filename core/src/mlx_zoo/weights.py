@@ -627,16 +627,17 @@ def is_checkpoint_file(name: str) -> bool:
 @contextlib.contextmanager
 def replace_directory(path: Path | str) -> Iterator[Path]:
     """``with replace_directory(path) as tmp:`` -- fill ``tmp``, a new directory beside
-    ``path``; when the block completes, ``tmp`` replaces ``path`` (:func:`_swap_in`), after the
-    old directory's non-checkpoint files (:func:`is_checkpoint_file`) are copied into it. On any
+    ``path``; when the block completes, ``tmp`` replaces ``path`` (:func:`swap_in_directory`),
+    after the old directory's non-checkpoint files (:func:`is_checkpoint_file`) are copied into
+    it. On any
     error ``tmp`` is removed and ``path`` is left as it was; ``OSError`` and MLX's write errors
     become :class:`SaveError` naming ``path``. Missing parents are created."""
     path = Path(path)
-    tmp = _make_sibling(path, TMP_TAG)
+    tmp = sibling_directory(path, TMP_TAG)
     try:
         yield tmp
         _carry_over(path, tmp)
-        _swap_in(tmp, path)
+        swap_in_directory(tmp, path)
     except MlxZooError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -649,7 +650,7 @@ def replace_directory(path: Path | str) -> Iterator[Path]:
         raise
 
 
-def _make_sibling(path: Path, tag: str) -> Path:
+def sibling_directory(path: Path, tag: str) -> Path:
     """A new, empty, uniquely named directory ``.<name>.<tag>-XXXX`` beside ``path`` (on the
     same file system, so that renames between them are atomic); parents are created."""
     if path.exists() and not path.is_dir():
@@ -691,13 +692,13 @@ def _carry_file(src: Path, dst: Path, shared: bool) -> None:
     shutil.copy2(src, dst)
 
 
-def _swap_in(tmp: Path, target: Path) -> None:
+def swap_in_directory(tmp: Path, target: Path) -> None:
     """Rename ``tmp`` to ``target``; an existing ``target`` is moved aside first and deleted
     after (put back if the rename fails)."""
     if not target.exists():
         os.rename(tmp, target)
         return
-    old = _make_sibling(target, OLD_TAG)
+    old = sibling_directory(target, OLD_TAG)
     old.rmdir()  # only its unique name was wanted
     os.rename(target, old)
     try:
