@@ -56,12 +56,6 @@ LLAMA4_MLX_LM = ("mlx-lm 0.32.2's llama4_text is a dense architecture (no expert
                  "llama4 reads only the published layout's 'language_model.' names, which "
                  "mlx-zoo's checkpoints (mlx_zoo.save and convert alike) do not carry")
 
-LLAMA4_PREFIXED_OVERRIDES = (
-    "mlx-lm keys the per-layer quantization entries of a llama4 checkpoint by its own module "
-    "paths ('language_model.model.layers.1...'); mlx-zoo's loader strips that prefix from the "
-    "tensor names (sanitize) but looks the overrides up unprefixed, so layers of other widths "
-    "than the global bits mismatch (a loader issue, core weights.apply_quantization)")
-
 
 def _runs_on_this_machine(mode: str) -> str | None:
     """Why ``mode`` cannot run here (quantize and quantized_matmul), or None."""
@@ -174,8 +168,8 @@ def test_mlx_lm_convert_loads_in_zoo(demo, mode, tmp_path, request):
 
     kwargs = MLX_LM_MODES[mode]
     _skip_unsupported(kwargs)
-    if demo == "llama4" and mode.startswith("mixed"):
-        pytest.xfail(LLAMA4_PREFIXED_OVERRIDES)
+    # llama4 mixed recipes: mlx-lm keys per-layer entries by its own module paths
+    # ('language_model.model.layers.1...'); the loader matches them by suffix to ours
     src = source(demo, request)
     mlx_lm_convert(hf_path=str(mlx_zoo.resolve_model_dir(src)), mlx_path=str(tmp_path / "lm"),
                    **kwargs)

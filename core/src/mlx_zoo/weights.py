@@ -471,7 +471,9 @@ def apply_quantization(model: nn.Module, quantization: dict[str, Any],
     """Turn the layers the checkpoint stores quantized into quantized layers, in place, once
     the block is validated (:func:`validate_quantization`; ``where`` names config.json)."""
     validate_quantization(quantization, where)
-    overrides = {k: v for k, v in quantization.items() if k not in GLOBAL_QUANT_KEYS}
+    paths = {name for name, _ in model.named_modules()}
+    overrides = {_module_path(k, paths): v for k, v in quantization.items()
+                 if k not in GLOBAL_QUANT_KEYS}
     global_params = {k: quantization[k] for k in GLOBAL_QUANT_KEYS if k in quantization}
 
     def predicate(path: str, module: nn.Module):
@@ -492,6 +494,21 @@ def apply_quantization(model: nn.Module, quantization: dict[str, Any],
     except (ValueError, TypeError, RuntimeError) as e:
         raise ConfigError(where, f"MLX could not quantize the model as configured ({e})",
                           QUANTIZATION_KEY) from e
+
+
+def _module_path(key: str, paths: set[str]) -> str:
+    """The model's module path for a per-layer quantization key. mlx-lm keys them by *its*
+    module paths, which for some layouts carry a prefix the plugin's ``sanitize`` strips from
+    the tensor names (Llama 4's published layout: ``language_model.model.layers.1...``); such a
+    key is matched by its longest suffix that is one of this model's module paths."""
+    if key in paths:
+        return key
+    parts = key.split(".")
+    for start in range(1, len(parts)):
+        suffix = ".".join(parts[start:])
+        if suffix in paths:
+            return suffix
+    return key
 
 
 def _check_quantizable(path: str, module: nn.Module, group_size: int, where: Path | str) -> None:
