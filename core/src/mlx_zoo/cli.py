@@ -168,10 +168,14 @@ def _load_parallel(args: argparse.Namespace, parallel: str):
 
     import mlx_zoo
 
-    from .pipeline import choose_parallel, load_distributed
+    from .config import read_config
+    from .loading import load_distributed, resolve_model_dir
+    from .pipeline import check_parallel, choose_parallel
 
     group = mx.distributed.init()
-    parallel = choose_parallel(parallel, args.model, group.size())
+    check_parallel("pipeline" if parallel == "auto" else parallel, group.size())
+    layers = read_config(resolve_model_dir(args.model)).get("num_hidden_layers")
+    parallel = choose_parallel(parallel, layers, group.size())
     model, _ = load_distributed(args.model, parallel, group, plugin=args.plugin, dtype="auto",
                                 dequantize="auto", fuse=True,
                                 broadcast="token" if parallel == "pipeline" else "logits")

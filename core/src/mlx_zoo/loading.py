@@ -135,8 +135,6 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     :class:`~mlx_zoo.ShardingError` before any weight is read.
     """
     if parallel is not None:
-        from .pipeline import load_distributed
-
         return load_distributed(path_or_repo, parallel, group, revision=revision, dtype=dtype,
                                 lazy=lazy, plugin=plugin, dequantize=dequantize, fuse=fuse)
     model_dir = resolve_model_dir(path_or_repo, revision)
@@ -371,3 +369,50 @@ def _unserialisable(value: Any, key: str = "") -> str | None:
         if found:
             return found
     return None
+
+
+# -- each rank its part: pipeline and tensor parallelism (mlx_zoo.pipeline, mlx_zoo.sharding) ------
+
+
+def _evaluate_by_parts(model: nn.Module) -> None:
+    """Evaluate a (lazily loaded, then split) model one layer at a time, then the rest: each
+    step reads only its own tensors, so the peak is this rank's share plus one layer."""
+    for layer in getattr(model, "layers", []):
+        evaluate_all(layer)
+    evaluate_all(model)
+
+
+def load_distributed(path_or_repo: str | Path, parallel: str, group: Any = None, *,
+                     broadcast: str = "logits", **load_options: Any) -> tuple[nn.Module, Any]:
+    """``load(path, parallel=..., group=...)``: each rank reads and materialises only its part
+    -- the model is loaded lazily (nothing read but headers), checked, split (``"tensor"``: the
+    plugin's ``shard``; ``"pipeline"``: :func:`mlx_zoo.pipeline.pipeline`, whose ``broadcast``
+    this passes on), then evaluated layer by layer. Returns ``(model, config)``. Bad
+    combinations raise :class:`~mlx_zoo.ShardingError` before any weight is read."""
+    from .errors import ShardingError
+    from .hookspecs import Shards
+    from .pipeline import check_parallel, pipeline, same_random_state
+
+    group = group or mx.distributed.init()
+    check_parallel(parallel, group.size())
+    model_dir = resolve_model_dir(path_or_repo, load_options.get("revision"))
+    raw = read_config(model_dir)
+    arch = registry.resolve(raw["model_type"], plugin=load_options.get("plugin"),
+                            path=model_dir / CONFIG_FILE)
+    config = arch.config_class.from_dict(raw, model_dir / CONFIG_FILE)
+    check_parallel(parallel, group.size(), config, model_dir)
+    load_options.pop("lazy", None)
+    if parallel == "tensor":
+        load_options["fuse"] = False  # shard splits q/k/v and gate/up by heads: no fusing first
+    model, config = load(model_dir, lazy=True, **load_options)
+    if parallel == "pipeline":
+        model = pipeline(model, group, broadcast=broadcast)
+    else:
+        if not isinstance(model, Shards):
+            raise ShardingError(f"{model_dir}: {type(model).__name__} has no shard method "
+                                "(tensor parallelism); try parallel='pipeline'")
+        model.shard(group)
+        same_random_state(group)
+    _evaluate_by_parts(model)
+    model.eval()
+    return model, config

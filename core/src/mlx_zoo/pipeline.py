@@ -1,6 +1,7 @@
 """Pipeline parallelism: a model's layers split into contiguous stages, one per rank of a
 distributed group, with one activation transfer per stage boundary per forward pass -- and the
-loader that lets each rank read only its own part of a checkpoint (:func:`load_distributed`).
+checks of ``load(..., parallel=...)``, which lets each rank read only its own part of a checkpoint
+(:func:`mlx_zoo.loading.load_distributed`).
 
 Layout (``N`` ranks)::
 
@@ -42,7 +43,6 @@ with a :class:`~mlx_zoo.ShardingError` rather than run wrongly.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -168,7 +168,7 @@ def _activation_dtype(embed: nn.Module) -> mx.Dtype:
     return (embed["scales"] if "scales" in embed else embed["weight"]).dtype
 
 
-def _same_random_state(group: mx.distributed.Group) -> None:
+def same_random_state(group: mx.distributed.Group) -> None:
     """Seed MLX's random state on every rank with rank 0's draw: ranks that sample from the
     same logits then draw the same token."""
     mine = mx.random.randint(0, 2**31 - 1, (1,), dtype=mx.int32)
@@ -214,7 +214,7 @@ class PipelineLM(nn.Module):
         if not is_last:
             backbone.norm = _Identity()
         self.lm = model
-        _same_random_state(group)
+        same_random_state(group)
 
     # -- what generation reads -----------------------------------------------------------------
 
@@ -311,7 +311,7 @@ def pipeline(model: nn.Module, group: mx.distributed.Group | None = None, *,
 # -- loading each rank's part ----------------------------------------------------------------
 
 
-def check_parallel(parallel: str, size: int, config: Any = None, model_dir: Path | None = None
+def check_parallel(parallel: str, size: int, config: Any = None, model_dir: Any = None
                    ) -> None:
     """Refuse, before any weight is read, what cannot work: a mode other than ``pipeline`` /
     ``tensor``, a group of one process, more ranks than layers (pipeline), head counts that do
@@ -348,63 +348,13 @@ AUTO_RULE = ("pipeline for decoding: one activation transfer per stage boundary 
              "'Parallel'); tensor where the layers cannot be split over the ranks")
 
 
-def choose_parallel(parallel: str, path_or_repo: str | Path, size: int) -> str:
-    """``"pipeline"`` / ``"tensor"`` as given; ``"auto"`` by :data:`AUTO_RULE`, from the config
-    alone (no weight read). A group of one process is refused (:class:`ShardingError`)."""
+def choose_parallel(parallel: str, num_layers: int | None, size: int) -> str:
+    """``"pipeline"`` / ``"tensor"`` as given; ``"auto"`` by :data:`AUTO_RULE`, from the
+    config's ``num_hidden_layers`` alone (no weight read). A group of one process is refused
+    (:class:`ShardingError`)."""
     if parallel != "auto":
         return parallel
     check_parallel("pipeline", size)
-    from .config import read_config
-    from .loading import resolve_model_dir
-
-    layers = read_config(resolve_model_dir(path_or_repo)).get("num_hidden_layers")
-    if isinstance(layers, int) and size > layers:
+    if isinstance(num_layers, int) and size > num_layers:
         return "tensor"
     return "pipeline"
-
-
-def _evaluate_by_parts(model: nn.Module) -> None:
-    """Evaluate a (lazily loaded, then split) model one layer at a time, then the rest: each
-    step reads only its own tensors, so the peak is this rank's share plus one layer."""
-    from .loading import evaluate_all
-
-    for layer in getattr(model, "layers", []):
-        evaluate_all(layer)
-    evaluate_all(model)
-
-
-def load_distributed(path_or_repo: str | Path, parallel: str, group: Any = None, *,
-                     broadcast: str = "logits", **load_options: Any) -> tuple[nn.Module, Any]:
-    """``mlx_zoo.load(path, parallel=..., group=...)``: each rank reads and materialises only
-    its part -- the model is loaded lazily (nothing read but headers), checked, split
-    (``"tensor"``: the plugin's ``shard``; ``"pipeline"``: :func:`pipeline`), then evaluated
-    layer by layer. Returns ``(model, config)``. Bad combinations raise :class:`ShardingError`
-    before any weight is read."""
-    from . import registry
-    from .config import CONFIG_FILE, read_config
-    from .hookspecs import Shards
-    from .loading import load, resolve_model_dir
-
-    group = group or mx.distributed.init()
-    check_parallel(parallel, group.size())
-    model_dir = resolve_model_dir(path_or_repo, load_options.get("revision"))
-    raw = read_config(model_dir)
-    arch = registry.resolve(raw["model_type"], plugin=load_options.get("plugin"),
-                            path=model_dir / CONFIG_FILE)
-    config = arch.config_class.from_dict(raw, model_dir / CONFIG_FILE)
-    check_parallel(parallel, group.size(), config, model_dir)
-    load_options.pop("lazy", None)
-    if parallel == "tensor":
-        load_options["fuse"] = False  # shard splits q/k/v and gate/up by heads: no fusing first
-    model, config = load(model_dir, lazy=True, **load_options)
-    if parallel == "pipeline":
-        model = pipeline(model, group, broadcast=broadcast)
-    else:
-        if not isinstance(model, Shards):
-            raise ShardingError(f"{model_dir}: {type(model).__name__} has no shard method "
-                                "(tensor parallelism); try parallel='pipeline'")
-        model.shard(group)
-        _same_random_state(group)
-    _evaluate_by_parts(model)
-    model.eval()
-    return model, config
