@@ -25,11 +25,12 @@ from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZo
 from .fusion import FusedLinear, fuse_projections, project, unfuse_projections
 from .generate import (GenerationResponse, GenerationResult, generate, generate_step,
                        reuse_prompt_cache, stream_generate)
-from .hookspecs import (SPEC_VERSION, Architecture, MakesCache, Model, QuantizePredicate, Sanitizes,
-                        Shards, hookimpl)
+from .hookspecs import (SPEC_VERSION, Architecture, MakesCache, Model, PipelineStages,
+                        QuantizePredicate, Sanitizes, Shards, hookimpl)
 from .layers import (CausalLM, SwiGLU, SwitchGLU, SwitchLinear, attention, mask_for,
                      merge_heads, split_heads)
 from .loading import ModelNotFoundError, load, resolve_model_dir, save
+from .pipeline import PipelineLM
 from .registry import list_plugins, register, unregister
 from .rope import RoPE, default_periods, get_rope, validate_rope_scaling
 from .sample import make_logits_processors, make_sampler
@@ -59,4 +60,5 @@ __all__ = [
     "check_value", "QUANTIZATION_CONFIG_KEY", "QUANTIZATION_KEY", "internal_field",
     "default_periods", "validate_rope_scaling",
     "MakesCache", "QuantizePredicate", "Sanitizes", "Shards",
+    "PipelineLM", "PipelineStages",
 ]
