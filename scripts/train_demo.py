@@ -34,7 +34,7 @@ What the script does (``python scripts/train_demo.py train qwen2`` ...)
 
 Speed: MLX's Linux CPU wheel links a slow reference BLAS. With a system OpenBLAS installed,
 importing ``mlx_zoo`` before ``mlx.core`` (as this script does) binds MLX to it
-(``mlx_zoo.backend``): float32 matmuls ~50x faster (measured 5 -> 280 GFLOP/s on 2 cores), and
+(``mlx_zoo.blas``): float32 matmuls ~50x faster (measured 5 -> 280 GFLOP/s on 2 cores), and
 training ~10 minutes per demo::
 
     apt-get install -y libopenblas0-pthread
