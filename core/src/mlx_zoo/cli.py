@@ -148,7 +148,8 @@ def _load_for_generation(args: argparse.Namespace):
                 "one, e.g. pip install mlx-qwen2, or pass --model)")
         args.model = DEMO_PREFIX + demo
 
-    # "auto": dense float32 on MLX's Linux CPU backend when it fits (mlx_zoo.loading, mlx_zoo.blas), else as is;
+    # "auto": dense float32 on MLX's Linux CPU backend when it fits and the fast BLAS serves
+    # (mlx_zoo.loading, mlx_zoo.blas), else as stored;
     # fuse: q/k/v and gate/up as one matmul each, fewer kernels per token (mlx_zoo.fusion).
     parallel = getattr(args, "parallel", None)
     if parallel is not None:
