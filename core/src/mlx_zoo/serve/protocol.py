@@ -259,6 +259,7 @@ def chat_messages(body: dict) -> list[dict[str, Any]]:
             if role != "assistant" or not message.get("tool_calls"):
                 raise APIError(f"'{where}.content' is missing", param=f"{where}.content",
                                code="invalid_value")
+            content = ""  # templates (Qwen3's) test and concatenate it: a string, never None
         elif not isinstance(content, str):
             raise _bad(f"{where}.content", "a string or a list of text parts", content)
         entry = {"role": "system" if role == "developer" else role, "content": content}

@@ -18,3 +18,12 @@ def spec_version() -> int:
 def register_models() -> list[Architecture]:
     return [Architecture("llama", ModelArgs, Model),
             Architecture("mistral", MistralArgs, MistralModel)]
+
+
+@hookimpl
+def register_tool_parsers() -> dict:
+    """Llama 3.1's JSON tool calls (``{"name", "parameters"}``, :mod:`mlx_llama.tools`) for
+    ``mlx-zoo serve``; imported only when asked (the server's dependency)."""
+    from .tools import LlamaToolCallParser
+
+    return {"llama": LlamaToolCallParser()}
