@@ -1,13 +1,20 @@
 """Fixtures shared by the core's tests: the throwaway plugin distribution, tiny checkpoints of
-its model, and fake installed distributions for conflict / broken-plugin cases."""
+its model, fake installed distributions for conflict / broken-plugin cases, and HTTP servers
+started as real processes on the loopback interface."""
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
 import os
+import socket
 import subprocess
 import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -212,3 +219,58 @@ def write_checkpoint() -> CheckpointWriters:
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     return CheckpointWriters()
+
+
+# -- servers as real processes ---------------------------------------------------------------
+
+SERVER_POLL_S = 0.2  # between readiness probes of a starting server
+SERVER_STOP_S = 20  # a terminated server's grace period before it is killed
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextlib.contextmanager
+def _local_server(command: list[str], ready_path: str, timeout_s: float,
+                  env: dict[str, str] | None = None) -> Iterator[str]:
+    """Start ``command`` (``{port}`` in it is replaced by a free port), wait until
+    ``http://127.0.0.1:<port><ready_path>`` answers 200, yield that base URL, and stop the
+    process at the end (terminate, then kill). A server that exits or does not come up within
+    ``timeout_s`` fails the test with its output."""
+    port = _free_port()
+    url = f"http://127.0.0.1:{port}"
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([part.format(port=port) for part in command], stdout=log,
+                                   stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                if process.poll() is not None:
+                    log.seek(0)
+                    pytest.fail(f"the server exited ({process.returncode}):\n{log.read()}")
+                with contextlib.suppress(OSError):  # not listening yet, or 503 while loading
+                    with urllib.request.urlopen(url + ready_path, timeout=5) as r:
+                        if r.status == 200:
+                            break
+                if time.monotonic() > deadline:
+                    log.seek(0)
+                    pytest.fail(f"the server did not come up in {timeout_s} s:\n{log.read()}")
+                time.sleep(SERVER_POLL_S)
+            yield url
+        finally:
+            process.terminate()
+            try:
+                process.wait(timeout=SERVER_STOP_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=SERVER_STOP_S)
+
+
+@pytest.fixture(scope="session")
+def local_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
+    """``with local_server([cmd, ..., "--port", "{port}"], "/health", timeout_s) as url:`` --
+    a server as a real process on 127.0.0.1 (see :func:`_local_server`)."""
+    return _local_server

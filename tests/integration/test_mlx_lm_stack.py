@@ -26,13 +26,9 @@ right-aligned rows); the one prompt longer than two chunks checks it across chun
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
 import sys
 import textwrap
 import threading
-import time
 import urllib.error
 import urllib.request
 
@@ -198,12 +194,6 @@ WRAPPER = textwrap.dedent('''
 ''')
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _post(port: int, body: dict, timeout: float = 120) -> dict:
     request = urllib.request.Request(
         f"http://127.0.0.1:{port}/v1/completions", data=json.dumps(body).encode(),
@@ -213,38 +203,14 @@ def _post(port: int, body: dict, timeout: float = 120) -> dict:
 
 
 @pytest.fixture(scope="module")
-def server(demo, tmp_path_factory):
+def server(demo, tmp_path_factory, local_server):
     name = demo[0]
     script = tmp_path_factory.mktemp("server") / "zoo_server.py"
     script.write_text(WRAPPER)
-    port = _free_port()
-    log = script.with_suffix(".log").open("w+")
-    process = subprocess.Popen(
-        [sys.executable, str(script), "--model", f"demo:{name}", "--host", "127.0.0.1",
-         "--port", str(port), "--log-level", "WARNING"],
-        stdout=log, stderr=subprocess.STDOUT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            if process.poll() is not None:
-                log.seek(0)
-                pytest.fail(f"mlx_lm.server exited ({process.returncode}):\n{log.read()}")
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{port}/v1/models", timeout=2):
-                    break
-            except (urllib.error.URLError, ConnectionError, OSError):
-                if time.monotonic() > deadline:
-                    pytest.fail("mlx_lm.server did not answer within 120 s")
-                time.sleep(0.25)
-        yield port
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        log.close()
+    command = [sys.executable, str(script), "--model", f"demo:{name}", "--host", "127.0.0.1",
+               "--port", "{port}", "--log-level", "WARNING"]
+    with local_server(command, "/v1/models", 120, env={"PYTHONUNBUFFERED": "1"}) as url:
+        yield int(url.rsplit(":", 1)[1])
 
 
 def _completion(port: int, prompt: str, name: str) -> str:

@@ -7,8 +7,6 @@ batch slot. One server for the module; every wait is bounded."""
 from __future__ import annotations
 
 import json
-import socket
-import subprocess
 import sys
 import time
 import urllib.error
@@ -31,12 +29,6 @@ MESSAGES = ["hello there", "what is a plugin?", "write a function that adds two 
             "sort a list", "open a file and read it", "what time is it"]
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def get_json(url: str) -> tuple[int, dict]:
     try:
         with urllib.request.urlopen(url, timeout=5) as r:
@@ -55,35 +47,12 @@ def post_raw(url: str, data: bytes) -> tuple[int, dict]:
 
 
 @pytest.fixture(scope="module")
-def server():
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlx_zoo.serve", "--model", MODEL, "--host", "127.0.0.1",
-         "--port", str(port), "--max-concurrency", "16", "--prefill-step-size", "16",
-         "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited ({process.returncode}): {process.stdout.read()}")
-            try:
-                if get_json(f"{url}/health")[0] == 200:
-                    break
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not come up in time")
-            time.sleep(0.2)
+def server(local_server):
+    command = [sys.executable, "-m", "mlx_zoo.serve", "--model", MODEL, "--host", "127.0.0.1",
+               "--port", "{port}", "--max-concurrency", "16", "--prefill-step-size", "16",
+               "--log-level", "warning"]
+    with local_server(command, "/health", START_TIMEOUT_S) as url:
         yield url
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 @pytest.fixture(scope="module")

