@@ -407,32 +407,18 @@ def find_contribution(hook_name: str, name: str, *, providers: Iterable[str] = (
 def provider_of(hook_name: str, name: str) -> str | None:
     """The name of the registered plugin (its distribution, for an installed one) whose
     ``hook_name`` hook contributes ``name`` -- the last one, as merged lookups let it win."""
-    pm = plugin_manager()
     found = None
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():
-        try:
-            result = impl.function()
-        except PROPAGATED:
-            raise
-        except BaseException:
-            continue
-        if isinstance(result, dict) and name in result:
-            found = pm.get_name(impl.plugin)
+    for plugin, result in _dict_results(hook_name):
+        if name in result:
+            found = plugin_manager().get_name(plugin)
     return found
 
 
-def all_contributions(hook_name: str) -> dict[str, Any]:
-    """Everything every enabled plugin -- registered, or installed and imported for the purpose
-    -- contributes through ``hook_name``, merged (installed ones first, registered in-process
-    ones override). Plugins that fail to import or whose hook raises are left out."""
-    pm = plugin_manager()
-    for entry in list(_unimported_plugins()):
-        try:
-            import_plugin(entry)
-        except PluginLoadError:
-            continue
-    merged: dict[str, Any] = {}
-    for impl in getattr(pm.hook, hook_name).get_hookimpls():  # in registration order
+def _dict_results(hook_name: str) -> Iterator[tuple[Any, dict[str, Any]]]:
+    """``(plugin, result)`` of every registered implementation of ``hook_name`` that returns a
+    dict, in registration order; implementations that raise are skipped (lookups must not
+    fail because an unrelated plugin is broken)."""
+    for impl in getattr(plugin_manager().hook, hook_name).get_hookimpls():
         try:
             result = impl.function()
         except PROPAGATED:
@@ -440,7 +426,21 @@ def all_contributions(hook_name: str) -> dict[str, Any]:
         except BaseException:
             continue
         if isinstance(result, dict):
-            merged.update(result)
+            yield impl.plugin, result
+
+
+def all_contributions(hook_name: str) -> dict[str, Any]:
+    """Everything every enabled plugin -- registered, or installed and imported for the purpose
+    -- contributes through ``hook_name``, merged (installed ones first, registered in-process
+    ones override). Plugins that fail to import or whose hook raises are left out."""
+    for entry in list(_unimported_plugins()):
+        try:
+            import_plugin(entry)
+        except PluginLoadError:
+            continue
+    merged: dict[str, Any] = {}
+    for _, result in _dict_results(hook_name):  # in registration order
+        merged.update(result)
     return merged
 
 
