@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -43,7 +44,7 @@ HUNYUAN_CLA = dict(
     num_shared_expert=[1, 2, 1, 2], tie_word_embeddings=True)
 
 SCRIPT = textwrap.dedent(f"""
-    import sys
+    import os, sys
     import mlx_zoo  # before mlx.core: the fast BLAS
     import mlx.core as mx, numpy as np
     group = mx.distributed.init()
@@ -53,7 +54,7 @@ SCRIPT = textwrap.dedent(f"""
         full = np.array(single(ids))
         tok = mlx_zoo.load_tokenizer(ref)
         want = mlx_zoo.generate(single, tok, {PROMPT!r}, max_tokens={MAX_TOKENS}).text
-        for parallel in ("pipeline", "tensor"):
+        for parallel in os.environ.get("CHECK_MODES", "pipeline,tensor").split(","):
             model, _ = mlx_zoo.load(ref, parallel=parallel)
             whole = np.array(model(ids))
             cache = mlx_zoo.make_prompt_cache(model)
@@ -74,10 +75,13 @@ SCRIPT = textwrap.dedent(f"""
 """)
 
 
-def launch(*command: str, n: int = 2, python: bool = False) -> subprocess.CompletedProcess:
+def launch(*command: str, n: int = 2, python: bool = False, env: Sequence[str] = ()
+           ) -> subprocess.CompletedProcess:
     if not LAUNCHER.exists():
         pytest.skip("mlx.launch not installed")
     prefix = [str(LAUNCHER), "-n", str(n), "--backend", "ring"]
+    for item in env:
+        prefix += ["--env", item]
     if python:
         prefix += ["--python", sys.executable]
     return subprocess.run([*prefix, "--", *command], capture_output=True, text=True,
@@ -119,6 +123,25 @@ def test_two_way_pipeline_and_tensor_match_single_process(checkpoints, tmp_path)
             assert r["layers"] == layers[int(rank)], r
             caches = "1" if name == "hunyuan_cla" else r["layers"]  # one slot per CLA run
             assert r["caches"] == caches, r
+
+
+@pytest.mark.parametrize("n", [2, 3])
+def test_all_sum_transfer_matches_single_process(checkpoints, tmp_path, n):
+    """The stage boundaries as all_sums (what CUDA/NCCL uses: no send/recv there), forced on
+    the ring backend: same logits and text; with 3 ranks every rank joins both boundaries."""
+    script = tmp_path / "pipeline_check.py"
+    script.write_text(SCRIPT)
+    refs = ["demo:qwen2", str(checkpoints["llama"])]
+    out = launch(str(script), *refs, python=True, n=n,
+                 env=["MLX_ZOO_PIPELINE_TRANSFER=all_sum", "CHECK_MODES=pipeline"])
+    rows = [dict(item.split("=", 1) for item in line.split())
+            for line in out.stdout.splitlines() if line.startswith("rank=")]
+    assert len(rows) == n * len(refs), out.stdout + out.stderr
+    for r in rows:
+        assert float(r["err"]) < SHARD_TOLERANCE, r
+        assert r["same"] == "True" and r["token_same"] == "True", r
+        if n == 3 and r["model"] == "llama":
+            assert r["layers"] == "1", r
 
 
 def _generated_text(stdout: str) -> str:

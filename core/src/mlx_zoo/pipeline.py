@@ -15,9 +15,14 @@ Layout (``N`` ranks)::
 * **Tied embeddings**: the head *is* the embedding matrix; rank N-1 keeps its own copy of it (as
   its head, ``as_linear``), rank 0 keeps it as the embedding. Costs one ``vocab x hidden`` matrix
   more than an ideal split; the balancer counts it.
-* **Transfer**: ``mx.distributed.send`` / ``recv`` (MLX 0.32 has them on the ring, MPI and NCCL
-  backends): a point-to-point ``(B, L, hidden)`` activation, rather than an ``all_sum`` that
-  every rank would join (measured on the ring backend: docs/benchmarks.md, "Parallel").
+* **Transfer**: ``mx.distributed.send`` / ``recv`` (the ring, MPI and JACCL backends): a
+  point-to-point ``(B, L, hidden)`` activation, rather than an ``all_sum`` that every rank would
+  join (measured on the ring backend: docs/benchmarks.md, "Parallel"). MLX's NCCL backend
+  (CUDA) has no send/recv (MLX 0.32: ``[nccl] Send not supported in NCCL backend``), so on a
+  CUDA device each stage boundary is an ``all_sum`` instead (``transfer="all_sum"``, the
+  default there): the sending rank adds its activation, every other rank zeros, and every rank
+  joins every boundary in order (a rank's later boundaries depend on its earlier ones, so the
+  collectives line up); ``MLX_ZOO_PIPELINE_TRANSFER=send|all_sum`` overrides the choice.
 * **Output on every rank**: the decode loop of :func:`mlx_zoo.generate` calls ``model(ids,
   cache)`` on every rank and samples from the result, and every rank must feed the *same* next
   token. With ``broadcast="logits"`` (default: a drop-in model) rank N-1's logits are broadcast
@@ -55,6 +60,24 @@ from .layers import guard_token_ids
 
 PARALLEL_MODES = ("pipeline", "tensor")
 BROADCAST_MODES = ("logits", "token")
+TRANSFER_MODES = ("send", "all_sum")
+TRANSFER_ENV = "MLX_ZOO_PIPELINE_TRANSFER"
+"""``send`` or ``all_sum``: how stage boundaries move activations (default:
+:func:`default_transfer`)."""
+
+
+def default_transfer() -> str:
+    """``all_sum`` on a CUDA device (MLX's NCCL backend has no send/recv), else ``send``;
+    :data:`TRANSFER_ENV` overrides."""
+    import os
+
+    chosen = os.environ.get(TRANSFER_ENV)
+    if chosen:
+        if chosen not in TRANSFER_MODES:
+            raise ValueError(f"{TRANSFER_ENV} must be one of {TRANSFER_MODES}, got {chosen!r}")
+        return chosen
+    on_cuda = mx.default_device() == mx.gpu and mx.cuda.is_available()
+    return "all_sum" if on_cuda else "send"
 
 
 def _nbytes(module: Any) -> int:
@@ -183,13 +206,17 @@ class PipelineLM(nn.Module):
     caches of this rank's layers; ``args``, ``model_type``, ``vocab_size`` are the model's."""
 
     def __init__(self, model: nn.Module, group: mx.distributed.Group,
-                 stages: list[tuple[int, int]], broadcast: str = "logits"):
+                 stages: list[tuple[int, int]], broadcast: str = "logits",
+                 transfer: str | None = None):
         super().__init__()
         if broadcast not in BROADCAST_MODES:
             raise ValueError(f"broadcast must be one of {BROADCAST_MODES}, got {broadcast!r}")
+        transfer = transfer or default_transfer()
+        if transfer not in TRANSFER_MODES:
+            raise ValueError(f"transfer must be one of {TRANSFER_MODES}, got {transfer!r}")
         rank, size = group.rank(), group.size()
         self.group, self.rank, self.size = group, rank, size
-        self.stages, self.broadcast = list(stages), broadcast
+        self.stages, self.broadcast, self.transfer = list(stages), broadcast, transfer
         self.args, self.model_type = model.args, getattr(model, "model_type", None)
         backbone = model.model
         embed = backbone.embed_tokens
@@ -243,16 +270,56 @@ class PipelineLM(nn.Module):
         inputs, invalid = guard_token_ids(inputs, self._vocab)
         batch, length = inputs.shape[:2]
         group, rank = self.group, self.rank
+        if self.transfer == "all_sum":
+            return self._finish(*self._forward_all_sum(inputs, cache), invalid)
         if rank == 0:
             x = inputs
         else:
             x = mx.distributed.recv((batch, length, self._hidden), self._dtype, rank - 1,
                                     group=group)
         h = self.lm.model(x, cache)
-        shape = (batch, length, self._vocab)
+        sent = None
         if not self.is_last:
             sent = mx.distributed.send(h.astype(self._dtype), rank + 1, group=group)
             _tie_caches(cache, sent)
+        return self._finish(h, sent, invalid)
+
+    def _forward_all_sum(self, inputs: mx.array, cache: list | None
+                         ) -> tuple[mx.array | None, mx.array | None]:
+        """Every stage boundary ``b`` (rank ``b`` to ``b + 1``) as one ``all_sum`` that every
+        rank joins, in order: rank ``b`` adds its activation, the others zeros (each depending
+        on the rank's previous boundary, so no rank reorders them). Returns ``(h, last)``: this
+        rank's stage output and, on the ranks before the last, the last boundary's result,
+        which the rank's logits and caches are tied to (evaluating either joins every
+        boundary; the last rank's output depends on them all through its input)."""
+        batch, length = inputs.shape[:2]
+        shape = (batch, length, self._hidden)
+        x = inputs if self.rank == 0 else None
+        h, prev = None, None
+        for boundary in range(self.size - 1):
+            if boundary == self.rank:  # this rank's stage, then its activation goes out
+                h = self.lm.model(x, cache)
+                prev = mx.distributed.all_sum(h.astype(self._dtype), group=self.group)
+                continue
+            zeros = mx.zeros(shape, self._dtype)
+            if prev is not None:
+                zeros = mx.depends(zeros, prev)
+            prev = mx.distributed.all_sum(zeros, group=self.group)
+            if boundary == self.rank - 1:
+                x = prev
+        if self.is_last:
+            return self.lm.model(x, cache), None
+        _tie_caches(cache, prev)
+        return h, prev
+
+    def _finish(self, h: mx.array, sent: mx.array | None, invalid: mx.array | None
+                ) -> mx.array:
+        """Logits from this rank's stage output ``h`` (zeros, depending on ``sent``, on the
+        ranks before the last), broadcast as :attr:`broadcast` says."""
+        batch, length = h.shape[:2]
+        shape = (batch, length, self._vocab)
+        group = self.group
+        if not self.is_last:
             logits = mx.depends(mx.zeros(shape, self._dtype), sent)
         elif self.head_is_embedding:
             logits = self.head.as_linear(h)
@@ -298,14 +365,16 @@ def _tie_caches(cache: list | None, sent: mx.array) -> None:
 
 
 def pipeline(model: nn.Module, group: mx.distributed.Group | None = None, *,
-             broadcast: str = "logits") -> PipelineLM:
+             broadcast: str = "logits", transfer: str | None = None) -> PipelineLM:
     """Split ``model`` (a :class:`~mlx_zoo.CausalLM`) into pipeline stages over ``group``
     (default: ``mx.distributed.init()``) and return this rank's stage: the layers, caches and
     ends of the other ranks are dropped (on a lazily loaded model they are never read).
-    :class:`ShardingError` for more ranks than stages, or a model that cannot be staged."""
+    ``transfer``: ``"send"`` or ``"all_sum"`` per stage boundary (default
+    :func:`default_transfer`). :class:`ShardingError` for more ranks than stages, or a model
+    that cannot be staged."""
     group = group or mx.distributed.init()
     stages = stage_plan(model, group.size())
-    return PipelineLM(model, group, stages, broadcast=broadcast)
+    return PipelineLM(model, group, stages, broadcast=broadcast, transfer=transfer)
 
 
 # -- loading each rank's part ----------------------------------------------------------------
