@@ -12,11 +12,11 @@ import mlx.core as mx
 import pytest
 
 import mlx_zoo
+from mlx_zoo.batch_cache import BatchCache
 from mlx_zoo.cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache
 
 pytest.importorskip("starlette")
 
-from mlx_zoo.serve.batch_cache import BatchKVCache  # noqa: E402
 from mlx_zoo.serve.engine import Engine, SamplingParams, Seq  # noqa: E402
 from mlx_zoo.serve.prefix_cache import PrefixCache  # noqa: E402
 
@@ -41,7 +41,7 @@ def test_batch_cache_attention_matches_single(kind, size):
     heads, dim = 2, 8
     lengths = [3, 9, 6]
     singles = [_single(kind, size) for _ in lengths]
-    batch = BatchKVCache(kind, size)
+    batch = BatchCache((), kind, size)
     for single, n in zip(singles, lengths, strict=True):  # prefill alone, then join the batch
         single.update_and_fetch(mx.random.normal((1, heads, n, dim)),
                                 mx.random.normal((1, heads, n, dim)))
@@ -49,7 +49,7 @@ def test_batch_cache_attention_matches_single(kind, size):
     assert batch.offsets == lengths
     for step in range(12):
         if step == 5:  # the middle row finishes
-            batch.keep_rows([0, 2])
+            batch.filter([0, 2])
             singles = [singles[0], singles[2]]
         b = batch.batch_size
         q = mx.random.normal((b, heads, 1, dim))
@@ -73,12 +73,12 @@ def test_batch_cache_quantized_storage():
     mx.random.seed(1)
     single = QuantizedKVCache(group_size=32, bits=8)
     single.update_and_fetch(mx.random.normal((1, 2, 5, 32)), mx.random.normal((1, 2, 5, 32)))
-    batch = BatchKVCache("full", quantized=(32, 8))
+    batch = BatchCache((), "full", quantized=(32, 8))
     batch.add_row(single)
     batch.add_row(KVCache())  # an empty row (one-token prompt)
     mask = batch.make_mask(1)
     k, v = batch.update_and_fetch(mx.ones((2, 2, 1, 32)), mx.ones((2, 2, 1, 32)))
-    assert k.shape == (2, 2, 6, 32) and batch.arrays[0].dtype == mx.uint32
+    assert k.shape == (2, 2, 6, 32) and batch.parts[0].dtype == mx.uint32
     assert mask[1, 0, 0].tolist() == [False] * 5 + [True] and all(mask[0, 0, 0].tolist())
     ref = single.state[0]
     assert mx.allclose(k[:1, :, :5], mx.dequantize(*ref, group_size=32, bits=8)).item()

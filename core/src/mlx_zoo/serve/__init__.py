@@ -4,7 +4,8 @@
 * :mod:`~mlx_zoo.serve.protocol` -- request checking and response shapes,
 * :mod:`~mlx_zoo.serve.engine` -- the scheduler: chunked prefill, batched decode steps,
   per-request sampling,
-* :mod:`~mlx_zoo.serve.batch_cache` -- batched KV caches (per-row offsets and masks),
+* :mod:`mlx_zoo.batch_cache` (in the core: mlx-lm's ``BatchGenerator`` uses it too) -- batched
+  KV caches (per-row offsets and masks),
 * :mod:`~mlx_zoo.serve.prefix_cache` -- the LRU prefix cache,
 * :mod:`~mlx_zoo.serve.structured` / :mod:`~mlx_zoo.serve.tools` -- ``response_format`` and tool
   calls.
@@ -56,6 +57,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--prefix-cache-gb", type=float, default=1.0,
                         help="memory for the prefix cache, in GB (0: off; default: "
                              "%(default)s)")
+    parser.add_argument("--blas-threads", type=int, default=1,
+                        help="threads of the fast CPU BLAS (Linux; 0: leave as is; "
+                             "OPENBLAS_NUM_THREADS wins; default: %(default)s)")
     parser.add_argument("--no-batching", action="store_true",
                         help="decode each sequence on its own (for comparison or debugging)")
     parser.add_argument("--log-level", default="info",
@@ -76,6 +80,8 @@ def _check(args: argparse.Namespace) -> None:
                                           f"got {value}")
     if not 0 <= args.port < 65536:
         raise GenerationArgumentError(f"--port must be in [0, 65535], got {args.port}")
+    if args.blas_threads < 0:
+        raise GenerationArgumentError(f"--blas-threads must be >= 0, got {args.blas_threads}")
     if args.prefix_cache_gb < 0:
         raise GenerationArgumentError(f"--prefix-cache-gb must be >= 0, got "
                                       f"{args.prefix_cache_gb}")
@@ -96,7 +102,7 @@ def build(args: argparse.Namespace):
                     kv_group_size=args.kv_group_size,
                     quantized_kv_start=args.quantized_kv_start,
                     prefix_cache_bytes=int(args.prefix_cache_gb * 1e9),
-                    batching=not args.no_batching)
+                    batching=not args.no_batching, blas_threads=args.blas_threads)
     engine.start()
     engine.ready.wait()
     if engine.load_error is not None:

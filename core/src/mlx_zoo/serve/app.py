@@ -26,7 +26,7 @@ from starlette.routing import Route
 
 from ..errors import MlxZooError
 from . import protocol as P
-from .engine import Engine, Seq
+from .engine import Engine, LoopSink, Seq
 
 log = logging.getLogger("mlx_zoo.serve")
 
@@ -207,12 +207,8 @@ class Server:
     # -- running a request ---------------------------------------------------------------------
 
     def _submit(self, parsed: P.Parsed) -> tuple[list[Seq], asyncio.Queue]:
-        loop = asyncio.get_running_loop()
         events: asyncio.Queue = asyncio.Queue()
-
-        def sink(event: dict) -> None:
-            loop.call_soon_threadsafe(events.put_nowait, event)
-
+        sink = LoopSink(asyncio.get_running_loop(), events)
         seqs = [Seq(prompt, parsed.params, sink, index=p * parsed.n + j)
                 for p, prompt in enumerate(parsed.prompts) for j in range(parsed.n)]
         self.engine.submit(seqs)
@@ -228,15 +224,13 @@ class Server:
                                               "X-Accel-Buffering": "no"})
         try:
             while state.pending:
-                try:
-                    event = await asyncio.wait_for(events.get(), POLL_DISCONNECT_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return Response(status_code=499)
-                    continue
-                if event["type"] == "error":
-                    raise P.APIError(event["message"], status=event.get("status", 500))
-                state.add(event)
+                batch = await _next_events(request, events)
+                if batch is None:
+                    return Response(status_code=499)
+                for event in batch:
+                    if event["type"] == "error":
+                        raise P.APIError(event["message"], status=event.get("status", 500))
+                    state.add(event)
             return JSONResponse(state.final())
         finally:
             self.engine.cancel([s for s in seqs if not s.finished])
@@ -247,24 +241,44 @@ class Server:
             for chunk in state.opening_chunks():
                 yield _sse(chunk)
             while state.pending:
-                try:
-                    event = await asyncio.wait_for(events.get(), POLL_DISCONNECT_S)
-                except asyncio.TimeoutError:
-                    if await request.is_disconnected():
-                        return
-                    continue
-                if event["type"] == "error":
-                    yield _sse(P.error_body(event["message"], "server_error"
-                                            if event.get("status", 500) >= 500
-                                            else "invalid_request_error"))
+                batch = await _next_events(request, events)
+                if batch is None:
                     return
-                for chunk in state.add(event, streaming=True):
-                    yield _sse(chunk)
+                out = []
+                for event in batch:
+                    if event["type"] == "error":
+                        out.append(_sse(P.error_body(event["message"], "server_error"
+                                                     if event.get("status", 500) >= 500
+                                                     else "invalid_request_error")))
+                        yield "".join(out)
+                        return
+                    out += [_sse(chunk) for chunk in state.add(event, streaming=True)]
+                if out:
+                    yield "".join(out)  # one write for every event that was waiting
             if state.parsed.include_usage:
                 yield _sse(state.usage_chunk())
             yield "data: [DONE]\n\n"
         finally:
             self.engine.cancel([s for s in seqs if not s.finished])
+
+
+async def _next_events(request: Request, events: asyncio.Queue) -> list[dict] | None:
+    """Every event waiting in ``events`` (at least one, waited for); None when the client went
+    away meanwhile. Waiting goes through ``asyncio.wait_for`` only when nothing is there."""
+    while events.empty():
+        try:
+            first = await asyncio.wait_for(events.get(), POLL_DISCONNECT_S)
+        except asyncio.TimeoutError:
+            if await request.is_disconnected():
+                return None
+            continue
+        batch = [first]
+        break
+    else:
+        batch = []
+    while not events.empty():
+        batch.append(events.get_nowait())
+    return batch
 
 
 def _sse(payload: dict) -> str:

@@ -8,11 +8,16 @@ One thread owns the model and every MLX call. Each turn of its loop
    the :class:`~mlx_zoo.serve.prefix_cache.PrefixCache`), so a long prompt delays the running
    batch by one chunk at a time, never by the whole prompt,
 3. when that prompt is in (all of it but its last token), merges the sequence's caches into the
-   batch (:meth:`BatchKVCache.add_row <mlx_zoo.serve.batch_cache.BatchKVCache.add_row>`),
+   batch (:meth:`BatchCache.add_row <mlx_zoo.batch_cache.BatchCache.add_row>`),
 4. runs **one decode step** for every sequence of the batch at once: each feeds one token (a new
    sequence its last prompt token), the model runs on ``(B, 1)`` ids over the batched caches
    (per-row RoPE offsets and masks), each row's logits go through that request's own logits
    processors and sampler, and finished rows leave the batch.
+
+Steps are **pipelined** when no row needs host-side state to build its next logits (penalties,
+structured output): step ``t + 1`` is queued (``mx.async_eval``, its input the lazy tokens of
+step ``t``) before the tokens of step ``t`` are read, detokenised and handed out, so that work
+overlaps the model's. A row that finished at step ``t`` is dropped from step ``t + 1``'s results.
 
 Models whose caches cannot be batched (a plugin's own cache class) or whose forward pass does not
 accept per-row offsets (found by a probe at start-up: the batched path must reproduce the
@@ -37,7 +42,8 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..cache import make_prompt_cache
+from ..batch_cache import BatchCache
+from ..cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 from ..generate import (
     _StopStrings,
     model_context_length,
@@ -48,12 +54,64 @@ from ..generate import (
 )
 from ..layers import checked_token_ids
 from ..sample import apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p
-from .batch_cache import BatchKVCache, batchable
 from .prefix_cache import PrefixCache
 
 log = logging.getLogger("mlx_zoo.serve")
 
 Event = dict[str, Any]
+
+BATCHABLE = (KVCache, QuantizedKVCache, RotatingKVCache, ChunkedKVCache)
+"""Single-sequence cache classes whose contents a :class:`~mlx_zoo.batch_cache.BatchCache` takes
+over (exact classes: a plugin's own cache class makes the server fall back to per-sequence
+decoding)."""
+
+
+def batchable(cache: list) -> bool:
+    """Whether every layer cache of a model's ``make_prompt_cache`` has a batched counterpart."""
+    return all(type(c) in BATCHABLE for c in cache)
+
+
+class LoopSink:
+    """A sink handing events to an ``asyncio.Queue`` of the event loop ``loop``: the engine
+    delivers all events of one step for one loop with a single ``call_soon_threadsafe``."""
+
+    def __init__(self, loop: Any, queue: Any):
+        self.loop, self.queue = loop, queue
+
+    def __call__(self, event: Event) -> None:
+        self.loop.call_soon_threadsafe(self.queue.put_nowait, event)
+
+
+def _deliver(items: list[tuple[Any, Event]]) -> None:
+    for target, event in items:
+        target.put_nowait(event)
+
+
+def limit_blas_threads(threads: int) -> bool:
+    """Run the fast BLAS (:mod:`mlx_zoo.blas`) on ``threads`` threads, unless the environment
+    says (``OPENBLAS_NUM_THREADS``). OpenBLAS's threads spin while they wait for work: beside an
+    event loop and clients on a few cores, a batch's small matmuls run several times slower on
+    two of them than on one (measured: docs/benchmarks.md, "Serving"). True when set."""
+    import ctypes
+    import os
+
+    if threads < 1 or os.environ.get("OPENBLAS_NUM_THREADS"):
+        return False
+    from ..blas import blas_status
+
+    library = blas_status().library
+    if not library:
+        return False
+    try:
+        handle = ctypes.CDLL(library)
+    except OSError:
+        return False
+    for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads"):
+        setter = getattr(handle, name, None)
+        if setter is not None:
+            setter(threads)
+            return True
+    return False
 
 
 @dataclass
@@ -105,12 +163,12 @@ class Seq:
         self.first_token_at: float | None = None
 
     @property
-    def plain(self) -> bool:
-        """Greedy with nothing changing the logits: can be decided for the whole batch at once."""
+    def host_state(self) -> bool:
+        """Whether the logits of its next step depend on state kept on the host (penalties over
+        the generated tokens, a structured-output matcher): its steps cannot be pipelined."""
         p = self.params
-        return (p.temperature == 0 and not p.logit_bias and not p.presence_penalty
-                and not p.frequency_penalty and p.repetition_penalty in (None, 1.0)
-                and self.processor is None)
+        return (bool(p.presence_penalty or p.frequency_penalty)
+                or p.repetition_penalty not in (None, 1.0) or self.processor is not None)
 
     def emit(self, event: Event) -> None:
         event["index"] = self.index
@@ -122,7 +180,8 @@ class Seq:
     # -- sampling ------------------------------------------------------------------------------
 
     def process(self, logits: mx.array) -> mx.array:
-        """This request's logits processors on its ``(1, vocab)`` row."""
+        """This request's host-state logits processors on its ``(1, vocab)`` row (``logit_bias``
+        is added for the whole batch at once)."""
         p = self.params
         if p.repetition_penalty not in (None, 1.0):
             context = (self.prompt + self.generated)[-p.repetition_context_size:]
@@ -134,11 +193,6 @@ class Seq:
             penalty = p.presence_penalty + p.frequency_penalty * counts
             logits = mx.array(logits)
             logits[:, ids] = logits[:, ids] - penalty
-        if p.logit_bias:
-            ids = mx.array(list(p.logit_bias), dtype=mx.uint32)
-            bias = mx.array(list(p.logit_bias.values()), dtype=logits.dtype)
-            logits = mx.array(logits)
-            logits[:, ids] = logits[:, ids] + bias
         if self.processor is not None:
             logits = self.processor.process(logits)
         return logits
@@ -166,7 +220,8 @@ class Engine:
                  prefill_step_size: int = 512, kv_bits: int | None = None,
                  kv_group_size: int | None = None, quantized_kv_start: int = 0,
                  prefix_cache_bytes: int = 1 << 30, batching: bool = True,
-                 loader: Callable[[], tuple[Any, Any]] | None = None):
+                 loader: Callable[[], tuple[Any, Any]] | None = None,
+                 blas_threads: int = 0):
         self.model_ref = model_ref
         self.max_concurrency = max_concurrency
         self.prefill_step_size = prefill_step_size
@@ -176,6 +231,7 @@ class Engine:
         self.want_batching = batching
         self.batching = False
         self.loader = loader
+        self.blas_threads = blas_threads
         self.model = self.tokenizer = None
         self.vocab_size: int | None = None
         self.context_length: int | None = None
@@ -185,7 +241,10 @@ class Engine:
         self._waiting: deque[Seq] = deque()
         self._prefilling: Seq | None = None
         self._batch: list[Seq] = []
-        self._caches: list[BatchKVCache] | None = None
+        self._caches: list[BatchCache] | None = None
+        self._pending: _Step | None = None  # the step queued but not yet handed out
+        self._outbox: list[tuple[Seq, Event]] = []
+        self._bias: tuple[tuple, mx.array | None] = ((), None)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="mlx-zoo-engine", daemon=True)
         self._token_text: dict[int, str] = {}
@@ -232,6 +291,8 @@ class Engine:
     # -- the engine thread ---------------------------------------------------------------------
 
     def _load(self) -> None:
+        if self.blas_threads:
+            limit_blas_threads(self.blas_threads)
         if self.loader is not None:
             self.model, self.tokenizer = self.loader()
         else:
@@ -270,7 +331,7 @@ class Engine:
                 with checked_token_ids():
                     self.model(mx.array(p[:-1])[None], cache=cache)
                 if caches is None:
-                    caches = [BatchKVCache.like(c) for c in cache]
+                    caches = [BatchCache.like(c) for c in cache]
                 for b, c in zip(caches, cache, strict=True):
                     b.add_row(c)
             with checked_token_ids():
@@ -297,27 +358,21 @@ class Engine:
             return
         self.ready.set()
         while not self._stopping:
-            idle = not (self._batch or self._prefilling or self._waiting)
+            idle = not (self._batch or self._prefilling or self._waiting or self._pending)
             self._take_incoming(block=idle)
             if self._stopping:
                 break
             self._drop_cancelled()
-            try:
-                if self._prefilling is None:
-                    self._start_prefill()
-                if self._prefilling is not None:
-                    self._prefill_chunk()
-            except Exception as e:
-                seq, self._prefilling = self._prefilling, None
-                if seq is not None:
-                    self._fail([seq], e)
-            if self._batch:
+            if self._batch or self._pending:
                 try:
                     self._decode_step()
                 except Exception as e:
                     log.exception("decode step failed")
                     failed, self._batch, self._caches = self._batch, [], None
+                    self._pending = None
                     self._fail(failed, e)
+            self._prefill()
+            self._flush()
         for seq in [*self._batch, *self._waiting] + ([self._prefilling] if self._prefilling
                                                      else []):
             seq.emit({"type": "error", "message": "the server is shutting down", "status": 503})
@@ -353,6 +408,22 @@ class Engine:
 
     # -- prefill -------------------------------------------------------------------------------
 
+    def _prefill(self) -> None:
+        """Prefill newcomers for up to ``prefill_step_size`` prompt tokens in all: a chunk of a
+        long prompt, or several short prompts, which then join the batch together."""
+        budget = self.prefill_step_size
+        while budget > 0:
+            try:
+                if self._prefilling is None:
+                    self._start_prefill()
+                if self._prefilling is None:
+                    return
+                budget -= self._prefill_chunk(budget)
+            except Exception as e:
+                seq, self._prefilling = self._prefilling, None
+                if seq is not None:
+                    self._fail([seq], e)
+
     def _start_prefill(self) -> None:
         if not self._waiting or len(self._batch) >= self.max_concurrency:
             return
@@ -365,10 +436,12 @@ class Engine:
         seq.prefilled = seq.cached_tokens = start
         self._prefilling = seq
 
-    def _prefill_chunk(self) -> None:
+    def _prefill_chunk(self, budget: int) -> int:
+        """Up to ``budget`` more prompt tokens of the sequence being prefilled; the tokens run."""
         seq = self._prefilling
         last = len(seq.prompt) - 1  # the last prompt token is fed by the first decode step
-        end = min(seq.prefilled + self.prefill_step_size, last)
+        end = min(seq.prefilled + budget, last)
+        ran = max(end - seq.prefilled, 0)
         if end > seq.prefilled:
             quantize_kv_caches(seq.caches, self.kv_bits, self.kv_group_size,
                                self.quantized_kv_start)
@@ -380,7 +453,7 @@ class Engine:
             mx.eval([c.state for c in seq.caches])
             seq.prefilled = end
         if seq.prefilled < last:
-            return
+            return ran
         self._prefilling = None
         if seq.prefilled > seq.cached_tokens:
             self.prefix_cache.insert(seq.prompt[:seq.prefilled], seq.caches)
@@ -388,16 +461,17 @@ class Engine:
             seq.emit({"type": "prompt_logprobs", "entries": seq.prompt_logprobs})
         if seq.params.max_tokens == 0:
             self._finish(seq, "length")
-            return
+            return ran
         seq.next_input = seq.prompt[-1]
         if self.batching:
             if self._caches is None:
-                self._caches = [BatchKVCache.like(c, self.kv_bits, self.kv_group_size or 64)
+                self._caches = [BatchCache.like(c, self.kv_bits, self.kv_group_size or 64)
                                 for c in seq.caches]
             for b, c in zip(self._caches, seq.caches, strict=True):
                 b.add_row(c)
             seq.caches = None
         self._batch.append(seq)
+        return ran
 
     def _score_prompt(self, seq: Seq, logits: mx.array, start: int, end: int) -> None:
         """Log-probabilities of prompt tokens ``start + 1 .. end`` given those before them."""
@@ -421,8 +495,42 @@ class Engine:
     # -- decode --------------------------------------------------------------------------------
 
     def _decode_step(self) -> None:
-        seqs = self._batch
-        inputs = mx.array([[s.next_input] for s in seqs], dtype=mx.uint32)
+        """Queue the next step of the batch and hand out the previous one (pipelined), or -- when
+        a row's next logits need the host to see this step's tokens first -- run one step and
+        hand it out."""
+        if self._batch and not any(s.host_state for s in self._batch):
+            step = self._launch()
+            if self._pending is not None:
+                self._collect(self._pending, latest=False)
+            self._pending = step
+            return
+        if self._pending is not None:
+            pending, self._pending = self._pending, None
+            self._collect(pending, latest=True)
+        if self._batch:
+            self._collect(self._launch(), latest=True)
+
+    def _inputs(self, seqs: list[Seq]) -> mx.array:
+        """The ``(B, 1)`` token ids the batch feeds: a host int per row, or -- rows whose last
+        step is still queued -- that step's (lazy) token."""
+        if all(s.next_input is not None for s in seqs):
+            return mx.array([[s.next_input] for s in seqs], dtype=mx.uint32)
+        prev = self._pending
+        row_of = {id(s): i for i, s in enumerate(prev.seqs)}
+        queued = [row_of[id(s)] if s.next_input is None else 0 for s in seqs]
+        if queued == list(range(len(prev.seqs))) and len(seqs) == len(prev.seqs):
+            return prev.tokens[:, None]
+        from_step = prev.tokens[mx.array(queued, dtype=mx.int32)]
+        if all(s.next_input is None for s in seqs):
+            return from_step[:, None]
+        host = mx.array([s.next_input or 0 for s in seqs], dtype=mx.uint32)
+        use_host = mx.array([s.next_input is not None for s in seqs])
+        return mx.where(use_host, host, from_step)[:, None]
+
+    def _launch(self) -> _Step:
+        """Build one decode step of the whole batch and queue it (``mx.async_eval``)."""
+        seqs = list(self._batch)
+        inputs = self._inputs(seqs)
         with checked_token_ids():
             if self.batching:
                 logits = self.model(inputs, cache=self._caches)[:, -1, :]
@@ -433,40 +541,79 @@ class Engine:
                                        self.quantized_kv_start)
                     rows.append(self.model(inputs[i:i + 1], cache=s.caches)[:, -1, :])
                 logits = mx.concatenate(rows)
-        logits = logits.astype(mx.float32)
-        if all(s.plain for s in seqs):
-            tokens = mx.argmax(logits, axis=-1)
-            logprobs = None
-            if any(s.params.logprobs for s in seqs):
-                logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
-        else:
-            rows_lp, rows_tok = [], []
-            for i, s in enumerate(seqs):
-                row = s.process(logits[i:i + 1])
-                lp = row - mx.logsumexp(row, axis=-1, keepdims=True)
-                rows_lp.append(lp)
-                rows_tok.append(s.sample(lp))
-            logprobs = mx.concatenate(rows_lp)
-            tokens = mx.concatenate(rows_tok)
+        tokens, extra = self._sample(seqs, logits.astype(mx.float32))
+        mx.async_eval(tokens, *extra)
+        for s in seqs:
+            s.next_input = None  # the next input is this step's token
+        if self.batching and self._caches is not None:
+            for c in self._caches:
+                if c.mode != "full":
+                    c.drop_unseen(at_least=BatchCache.STEP)
+        return _Step(seqs, tokens, extra)
+
+    def _logit_bias(self, seqs: list[Seq], vocab: int) -> mx.array | None:
+        """The ``(B, vocab)`` additive ``logit_bias`` of the batch (built when its rows change)."""
+        key = tuple(id(s) for s in seqs)
+        if self._bias[0] == key:
+            return self._bias[1]
+        rows, ids, values = [], [], []
+        for i, s in enumerate(seqs):
+            for token, value in s.params.logit_bias.items():
+                if 0 <= token < vocab:
+                    rows.append(i)
+                    ids.append(token)
+                    values.append(value)
+        bias = None
+        if rows:
+            bias = mx.zeros((len(seqs), vocab), dtype=mx.float32)
+            bias[mx.array(rows), mx.array(ids)] = mx.array(values, dtype=mx.float32)
+        self._bias = (key, bias)
+        return bias
+
+    def _sample(self, seqs: list[Seq], logits: mx.array) -> tuple[mx.array, list[mx.array]]:
+        """Each row's next token (and the log-probabilities asked for) from ``(B, vocab)``
+        logits: batched ops, with per-row work only for rows that have their own processors or
+        a sampler's random key."""
+        bias = self._logit_bias(seqs, logits.shape[-1])
+        if bias is not None:
+            logits = logits + bias
+        if any(s.host_state for s in seqs):
+            logits = mx.concatenate([s.process(logits[i:i + 1]) if s.host_state
+                                     else logits[i:i + 1] for i, s in enumerate(seqs)])
+        sampled = any(s.key is not None for s in seqs)
+        want = any(s.params.logprobs for s in seqs)
+        logprobs = None
+        if sampled or want:
+            logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        tokens = mx.argmax(logits, axis=-1)
+        if sampled:
+            tokens = mx.concatenate([s.sample(logprobs[i:i + 1]).astype(tokens.dtype)
+                                     if s.key is not None else tokens[i:i + 1]
+                                     for i, s in enumerate(seqs)])
         width = self.vocab_size or logits.shape[-1]
-        tokens = mx.clip(tokens, 0, width - 1)
-        k = max((s.params.top_logprobs for s in seqs if s.params.logprobs), default=0)
-        extra = []
-        if logprobs is not None:
-            chosen = mx.take_along_axis(logprobs, tokens[:, None], axis=-1)[:, 0]
-            extra.append(chosen)
+        tokens = mx.clip(tokens, 0, width - 1).astype(mx.uint32)
+        extra: list[mx.array] = []
+        if want:
+            k = max((s.params.top_logprobs for s in seqs if s.params.logprobs), default=0)
+            extra.append(mx.take_along_axis(logprobs, tokens[:, None].astype(mx.int32),
+                                            axis=-1)[:, 0])
             if k:
                 top_ids = mx.argpartition(-logprobs, kth=k - 1, axis=-1)[:, :k]
-                top_vals = mx.take_along_axis(logprobs, top_ids, axis=-1)
-                extra += [top_ids, top_vals]
-        mx.eval(tokens, *extra)
-        token_list = tokens.tolist()
-        chosen_list = extra[0].tolist() if extra else None
-        tops = (extra[1].tolist(), extra[2].tolist()) if len(extra) == 3 else None
+                extra += [top_ids, mx.take_along_axis(logprobs, top_ids, axis=-1)]
+        return tokens, extra
+
+    def _collect(self, step: _Step, latest: bool) -> None:
+        """Read a step's tokens (one host sync for the batch) and hand them out; ``latest``: no
+        later step is queued, so each token is its row's next input."""
+        token_list = step.tokens.tolist()
+        chosen_list = step.extra[0].tolist() if step.extra else None
+        tops = (step.extra[1].tolist(), step.extra[2].tolist()) if len(step.extra) == 3 else None
         self.steps += 1
         now = time.perf_counter()
         done = []
-        for i, (s, token) in enumerate(zip(seqs, token_list, strict=True)):
+        for i, (s, token) in enumerate(zip(step.seqs, token_list, strict=True)):
+            if s.finished or s.cancelled:  # left after this step was queued
+                continue
             if s.first_token_at is None:
                 s.first_token_at = now
             info = None
@@ -476,15 +623,38 @@ class Engine:
                     top = sorted(zip(tops[0][i], tops[1][i], strict=True), key=lambda t: -t[1])
                     top = top[:s.params.top_logprobs]
                 info = (chosen_list[i], top)
+            self.generated_tokens += 1
             if self._accept(s, token, info):
-                done.append(i)
-        self.generated_tokens += len(seqs)
+                done.append(s)
+            elif latest:
+                s.next_input = token
         if done:
-            self._remove(done, finished=True)
-        if self.batching and self._caches is not None:
-            for c in self._caches:
-                if c.mode != "full":
-                    c.drop_unseen(at_least=BatchKVCache.STEP)
+            row_of = {id(s): i for i, s in enumerate(self._batch)}
+            self._remove([row_of[id(s)] for s in done if id(s) in row_of], finished=True)
+        self._flush()
+
+    def _post(self, seq: Seq, event: Event) -> None:
+        self._outbox.append((seq, event))
+
+    def _flush(self) -> None:
+        """Hand out the events of this step: one ``call_soon_threadsafe`` per event loop of
+        :class:`LoopSink` s, other sinks called directly."""
+        if not self._outbox:
+            return
+        outbox, self._outbox = self._outbox, []
+        loops: dict[Any, list] = {}
+        for seq, event in outbox:
+            sink = seq.sink
+            if isinstance(sink, LoopSink):
+                event["index"] = seq.index
+                loops.setdefault(sink.loop, []).append((sink.queue, event))
+            else:
+                seq.emit(event)
+        for loop, items in loops.items():
+            try:
+                loop.call_soon_threadsafe(_deliver, items)
+            except RuntimeError:  # the loop is closed: nobody is listening
+                log.debug("event loop closed; %d events dropped", len(items))
 
     def _accept(self, seq: Seq, token: int, info: Any) -> bool:
         """Hand out ``token``; True when the sequence is finished."""
@@ -511,8 +681,7 @@ class Engine:
                 finish = "stop"
             elif finish is not None:
                 text += seq.stops.flush()
-        seq.emit({"type": "token", "token": token, "text": text, "logprob": info})
-        seq.next_input = token
+        self._post(seq, {"type": "token", "token": token, "text": text, "logprob": info})
         if finish is not None:
             self._finish(seq, finish)
             return True
@@ -520,7 +689,7 @@ class Engine:
 
     def _finish(self, seq: Seq, reason: str) -> None:
         seq.finished = True
-        seq.emit({"type": "done", "finish_reason": reason, "prompt_tokens": len(seq.prompt),
+        self._post(seq, {"type": "done", "finish_reason": reason, "prompt_tokens": len(seq.prompt),
                   "completion_tokens": len(seq.generated), "cached_tokens": seq.cached_tokens})
 
     def _remove(self, rows: list[int], finished: bool = False) -> None:
@@ -535,7 +704,7 @@ class Engine:
         self._batch = [self._batch[i] for i in keep]
         if self.batching and self._caches is not None:
             for c in self._caches:
-                c.keep_rows(keep)
+                c.filter(keep)
             if not keep:
                 self._caches = None
 
@@ -545,9 +714,9 @@ class Engine:
         if self.batching:
             if self._caches is None:
                 return
-            cache = [c.extract_row(row) for c in self._caches]
-            if any(c is None for c in cache):
+            if any(c.mode != "full" or c.quantized is not None for c in self._caches):
                 return
+            cache = [c.extract(row) for c in self._caches]
         else:
             cache = seq.caches
         held = cache[0].offset
@@ -555,3 +724,13 @@ class Engine:
         if len(tokens) == held and held > len(seq.prompt) - 1:
             mx.eval([c.state for c in cache])
             self.prefix_cache.insert(tokens, cache)
+
+
+@dataclass
+class _Step:
+    """A queued decode step: the rows it ran (in batch order then), its tokens and the
+    log-probability arrays asked for (chosen, then top ids and values)."""
+
+    seqs: list[Seq]
+    tokens: mx.array
+    extra: list[mx.array]
