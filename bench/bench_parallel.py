@@ -6,6 +6,9 @@ and a model larger than one device's memory run as a 2-stage pipeline.
     python3 bench/bench_parallel.py --out "$OUT" --backend nccl
     # CPU dry run (tiny shapes, every code path the GPU run takes; ring backend over loopback):
     .venv/bin/python bench/bench_parallel.py --out /tmp/bench_parallel_dry --backend ring --dry-run
+    # CPU: why ring-backend decode on one host was slow (busy-polling + BLAS threads):
+    .venv/bin/python bench/bench_parallel.py --out /tmp/bench_parallel_probe --backend ring \
+        --cpu-probe
 
 No ``mlx.launch`` needed: the driver starts each rank itself with the environment ``mlx.launch``
 would set (MLX 0.32.4 ``mlx/_distributed_utils/launch.py``): NCCL -- ``MLX_RANK``,
@@ -54,6 +57,7 @@ import argparse
 import json
 import math
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -129,7 +133,7 @@ def mem_gb() -> float:
     return round(mx.get_peak_memory() / 1e9, 3)
 
 
-def build_random(shape: dict, mode: str, group):
+def build_random(shape: dict, mode: str, group, dtype: str = "bfloat16"):
     """The model of ``shape`` with random bf16 weights, as ``load(..., parallel=mode)`` would
     hold it on this rank (see the module docstring): lazy init, cast, fuse (not for tensor),
     split, evaluate layer by layer."""
@@ -146,7 +150,7 @@ def build_random(shape: dict, mode: str, group):
         check_parallel(mode, group.size(), config)
     mx.random.seed(1234)  # same weights on every rank: the shards of one model
     model = arch.model_class(config)  # parameters are lazy random arrays: nothing computed yet
-    model.set_dtype(mx.bfloat16)
+    model.set_dtype(getattr(mx, dtype))
     if mode != "tensor":
         fuse_projections(model)  # load()'s default fuse=True (lazy)
     if mode == "pipeline":
@@ -392,7 +396,7 @@ def worker(spec: dict) -> None:
         model, config = mlx_zoo.load(spec["checkpoint"], parallel=parallel, group=group)
         w.record(load_s=round(time.perf_counter() - start, 2), load_peak_gb=mem_gb())
     else:
-        model, config = build_random(shape, mode, group)
+        model, config = build_random(shape, mode, group, spec.get("dtype", "bfloat16"))
         w.record(build_s=round(time.perf_counter() - start, 2), build_peak_gb=mem_gb())
     w.record(weights_held_gb=held_gb(model), active_gb=round(mx.get_active_memory() / 1e9, 3))
     if mode == "pipeline":
@@ -403,6 +407,87 @@ def worker(spec: dict) -> None:
         mx.eval(mx.distributed.all_sum(mx.ones(1), group=group))  # leave together
     w.log("done")
     print(RESULT_PREFIX + json.dumps(w.result), flush=True)
+
+
+# -- the ring backend on one CPU host: where a rank's time goes (docs/benchmarks.md, "Parallel") --
+
+PROBE_SHAPE = dict(model_type="llama", hidden_size=1024, num_hidden_layers=8,
+                   num_attention_heads=16, num_key_value_heads=4, intermediate_size=2816,
+                   vocab_size=32000, tie_word_embeddings=False, max_position_embeddings=4096)
+
+
+def cpu_probe_worker() -> None:
+    """Run under 2 ring ranks (``--cpu-probe`` starts them): the CPU a rank burns while it waits
+    in a collective (busy-polling), an all_sum's latency alone and after compute, then decode
+    tok/s of the pipeline and tensor modes of a float32 Llama shape built in memory."""
+    import mlx_zoo  # noqa: I001 (before mlx.core: the fast BLAS on the Linux CPU)
+
+    import mlx.core as mx
+    from mlx_zoo.generate import generate_step
+
+    group = mx.distributed.init(strict=True, backend="ring")
+    rank = group.rank()
+    tag = (f"rank={rank} share_cpus={os.environ.get('MLX_ZOO_SHARE_CPUS', '1')} "
+           f"openblas_threads={os.environ.get('OPENBLAS_NUM_THREADS', 'default')}")
+
+    def cpu() -> float:
+        r = resource.getrusage(resource.RUSAGE_SELF)
+        return r.ru_utime + r.ru_stime
+
+    out = {}
+    model, config = build_random(PROBE_SHAPE, "pipeline", group, dtype="float32")  # shares CPUs
+    x = mx.ones((1, 1, 1024))
+    mx.eval(mx.distributed.all_sum(x, group=group))
+    c, t = cpu(), time.perf_counter()
+    if rank == 1:
+        time.sleep(2.0)
+    mx.eval(mx.distributed.all_sum(x, group=group))
+    out["wait_2s_in_all_sum_cpu_s"] = round(cpu() - c, 2)
+    out["wait_wall_s"] = round(time.perf_counter() - t, 2)
+    for _ in range(20):
+        mx.eval(mx.distributed.all_sum(x, group=group))
+    t = time.perf_counter()
+    for _ in range(200):
+        mx.eval(mx.distributed.all_sum(x, group=group))
+    out["all_sum_alone_us"] = round((time.perf_counter() - t) / 200 * 1e6)
+    weight, v = mx.random.normal((4096, 4096)), mx.random.normal((1, 4096))
+    mx.eval(weight, v)
+
+    def compute():
+        y = v
+        for _ in range(8):
+            y = (y @ weight) * 1e-2
+        return y
+
+    for _ in range(3):
+        mx.eval(compute())
+    t = time.perf_counter()
+    for _ in range(20):
+        mx.eval(compute())
+    alone = (time.perf_counter() - t) / 20
+    t = time.perf_counter()
+    for _ in range(20):
+        mx.eval(mx.distributed.all_sum(compute(), group=group))
+    both = (time.perf_counter() - t) / 20
+    out.update(compute_ms=round(alone * 1e3, 1), compute_then_all_sum_ms=round(both * 1e3, 1))
+    prompt = mx.array(list(range(1, 17)), dtype=mx.uint32)
+    for mode in ("pipeline", "tensor"):
+        if mode == "tensor":
+            del model
+            model, config = build_random(PROBE_SHAPE, "tensor", group, dtype="float32")
+        sampler = None
+        if mode == "pipeline":
+            model.broadcast = "token"
+            sampler = model.sampler(mlx_zoo.make_sampler(0.0))
+        best = 0.0
+        for _ in range(2):
+            steps = generate_step(prompt, model, max_tokens=25, sampler=sampler)
+            next(steps)
+            t = time.perf_counter()
+            best = max(best, sum(1 for _ in steps) / (time.perf_counter() - t))
+        out[f"{mode}_decode_tps"] = round(best, 1)
+    print(RESULT_PREFIX + json.dumps(dict(out, tag=tag)), flush=True)
+    log(f"cpu-probe {tag}: {out}")
 
 
 # -- driver -------------------------------------------------------------------------------------
@@ -421,6 +506,7 @@ class Driver:
         (self.out / "steps").mkdir(parents=True, exist_ok=True)
         self.logf = open(self.out / "bench_parallel.log", "a")
         self.deadline = time.time() + args.budget
+        self.group_broken = False  # a multi-process step failed before its group formed
         self.results: dict = {"meta": {
             "argv": sys.argv, "backend": args.backend, "dry_run": args.dry_run,
             "python": sys.executable, "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -438,6 +524,11 @@ class Driver:
 
     def step(self, name: str, spec: dict, ranks: int, timeout: float, minimum: float) -> list:
         left = self.remaining()
+        if ranks > 1 and self.group_broken:
+            self.log(f"SKIP {name}: an earlier {ranks}-process step never formed its group")
+            self.results["steps"][name] = {"skipped": "the group never formed earlier"}
+            self.write()
+            return []
         if left < minimum:
             self.log(f"SKIP {name}: {left:.0f} s left of the budget, needs {minimum:.0f}")
             self.results["steps"][name] = {"skipped": f"{left:.0f} s left"}
@@ -508,6 +599,8 @@ class Driver:
             self.logf.write(f"---- {name} rank {rank} output ----\n{text}\n")
         self.results["steps"][name] = {"status": status, "wall_s": round(time.time() - start, 1),
                                        "ranks": rows}
+        if status != "ok" and ranks > 1 and not any("size" in r for r in rows):
+            self.group_broken = True  # init failed or hung: later steps would too
         if status != "ok":
             tails = {r: (self.out / "steps" / f"{name}.rank{r}.log").read_text(
                 errors="replace")[-1500:] for r in range(ranks)}
@@ -524,8 +617,33 @@ class Driver:
                 f"{k}={r[k]}" for k in keys if k in r))
         return rows
 
+    def cpu_probe(self) -> None:
+        """The ring-backend probe with BLAS threads / CPU sharing varied, then one process's
+        decode of the same shape for reference."""
+        for name, env in (("default-threads-unshared", {"MLX_ZOO_SHARE_CPUS": "0"}),
+                          ("one-blas-thread-unshared", {"MLX_ZOO_SHARE_CPUS": "0",
+                                                        "OPENBLAS_NUM_THREADS": "1"}),
+                          ("shared (mlx-zoo default)", {})):
+            saved = {k: os.environ.get(k) for k in env}
+            os.environ.update(env)
+            try:
+                self.step(f"cpu-probe {name}", dict(probe=True, mode="probe"), 2, 600, 1)
+            finally:
+                for k, v in saved.items():
+                    if v is None:
+                        os.environ.pop(k, None)
+                    else:
+                        os.environ[k] = v
+        self.step("cpu-probe one process", dict(shape=PROBE_SHAPE, mode="single",
+                                                dtype="float32", prompt=128, decode=24,
+                                                prefill_repeats=1, decode_repeats=2,
+                                                forward_steps=8), 1, 300, 1)
+
     def run(self) -> None:
         a = self.args
+        if a.cpu_probe:
+            self.cpu_probe()
+            return
         dry = a.dry_run
         shapes = TINY if dry else SHAPES
         self.log(f"bench_parallel: out={self.out} backend={a.backend} dry_run={dry} "
@@ -649,10 +767,14 @@ def main() -> None:
     parser.add_argument("--ckpt-dir", type=Path, default=Path("/tmp/bench_parallel_ckpt"),
                         help="where the checkpoint step writes the 7B checkpoint (last step)")
     parser.add_argument("--no-ckpt", action="store_true", help="skip the checkpoint steps")
+    parser.add_argument("--cpu-probe", action="store_true",
+                        help="instead: why decode under the ring backend on one CPU host is slow "
+                             "(busy-polling, BLAS threads; run with --backend ring)")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        worker(json.loads(args.worker))
+        spec = json.loads(args.worker)
+        cpu_probe_worker() if spec.get("probe") else worker(spec)
         return
     if args.out is None:
         parser.error("--out DIR is needed")

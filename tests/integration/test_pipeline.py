@@ -225,3 +225,27 @@ def test_demo_plans_and_the_generic_refusal():
     model.model.per_layer_flags = [True] * len(model.layers)  # unknown per-layer state
     with pytest.raises(mlx_zoo.ShardingError, match="PipelineStages"):
         stage_plan(model, 2)
+
+
+def test_local_ranks_from_the_ring_hostfile(tmp_path, monkeypatch):
+    """share_host_cpus counts the ranks on this host from mlx.launch's ring hostfile."""
+    from mlx_zoo.pipeline import _local_ranks
+
+    class Group:
+        def __init__(self, rank, size):
+            self._rank, self._size = rank, size
+
+        def rank(self):
+            return self._rank
+
+        def size(self):
+            return self._size
+
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text('[["10.0.0.1:5000"], ["10.0.0.2:5001"], ["10.0.0.1:5002"]]')
+    monkeypatch.setenv("MLX_HOSTFILE", str(hostfile))
+    assert _local_ranks(Group(2, 3)) == (1, 2)
+    assert _local_ranks(Group(1, 3)) == (0, 1)
+    assert _local_ranks(Group(0, 2)) is None  # the file lists 3 ranks, the group has 2
+    monkeypatch.delenv("MLX_HOSTFILE")
+    assert _local_ranks(Group(0, 2)) is None

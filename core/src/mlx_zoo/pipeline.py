@@ -191,9 +191,91 @@ def _activation_dtype(embed: nn.Module) -> mx.Dtype:
     return (embed["scales"] if "scales" in embed else embed["weight"]).dtype
 
 
+SHARE_CPU_ENV = "MLX_ZOO_SHARE_CPUS"
+"""``0`` turns :func:`share_host_cpus` off (it runs when a parallel model is loaded)."""
+
+
+def _local_ranks(group: mx.distributed.Group) -> tuple[int, int] | None:
+    """``(index among the ranks on this host, ranks on this host)`` from the ring backend's
+    ``MLX_HOSTFILE`` (a JSON list of ``ip:port`` lists per rank, as ``mlx.launch`` writes it);
+    None when there is no such file or it does not list this rank."""
+    import json
+    import os
+
+    try:
+        with open(os.environ["MLX_HOSTFILE"]) as f:
+            hosts = [{entry.rsplit(":", 1)[0] for entry in rank} for rank in json.load(f)]
+    except (KeyError, OSError, ValueError, TypeError, AttributeError):
+        return None
+    rank = group.rank()
+    if len(hosts) != group.size() or not hosts[rank]:
+        return None
+    mine = hosts[rank]
+    local = [r for r, ips in enumerate(hosts) if ips & mine]
+    return local.index(rank), len(local)
+
+
+def _set_blas_threads(count: int) -> bool:
+    """Set the fast BLAS's thread count (OpenBLAS's ``openblas_set_num_threads``, any
+    prefix); False when there is none."""
+    import ctypes
+
+    from .blas import PREFIXES, blas_status
+
+    library = blas_status().library
+    if library is None:
+        return False
+    try:
+        lib = ctypes.CDLL(library)
+    except OSError:
+        return False
+    for prefix in PREFIXES:
+        for name in (f"{prefix}openblas_set_num_threads", f"{prefix}openblas_set_num_threads64_"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(count))
+                return True
+    return False
+
+
+def share_host_cpus(group: mx.distributed.Group) -> dict | None:
+    """Give each of the ranks that share a host's CPU its own cores, on MLX's CPU device: the
+    fast BLAS gets ``cores // local ranks`` threads (unless ``OPENBLAS_NUM_THREADS`` is set)
+    and every thread of this process is pinned to this rank's cores (unless the affinity was
+    already narrowed). Without it, each rank's BLAS starts a thread per core and MLX's ring
+    backend busy-polls its sockets while a rank waits, so ranks on one host oversubscribe the
+    cores: on 2 cores, 2 ranks decoded 4-20x slower than with this (docs/benchmarks.md,
+    "Parallel"). Returns what it did (None: nothing). :data:`SHARE_CPU_ENV` ``=0`` skips it."""
+    import os
+
+    if os.environ.get(SHARE_CPU_ENV) == "0" or mx.default_device() != mx.cpu:
+        return None
+    local = _local_ranks(group)
+    if local is None or local[1] < 2:
+        return None
+    index, count = local
+    cores = sorted(os.sched_getaffinity(0))
+    done: dict = {"local_rank": index, "local_ranks": count}
+    per = max(1, len(cores) // count)
+    if "OPENBLAS_NUM_THREADS" not in os.environ and _set_blas_threads(per):
+        done["blas_threads"] = per
+    if len(cores) == os.cpu_count() and len(cores) >= count:
+        start = (index * len(cores)) // count
+        mine = set(cores[start:start + per])
+        for tid in os.listdir("/proc/self/task"):  # every thread: BLAS pool, ring sockets
+            try:
+                os.sched_setaffinity(int(tid), mine)
+            except OSError:
+                pass
+        done["cores"] = sorted(mine)
+    return done
+
+
 def same_random_state(group: mx.distributed.Group) -> None:
     """Seed MLX's random state on every rank with rank 0's draw: ranks that sample from the
-    same logits then draw the same token."""
+    same logits then draw the same token. Every parallel load runs it once per rank, so it
+    also shares the host's CPUs between local ranks (:func:`share_host_cpus`)."""
+    share_host_cpus(group)
     mine = mx.random.randint(0, 2**31 - 1, (1,), dtype=mx.int32)
     seed = mx.distributed.all_sum(mine if group.rank() == 0 else mx.zeros_like(mine), group=group)
     mx.random.seed(int(seed.item()))
