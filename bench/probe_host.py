@@ -1,0 +1,362 @@
+"""Host overhead of batch-1 decode on MLX's CUDA backend: where it goes, and what cuts it.
+
+A probe for issue 17 item 2 (not the benchmark table). In one process per setting, on random
+in-memory weights of a Qwen2 shape:
+
+* ``kernel``: host cost per quantized product (x of one row, 4-bit, group 64) -- time to *build*
+  N products in Python and wall time to evaluate them, over a weight small enough to stay in L2,
+  so the figures are host work: MLX's ``quantized_matmul``; ``mlx_zoo.kernels`` through
+  ``mx.fast.cuda_kernel`` as committed (no reshape ops); the same with the two reshape ops the
+  previous version added; and the kernel's PTX run through ``mx.fast.precompiled_cuda_kernel``
+  (no per-call source string; the PTX is the one MLX's JIT wrote to ``$MLX_PTX_CACHE_DIR``).
+* ``decode``: one decode step split into graph construction (Python) and evaluation, and decode
+  tokens/s of mlx-zoo plain, compiled (``compile_step``), with ``use_fast_kernels`` (quantized
+  models), with the PTX variant, and mlx-lm on the same weights, alternated.
+* ``sweep``: the ``decode`` figures in child processes under MLX's CUDA graph settings
+  (``MLX_MAX_OPS_PER_BUFFER``, ``MLX_MAX_MB_PER_BUFFER``, ``MLX_USE_CUDA_GRAPHS``), which MLX
+  reads once per process.
+
+    python bench/probe_host.py kernel
+    python bench/probe_host.py decode --shape qwen2-0.5b --fmt bf16
+    python bench/probe_host.py sweep --shape qwen2-0.5b --fmt bf16
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from functools import partial
+from pathlib import Path
+
+# MLX reads this once, when it first compiles a kernel: a fresh directory, so that every kernel
+# this process compiles leaves its PTX there (the precompiled variant reads it back).
+PTX_DIR = os.environ.setdefault("MLX_PTX_CACHE_DIR", tempfile.mkdtemp(prefix="mlx-ptx-"))
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import mlx_zoo  # noqa: E402, I001
+import shapes  # noqa: E402
+
+import mlx.core as mx  # noqa: E402
+import mlx.nn as nn  # noqa: E402
+from mlx.utils import tree_flatten  # noqa: E402
+from mlx_zoo import kernels  # noqa: E402
+from mlx_zoo.kernels import cuda_qmv  # noqa: E402
+
+GROUP, BITS = 64, 4
+
+
+# -- the precompiled (PTX) variant of the kernel ----
+
+_PTX: dict[tuple, tuple[str, bytes]] = {}
+
+
+def _ptx_for(key: tuple, x, w, s, b) -> tuple[str, bytes]:
+    """(lowered kernel name, PTX) of the JIT kernel for ``key``: compiled once through
+    ``cuda_kernel``, then read back from MLX's PTX cache (the files it wrote)."""
+    if key not in _PTX:
+        before = set(Path(PTX_DIR).rglob("*.ptx"))
+        mx.eval(cuda_qmv.qmv(x, w, s, b, GROUP, BITS))
+        new = [p for p in Path(PTX_DIR).rglob("*.ptx") if p not in before]
+        if len(new) != 1:
+            raise RuntimeError(f"expected one new PTX file in {PTX_DIR}, found {new}")
+        names = new[0].with_suffix(".txt").read_text().splitlines()
+        lowered = names[0].split("\t")[1]
+        _PTX[key] = (lowered, new[0].read_bytes())
+    return _PTX[key]
+
+
+def qmv_ptx(x, w, s, b, group_size=GROUP, bits=BITS):
+    key = (x.dtype, s.dtype, x.shape[:-1], w.shape[0], x.shape[-1], group_size, bits)
+    launch = cuda_qmv._LAUNCH.get(key) or cuda_qmv._launch(key, None, None)
+    _, grid, threads, out_shapes, out_dtypes = launch
+    name, ptx = _PTX.get(key) or _ptx_for(key, x, w, s, b)
+    (out,) = mx.fast.precompiled_cuda_kernel(
+        name=name, compiled_source=ptx, inputs=[x, w, s, b], output_shapes=out_shapes,
+        output_dtypes=out_dtypes, scalars=[], grid=grid, threadgroup=threads)
+    return out
+
+
+def qmv_reshaped(x, w, s, b, group_size=GROUP, bits=BITS):
+    """The previous version: x flattened to 2-D and the output reshaped back (two more ops)."""
+    lead = x.shape[:-1]
+    out = cuda_qmv.qmv(x.reshape(-1, x.shape[-1]), w, s, b, group_size, bits)
+    return out.reshape(*lead, w.shape[0])
+
+
+class PtxQuantizedLinear(nn.QuantizedLinear):
+    def __call__(self, x):
+        y = qmv_ptx(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
+        return y + self["bias"] if "bias" in self else y
+
+
+# -- kernel: host cost per product ----
+
+
+def kernel(records: dict, n: int = 400) -> None:
+    variants = {
+        "mlx quantized_matmul": lambda x, q: mx.quantized_matmul(
+            x, *q, transpose=True, group_size=GROUP, bits=BITS),
+        "zoo cuda_kernel": lambda x, q: cuda_qmv.qmv(x, *q, GROUP, BITS),
+        "zoo cuda_kernel + 2 reshapes": lambda x, q: qmv_reshaped(x, *q),
+        "zoo precompiled PTX": lambda x, q: qmv_ptx(x, *q),
+        "mlx x @ W.T (bf16)": None,
+    }
+    for name, out_dims, in_dims in (("0.5B q/o", 896, 896), ("7B q/o", 3584, 3584)):
+        w = (mx.random.normal((out_dims, in_dims)) * 0.02).astype(mx.bfloat16)
+        q = mx.quantize(w, group_size=GROUP, bits=BITS)
+        x = mx.random.normal((1, 1, in_dims)).astype(mx.bfloat16)
+        mx.eval(w, q, x)
+        for vname, fn in variants.items():
+            f = (lambda x, q, w=w: x @ w.T) if fn is None else fn
+            try:
+                mx.eval(f(x, q))  # compile / warm up
+            except Exception as e:  # noqa: BLE001 (report, go on with the others)
+                print(f"  {name:9s} {vname:30s} failed: {type(e).__name__}: {e}", flush=True)
+                continue
+            if vname == "zoo precompiled PTX":
+                key = (x.dtype, q[1].dtype, x.shape[:-1], out_dims, in_dims, GROUP, BITS)
+                records.setdefault("ptx_bytes", {})[name] = len(_PTX[key][1])
+            builds, totals = [], []
+            for _ in range(5):
+                t0 = time.perf_counter()
+                outs = [f(x, q) for _ in range(n)]
+                t1 = time.perf_counter()
+                mx.eval(outs)
+                t2 = time.perf_counter()
+                builds.append((t1 - t0) / n * 1e6)
+                totals.append((t2 - t0) / n * 1e6)
+            b, t = sorted(builds)[2], sorted(totals)[2]
+            records.setdefault("kernel", []).append(
+                {"shape": name, "variant": vname, "build_us": b, "total_us": t})
+            print(f"  {name:9s} {vname:30s} build {b:6.2f} us/op  build+eval {t:6.2f} us/op",
+                  flush=True)
+    print(f"  PTX sizes (bytes): {records.get('ptx_bytes')}")
+
+
+# -- decode ----
+
+
+def build(config: dict, fmt: str):
+    from mlx_zoo import registry
+
+    arch = registry.resolve(config["model_type"])
+    args = arch.config_class.from_dict(dict(config), Path("<probe>"))
+    model = arch.model_class(args)
+    model.set_dtype(mx.bfloat16)
+    if fmt in ("4bit", "8bit"):
+        mlx_zoo.quantize(model, args, bits=int(fmt[0]), group_size=GROUP)
+    mlx_zoo.fuse_projections(model)
+    mx.eval(model.parameters())
+    return model
+
+
+def _shallow_clone(module):
+    """The same module tree with new module objects (so classes can be switched) sharing arrays."""
+    if isinstance(module, nn.Module):
+        clone = module.__class__.__new__(module.__class__)
+        clone.__dict__.update(module.__dict__)
+        dict.update(clone, {k: _shallow_clone(v) for k, v in module.items()})
+        return clone
+    if isinstance(module, list):
+        return [_shallow_clone(v) for v in module]
+    if isinstance(module, dict):
+        return {k: _shallow_clone(v) for k, v in module.items()}
+    return module
+
+
+def mlx_lm_twin(config: dict, model, fmt: str):
+    from mlx_lm.utils import _get_classes
+
+    from mlx_zoo.fusion import checkpoint_parameters
+
+    model_class, args_class = _get_classes(config)
+    lm = model_class(args_class.from_dict(config))
+    if fmt in ("4bit", "8bit"):
+        nn.quantize(lm, group_size=GROUP, bits=int(fmt[0]))
+    lm.load_weights(checkpoint_parameters(model), strict=True)
+    mx.eval(lm.parameters())
+    return lm
+
+
+def step_split(model, prompt, n: int = 30) -> dict:
+    cache = mlx_zoo.make_prompt_cache(model)
+    mx.eval(model(prompt[None], cache=cache))
+    y = mx.array([[1]], dtype=mx.uint32)
+    for _ in range(3):
+        mx.eval(model(y, cache=cache))
+    build_s = eval_s = 0.0
+    for _ in range(n):
+        t0 = time.perf_counter()
+        out = model(y, cache=cache)
+        t1 = time.perf_counter()
+        mx.eval(out)
+        t2 = time.perf_counter()
+        build_s += t1 - t0
+        eval_s += t2 - t1
+    return {"build_ms": build_s / n * 1e3, "eval_ms": eval_s / n * 1e3}
+
+
+def loop_split(model, prompt, n: int = 64) -> dict:
+    """A pipelined greedy loop as ``generate_step`` runs it (queue step n + 1, then read token n),
+    timed in three parts per token: building the graph (Python), ``mx.async_eval`` (MLX encodes
+    the graph's kernels on this thread) and ``.item()`` (waiting for the device)."""
+    cache = mlx_zoo.make_prompt_cache(model)
+    logits = model(prompt[None], cache=cache)[:, -1, :]
+    y = mx.argmax(logits, axis=-1)
+    mx.eval(y)
+    build = encode = wait = 0.0
+    for i in range(n + 8):
+        t0 = time.perf_counter()
+        nxt = mx.argmax(model(y[None], cache=cache)[:, -1, :], axis=-1)
+        t1 = time.perf_counter()
+        mx.async_eval(nxt)
+        t2 = time.perf_counter()
+        y.item()
+        t3 = time.perf_counter()
+        y = nxt
+        if i >= 8:  # warm-up steps left out
+            build, encode, wait = build + t1 - t0, encode + t2 - t1, wait + t3 - t2
+    total = build + encode + wait
+    return {"build_ms": build / n * 1e3, "async_eval_ms": encode / n * 1e3,
+            "item_wait_ms": wait / n * 1e3, "tok_per_s": n / total}
+
+
+def decode_tps(step_fn, model, prompt, tokens: int) -> float:
+    for _ in step_fn(prompt, model, max_tokens=4):
+        pass
+    times = []
+    for _ in step_fn(prompt, model, max_tokens=tokens):
+        times.append(time.perf_counter())
+    return (len(times) - 1) / (times[-1] - times[0])
+
+
+def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: bool,
+           layers: int | None = None, prompt_tokens: int = 512) -> None:
+    from mlx_lm.generate import generate_step as lm_generate_step
+
+    config = shapes.FULL[shape]
+    if layers:
+        config = shapes.with_layers(config, layers)
+    t0 = time.perf_counter()
+    model = build(config, fmt)
+    nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
+    prompt = mx.random.randint(0, config["vocab_size"], (prompt_tokens,)).astype(mx.uint32)
+    print(f"  [{shape} {fmt}] weights {nbytes / 1e9:.2f} GB, built in "
+          f"{time.perf_counter() - t0:.1f} s", flush=True)
+    split = step_split(model, prompt)
+    records["step"] = split
+    print(f"  one step: graph construction {split['build_ms']:.2f} ms, evaluation "
+          f"{split['eval_ms']:.2f} ms", flush=True)
+    loop = loop_split(model, prompt)
+    records["loop"] = loop
+    print(f"  pipelined loop per token: {json.dumps({k: round(v, 3) for k, v in loop.items()})}",
+          flush=True)
+    plain = partial(mlx_zoo.generate_step, compile_step=False)
+    compiled = partial(mlx_zoo.generate_step, compile_step=True)
+    runs = [("zoo plain", plain, model)]
+    if not lite:
+        runs.append(("zoo compiled", compiled, model))
+        if fmt in ("4bit", "8bit"):
+            fast = _shallow_clone(model)
+            n = kernels.use_fast_kernels(fast)
+            ptx = _shallow_clone(model)
+            for _, m in ptx.named_modules():
+                if type(m) is nn.QuantizedLinear and m.mode == "affine":
+                    m.__class__ = PtxQuantizedLinear
+            print(f"  fast kernels on {n} layers", flush=True)
+            split_fast = step_split(fast, prompt)
+            records["step_fast"] = split_fast
+            loop = loop_split(fast, prompt)
+            records["loop_fast"] = loop
+            print(f"  pipelined loop per token, fast kernels: "
+                  f"{json.dumps({k: round(v, 3) for k, v in loop.items()})}", flush=True)
+            print(f"  one step with fast kernels: graph construction "
+                  f"{split_fast['build_ms']:.2f} ms, evaluation {split_fast['eval_ms']:.2f} ms",
+                  flush=True)
+            runs += [("zoo fast kernels", plain, fast), ("zoo PTX kernels", plain, ptx),
+                     ("zoo compiled + fast", compiled, fast)]
+        runs.append(("mlx-lm", lm_generate_step, mlx_lm_twin(config, model, fmt)))
+    results: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    for _ in range(rounds):
+        for name, fn, m in runs:
+            try:
+                tps = decode_tps(fn, m, prompt, tokens)
+            except Exception as e:  # noqa: BLE001 (report, go on)
+                print(f"  {name}: failed: {type(e).__name__}: {e}", flush=True)
+                continue
+            results[name].append(tps)
+            print(f"  {name:22s} decode {tps:7.1f} tok/s ({nbytes / 1e9 * tps:6.0f} GB/s)",
+                  flush=True)
+    records.update({"shape": shape, "fmt": fmt, "weights_bytes": nbytes, "decode": results})
+
+
+SWEEP = [
+    {},
+    {"MLX_MAX_OPS_PER_BUFFER": "400"},
+    {"MLX_MAX_OPS_PER_BUFFER": "2000", "MLX_MAX_MB_PER_BUFFER": "20000"},
+    {"MLX_MAX_OPS_PER_BUFFER": "30"},
+    {"MLX_USE_CUDA_GRAPHS": "0"},
+]
+
+
+def sweep(records: dict, shape: str, fmt: str, tokens: int, layers: int | None = None) -> None:
+    records["sweep"] = []
+    for env in SWEEP:
+        cmd = [sys.executable, __file__, "decode", "--shape", shape, "--fmt", fmt, "--lite",
+               "--rounds", "2", "--tokens", str(tokens), "--json", "-"]
+        if layers:
+            cmd += ["--layers", str(layers)]
+        try:
+            p = subprocess.run(cmd, env={**os.environ, **env}, capture_output=True, text=True,
+                               timeout=120)
+            out = json.loads(p.stdout.strip().splitlines()[-1])
+        except Exception as e:  # noqa: BLE001
+            print(f"  {env or 'defaults'}: failed: {e}", flush=True)
+            continue
+        rec = {"env": env, "step": out.get("step"), "decode": out.get("decode", {})}
+        records["sweep"].append(rec)
+        best = max(out.get("decode", {}).get("zoo plain", [0]))
+        print(f"  {json.dumps(env) if env else 'defaults':70s} step {out['step']} "
+              f"decode best {best:.1f} tok/s", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser()
+    p.add_argument("what", choices=("kernel", "decode", "sweep"))
+    p.add_argument("--shape", default="qwen2-0.5b")
+    p.add_argument("--fmt", default="bf16", choices=("bf16", "4bit", "8bit"))
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--lite", action="store_true", help="plain step only (for the sweep)")
+    p.add_argument("--layers", type=int, help="fewer layers (a quick check)")
+    p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--json", help="write the figures here ('-': last line of stdout)")
+    args = p.parse_args()
+    records: dict = {"mlx": mx.__version__, "device": str(mx.default_device()),
+                     "cuda": cuda_qmv.on_cuda()}
+    if not args.json == "-":
+        print(json.dumps(records), flush=True)
+    if not cuda_qmv.on_cuda() and not os.environ.get("PROBE_HOST_CPU_CHECK"):
+        print("no CUDA default device: nothing to measure")
+        return
+    if args.what == "kernel":
+        kernel(records)
+    elif args.what == "decode":
+        decode(records, args.shape, args.fmt, args.rounds, args.tokens, args.lite, args.layers,
+               args.prompt_tokens)
+    else:
+        sweep(records, args.shape, args.fmt, args.tokens, args.layers)
+    if args.json == "-":
+        print(json.dumps(records))
+    elif args.json:
+        Path(args.json).write_text(json.dumps(records, indent=1))
+
+
+if __name__ == "__main__":
+    main()
