@@ -18,7 +18,11 @@ of ``ip:port`` per rank). That way every step has its own timeout and a hung ran
 with its peers. The 1-device baseline is one process (``CUDA_VISIBLE_DEVICES=0``).
 
 Steps, most important first (each in fresh processes, so each peak is its own; each with a
-timeout; a step is skipped when the remaining ``--budget`` is too small for it):
+timeout; a step is skipped when the remaining ``--budget`` is too small for it; if a
+multi-process step fails before its group forms, the later ones are skipped). Measured on 2x H200
+(2026-11-28): the whole run took 97 s (``bench/results/parallel_nccl_2xh200_2026-11-28.json``);
+only the first 8 files under ``--out`` may come back from a device run: ``bench_parallel.log``,
+``results.json`` and ``summary.md`` hold everything.
 
 1. ``7b-single``, ``7b-pipeline``, ``7b-tensor``: Qwen2-7B shape (hidden 3584, 28 layers, 28/4
    heads, intermediate 18944, vocab 152064, untied, bf16). Prefill tok/s (one forward pass of
@@ -649,10 +653,10 @@ class Driver:
         self.log(f"bench_parallel: out={self.out} backend={a.backend} dry_run={dry} "
                  f"budget={a.budget} s python={sys.executable}")
         sizes = {
-            "7b": dict(prompt=a.prompt, decode=a.decode, prefill_repeats=3, decode_repeats=2,
-                       forward_steps=32, comm_repeats=200),
-            "32b": dict(prompt=a.prompt, decode=a.decode // 2, prefill_repeats=2,
-                        decode_repeats=2, forward_steps=16, comm_repeats=100),
+            "7b": dict(prompt=a.prompt, decode=a.decode, prefill_repeats=3, decode_repeats=3,
+                       forward_steps=64, comm_repeats=200),
+            "32b": dict(prompt=a.prompt, decode=a.decode // 2, prefill_repeats=3,
+                        decode_repeats=3, forward_steps=32, comm_repeats=100),
             "big": dict(prompt=min(a.prompt, 512), decode=16, prefill_repeats=1,
                         decode_repeats=1, forward_steps=8, comm_repeats=0),
         }
@@ -681,8 +685,8 @@ class Driver:
                                                  mode="single", save=str(ckpt)),
                               1, *((120, 100) if not dry else (120, 1)))
             if saved:
-                small = dict(sizes["7b"], prompt=min(a.prompt, 512), decode=16,
-                             prefill_repeats=1, decode_repeats=1, forward_steps=8,
+                small = dict(sizes["7b"], prompt=min(a.prompt, 512), decode=32,
+                             prefill_repeats=2, decode_repeats=2, forward_steps=16,
                              shape=shapes["7b"], checkpoint=str(ckpt))
                 for mode in ("pipeline", "tensor", "single"):
                     ranks = 1 if mode == "single" else a.n
