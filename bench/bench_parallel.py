@@ -146,12 +146,13 @@ def build_random(shape: dict, mode: str, group, dtype: str = "bfloat16"):
     from mlx_zoo import registry
     from mlx_zoo.fusion import fuse_projections
     from mlx_zoo.loading import _evaluate_by_parts
-    from mlx_zoo.pipeline import check_parallel, pipeline, same_random_state
+    from mlx_zoo.pipeline import check_parallel, pipeline, same_random_state, share_host_cpus
 
     arch = registry.resolve(shape["model_type"])
     config = arch.config_class.from_dict(dict(shape), Path("<random>/config.json"))
     if mode != "single":
         check_parallel(mode, group.size(), config)
+        share_host_cpus(group)  # as load(parallel=...) does
     mx.random.seed(1234)  # same weights on every rank: the shards of one model
     model = arch.model_class(config)  # parameters are lazy random arrays: nothing computed yet
     model.set_dtype(getattr(mx, dtype))
@@ -265,9 +266,11 @@ def measure(w: Worker, model, config, group, spec: dict) -> None:
     rng = np.random.default_rng(0)
     prompt = mx.array(rng.integers(0, vocab, (spec["prompt"],)), dtype=mx.uint32)
 
-    # prefill: the whole prompt in one forward pass into fresh caches, then the greedy next
-    # token (the pipeline: drawn on the last rank and broadcast, as `generate --parallel` does,
-    # so every rank's clock stops when the whole pipeline is done)
+    # prefill as `generate` runs it (what a user waits for before the first token): the prompt
+    # in `generate_step`'s chunks into fresh caches, evaluating the caches only (no output head
+    # over the prompt's positions), then the last token's logits and the greedy first token (the
+    # pipeline: drawn on the last rank and broadcast, as `generate --parallel` does, so every
+    # rank's clock stops when the whole pipeline is done)
     greedy = mlx_zoo.make_sampler(0.0)
     if mode == "pipeline":
         model.broadcast = "token"
@@ -275,13 +278,12 @@ def measure(w: Worker, model, config, group, spec: dict) -> None:
     mx.reset_peak_memory()
     times = []
     for i in range(spec["prefill_repeats"]):
-        cache = mlx_zoo.make_prompt_cache(model)
         start = time.perf_counter()
-        logits = model(prompt[None], cache=cache)[:, -1, :]
-        mx.eval(greedy(logits), [c.state for c in cache])
+        steps = generate_step(prompt, model, max_tokens=1, sampler=greedy)
+        next(steps)
         times.append(round(time.perf_counter() - start, 4))
+        steps.close()
         w.log(f"prefill {spec['prompt']} tokens #{i}: {times[-1]:.3f} s")
-        del cache, logits
     if mode == "pipeline":
         model.broadcast = "logits"
     w.record(prefill_tokens=spec["prompt"], prefill_s=times,

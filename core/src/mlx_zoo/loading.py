@@ -391,10 +391,11 @@ def load_distributed(path_or_repo: str | Path, parallel: str, group: Any = None,
     combinations raise :class:`~mlx_zoo.ShardingError` before any weight is read."""
     from .errors import ShardingError
     from .hookspecs import Shards
-    from .pipeline import check_parallel, pipeline, same_random_state
+    from .pipeline import check_parallel, pipeline, same_random_state, share_host_cpus
 
     group = group or mx.distributed.init()
     check_parallel(parallel, group.size())
+    share_host_cpus(group)  # ranks on one CPU host split its cores (no-op on GPUs)
     model_dir = resolve_model_dir(path_or_repo, load_options.get("revision"))
     raw = read_config(model_dir)
     arch = registry.resolve(raw["model_type"], plugin=load_options.get("plugin"),

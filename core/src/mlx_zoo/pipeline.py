@@ -273,9 +273,7 @@ def share_host_cpus(group: mx.distributed.Group) -> dict | None:
 
 def same_random_state(group: mx.distributed.Group) -> None:
     """Seed MLX's random state on every rank with rank 0's draw: ranks that sample from the
-    same logits then draw the same token. Every parallel load runs it once per rank, so it
-    also shares the host's CPUs between local ranks (:func:`share_host_cpus`)."""
-    share_host_cpus(group)
+    same logits then draw the same token."""
     mine = mx.random.randint(0, 2**31 - 1, (1,), dtype=mx.int32)
     seed = mx.distributed.all_sum(mine if group.rank() == 0 else mx.zeros_like(mine), group=group)
     mx.random.seed(int(seed.item()))
