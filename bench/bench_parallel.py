@@ -157,11 +157,12 @@ def build_random(shape: dict, mode: str, group, dtype: str = "bfloat16"):
     model = arch.model_class(config)  # parameters are lazy random arrays: nothing computed yet
     model.set_dtype(getattr(mx, dtype))
     if mode != "tensor":
-        fuse_projections(model)  # load()'s default fuse=True (lazy)
+        fuse_projections(model)  # load()'s default fuse=True (lazy; tensor: after sharding)
     if mode == "pipeline":
         model = pipeline(model, group)
     elif mode == "tensor":
         model.shard(group)
+        fuse_projections(model)  # each rank's q/k/v and gate/up shards, as load() does
         same_random_state(group)
     _evaluate_by_parts(model)
     model.eval()

@@ -170,17 +170,24 @@ def compatible(layers: list[nn.Module]) -> bool:
 
 def _layer_like(template: nn.Module, arrays: dict[str, mx.array],
                 trainable: frozenset[str]) -> nn.Module:
-    """A layer of ``template``'s class and quantization settings holding ``arrays``, with the
-    arrays named in ``trainable`` trainable and the others frozen.
+    """A layer of ``template``'s class and quantization settings holding ``arrays`` (see
+    :func:`layer_of`)."""
+    return layer_of(type(template), arrays, trainable, _quantization(template))
+
+
+def layer_of(cls: type, arrays: dict[str, mx.array], trainable: frozenset[str],
+             quantization: tuple[Any, ...] | None = None) -> nn.Module:
+    """A ``cls`` layer (``nn.Linear`` or ``nn.QuantizedLinear``, whose ``quantization`` is
+    ``(group_size, bits, mode)``) holding ``arrays``, with the arrays named in ``trainable``
+    trainable and the others frozen.
 
     Built without the class's constructor, which would draw random initial weights: that would
     advance MLX's global random state, so fusing a model would change what a seeded program
     samples afterwards."""
-    cls = type(template)
     layer = cls.__new__(cls)
     nn.Module.__init__(layer)
-    if isinstance(template, nn.QuantizedLinear):
-        layer.group_size, layer.bits, layer.mode = _quantization(template)
+    if quantization is not None:
+        layer.group_size, layer.bits, layer.mode = quantization
         layer.biases = None  # modes without biases (mxfp4, ...) keep None, as the class does
     for key, value in arrays.items():
         setattr(layer, key, value)

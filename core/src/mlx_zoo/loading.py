@@ -403,8 +403,9 @@ def load_distributed(path_or_repo: str | Path, parallel: str, group: Any = None,
     config = arch.config_class.from_dict(raw, model_dir / CONFIG_FILE)
     check_parallel(parallel, group.size(), config, model_dir)
     load_options.pop("lazy", None)
+    fuse = load_options.get("fuse", True)
     if parallel == "tensor":
-        load_options["fuse"] = False  # shard splits q/k/v and gate/up by heads: no fusing first
+        load_options["fuse"] = False  # shard splits q/k/v and gate/up by heads: fused after
     model, config = load(model_dir, lazy=True, **load_options)
     if parallel == "pipeline":
         model = pipeline(model, group, broadcast=broadcast)
@@ -413,6 +414,8 @@ def load_distributed(path_or_repo: str | Path, parallel: str, group: Any = None,
             raise ShardingError(f"{model_dir}: {type(model).__name__} has no shard method "
                                 "(tensor parallelism); try parallel='pipeline'")
         model.shard(group)
+        if fuse:  # each rank's q/k/v and gate/up shards (lazily: nothing is read yet)
+            fuse_projections(model)
         same_random_state(group)
     _evaluate_by_parts(model)
     model.eval()

@@ -9,6 +9,13 @@ input), and the projection that writes the block's output (o_proj; down_proj) by
 and each rank holds 1/N of the block's weights. MLX's ``mlx.nn.layers.distributed`` does the
 splitting; this module decides which layer gets which split, and checks the head counts.
 
+The all-to-sharded layers MLX's ``shard_linear`` makes wrap their input in an identity whose only
+role is to all-reduce gradients in the backward pass: an extra op per projection per token at
+inference, and a class :func:`mlx_zoo.fuse_projections` does not fuse. They are replaced by the
+plain ``nn.Linear`` / ``nn.QuantizedLinear`` holding the same shard (:func:`inference_layer`), so
+a sharded model runs as few ops per layer as an unsharded one and its q/k/v and gate/up shards
+fuse.
+
 Mixture-of-experts layers split every expert's hidden units the same way but in place
 (:func:`shard_experts`): the layer sums its routed and shared outputs first and all-reduces once
 (the layer's own ``__call__`` does the ``mx.distributed.all_sum``).
@@ -20,13 +27,38 @@ from collections.abc import Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from .errors import ShardingError
+from .fusion import layer_of
 
 ATTENTION_INPUTS = ("q_proj", "k_proj", "v_proj")
 HEAD_COUNTS = ("n_heads", "n_kv_heads")
 """Attributes of an attention module holding its query and key/value head counts."""
 MLP_INPUTS = ("gate_proj", "up_proj")
+
+
+def inference_layer(layer: nn.Module) -> nn.Module:
+    """``layer`` (an all-to-sharded layer of MLX's ``shard_linear``) as the plain layer its
+    forward pass computes: ``nn.Linear`` / ``nn.QuantizedLinear`` holding the same arrays (none
+    copied), the same ones frozen. Other layers are returned as they are."""
+    from mlx.nn.layers.distributed import AllToShardedLinear, QuantizedAllToShardedLinear
+
+    if type(layer) is AllToShardedLinear:
+        cls, quantization = nn.Linear, None
+    elif type(layer) is QuantizedAllToShardedLinear:
+        cls, quantization = nn.QuantizedLinear, (layer.group_size, layer.bits, layer.mode)
+    else:
+        return layer
+    arrays = {key: value for key, value in layer.items() if isinstance(value, mx.array)}
+    trainable = frozenset(name for name, _ in tree_flatten(layer.trainable_parameters()))
+    return layer_of(cls, arrays, trainable, quantization)
+
+
+def _all_to_sharded(layer: nn.Module, group: mx.distributed.Group) -> nn.Module:
+    from mlx.nn.layers.distributed import shard_linear
+
+    return inference_layer(shard_linear(layer, "all-to-sharded", group=group))
 
 
 def shard_attention(attn: nn.Module, group: mx.distributed.Group, *,
@@ -45,7 +77,7 @@ def shard_attention(attn: nn.Module, group: mx.distributed.Group, *,
             raise ShardingError(f"{type(attn).__name__}.{name} = {heads} heads cannot be split "
                                 f"over {ranks} processes: expected a multiple of {ranks}")
     for name in inputs:
-        setattr(attn, name, shard_linear(getattr(attn, name), "all-to-sharded", group=group))
+        setattr(attn, name, _all_to_sharded(getattr(attn, name), group))
     setattr(attn, output, shard_linear(getattr(attn, output), "sharded-to-all", group=group))
     for name in head_counts:
         setattr(attn, name, getattr(attn, name) // ranks)
@@ -57,7 +89,7 @@ def shard_mlp(mlp: nn.Module, group: mx.distributed.Group) -> None:
     from mlx.nn.layers.distributed import shard_linear
 
     for name in MLP_INPUTS:
-        setattr(mlp, name, shard_linear(getattr(mlp, name), "all-to-sharded", group=group))
+        setattr(mlp, name, _all_to_sharded(getattr(mlp, name), group))
     mlp.down_proj = shard_linear(mlp.down_proj, "sharded-to-all", group=group)
 
 
