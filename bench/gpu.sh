@@ -6,6 +6,8 @@
 #   bash bench/gpu.sh rest    # the HunYuan and Llama-4 rows
 #   bash bench/gpu.sh host    # bench/probe_host.py: host cost per op and per decode step (issue 17)
 #   bash bench/gpu.sh serve   # bench/bench_serve.py on a random Qwen2-0.5B checkpoint (issue 14)
+#   bash bench/gpu.sh parallel  # bench/bench_parallel.py on two GPUs (issue 16)
+#   bash bench/gpu.sh host7b  # the 7B 4-bit decode probe (pipelined-loop split) + kernel tests
 # Everything is written under $OUT (the device tool brings it back).
 set -o pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -36,6 +38,16 @@ case "$1" in
       --json "$OUT/host-05b-bf16.json" 2>&1 | tee "$OUT/host-05b-bf16.log"
     timeout 100 python3 bench/probe_host.py sweep --shape qwen2-0.5b --fmt bf16 \
       --json "$OUT/host-sweep-05b.json" 2>&1 | tee "$OUT/host-sweep-05b.log"
+    ;;
+  parallel)
+    timeout 420 python3 bench/bench_parallel.py --out "$OUT/parallel" --backend nccl --budget 330 \
+      2>&1 | tail -80
+    ;;
+  host7b)
+    timeout 200 python3 bench/probe_host.py decode --shape qwen2-7b --fmt 4bit --rounds 2 \
+      --json "$OUT/host-7b-4bit.json" 2>&1 | tee "$OUT/host-7b-4bit.log"
+    MLX_ENABLE_TF32=0 timeout 200 python3 -m pytest tests/integration/test_kernels.py -q -x \
+      -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/kernel-tests.log"
     ;;
   serve)
     python3 - <<'PY'
