@@ -44,7 +44,7 @@ case "$1" in
       2>&1 | tail -80
     ;;
   host7b)
-    timeout 200 python3 bench/probe_host.py decode --shape qwen2-7b --fmt 4bit --rounds 2 \
+    timeout 260 python3 bench/probe_host.py decode --shape qwen2-7b --fmt 4bit --rounds 2 \
       --json "$OUT/host-7b-4bit.json" 2>&1 | tee "$OUT/host-7b-4bit.log"
     MLX_ENABLE_TF32=0 timeout 200 python3 -m pytest tests/integration/test_kernels.py -q -x \
       -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/kernel-tests.log"
