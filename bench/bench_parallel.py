@@ -194,6 +194,24 @@ def timed_forward_steps(model, steps: int, prompt) -> float:
     return (time.perf_counter() - start) / steps
 
 
+def timed_prefill(model, prompt, repeats: int = 2) -> float:
+    """Seconds for the prompt into fresh caches, caches evaluated (no output head), best of
+    ``repeats`` after one warm-up."""
+    import mlx.core as mx
+
+    from mlx_zoo import make_prompt_cache
+
+    best = float("inf")
+    for i in range(repeats + 1):
+        cache = make_prompt_cache(model)
+        start = time.perf_counter()
+        model(prompt[None], cache=cache)
+        mx.eval([c.state for c in cache])
+        if i:
+            best = min(best, time.perf_counter() - start)
+    return best
+
+
 def compute_only(model, on: bool) -> int:
     """Swap every ``ShardedToAllLinear`` of ``model`` to (``on``) / back from a subclass whose
     forward skips the all_sum; returns how many there are (the all_sums per forward pass)."""
@@ -213,13 +231,13 @@ def compute_only(model, on: bool) -> int:
     return count
 
 
-def allsum_latency(group, hidden: int, dtype, repeats: int) -> dict:
-    """Microseconds per all_sum of a (1, 1, hidden) activation: a chain of ``repeats``
-    dependent all_sums evaluated once (what a decode step's graph looks like), and one
+def allsum_latency(group, hidden: int, dtype, repeats: int, tokens: int = 1) -> dict:
+    """Microseconds per all_sum of a (1, tokens, hidden) activation: a chain of ``repeats``
+    dependent all_sums evaluated once (what a forward pass's graph looks like), and one
     all_sum evaluated per call (adds the eval round trip)."""
     import mlx.core as mx
 
-    x = mx.ones((1, 1, hidden), dtype=dtype)
+    x = mx.ones((1, tokens, hidden), dtype=dtype)
     mx.eval(mx.distributed.all_sum(x, group=group))
     out = {}
     for _ in range(2):  # second pass measured
@@ -340,6 +358,25 @@ def measure(w: Worker, model, config, group, spec: dict) -> None:
         w.log(f"TP profile: compute-only {compute * 1e3:.2f} ms + {n} x "
               f"{lat['allsum_chained_us']} us all_sum = bound {bound_ms:.2f} ms; measured "
               f"step {step * 1e3:.2f} ms, decode {1e3 / w.result['decode_tps']:.2f} ms/token")
+        # the same for prefill: the prompt's forward pass (caches evaluated, no head) with and
+        # without the all_sums, and one all_sum of the prompt's (1, tokens, hidden) activation
+        with_sums = timed_prefill(model, prompt)
+        compute_only(model, True)
+        try:
+            alone = timed_prefill(model, prompt)
+        finally:
+            compute_only(model, False)
+        plat = allsum_latency(group, hidden, mx.bfloat16, 8, tokens=prompt.size)
+        pbound = alone * 1e3 + n * plat["allsum_chained_us"] / 1e3
+        w.record(tp_prefill_ms=round(with_sums * 1e3, 2),
+                 tp_prefill_compute_only_ms=round(alone * 1e3, 2),
+                 tp_prefill_allsum_chained_us=plat["allsum_chained_us"],
+                 tp_prefill_bound_ms=round(pbound, 2))
+        w.log(f"TP prefill profile ({prompt.size} tokens): compute-only {alone * 1e3:.2f} ms + "
+              f"{n} x {plat['allsum_chained_us']} us all_sum = bound {pbound:.2f} ms; measured "
+              f"{with_sums * 1e3:.2f} ms")
+    if mode == "single" and spec.get("tp_profile"):
+        w.record(single_prefill_ms=round(timed_prefill(model, prompt) * 1e3, 2))
 
 
 def device_memory_bytes() -> int | None:
@@ -530,6 +567,8 @@ class Driver:
         (self.out / "results.json").write_text(json.dumps(self.results, indent=1))
 
     def step(self, name: str, spec: dict, ranks: int, timeout: float, minimum: float) -> list:
+        if self.args.only and name not in self.args.only.split(","):
+            return []
         left = self.remaining()
         if ranks > 1 and self.group_broken:
             self.log(f"SKIP {name}: an earlier {ranks}-process step never formed its group")
@@ -774,6 +813,7 @@ def main() -> None:
     parser.add_argument("--ckpt-dir", type=Path, default=Path("/tmp/bench_parallel_ckpt"),
                         help="where the checkpoint step writes the 7B checkpoint (last step)")
     parser.add_argument("--no-ckpt", action="store_true", help="skip the checkpoint steps")
+    parser.add_argument("--only", help="comma-separated step names to run (default: all)")
     parser.add_argument("--cpu-probe", action="store_true",
                         help="instead: why decode under the ring backend on one CPU host is slow "
                              "(busy-polling, BLAS threads; run with --backend ring)")
