@@ -410,8 +410,20 @@ class Engine:
 
     def _prefill(self) -> None:
         """Prefill newcomers for up to ``prefill_step_size`` prompt tokens in all: a chunk of a
-        long prompt, or several short prompts, which then join the batch together."""
+        long prompt, or several short prompts -- in one batched forward pass when the model
+        batches -- which then join the batch together."""
         budget = self.prefill_step_size
+        if self._prefilling is None and self._groupable():
+            group = self._take_group(budget)
+            try:
+                if len(group) > 1:
+                    budget -= self._prefill_group(group)
+                elif group:  # alone: chunked; one that did not fit beside it waits
+                    if self._prefilling is not None:
+                        self._waiting.appendleft(self._prefilling)
+                    self._prefilling = group[0]
+            except Exception as e:
+                self._fail(group, e)
         while budget > 0:
             try:
                 if self._prefilling is None:
@@ -427,14 +439,84 @@ class Engine:
     def _start_prefill(self) -> None:
         if not self._waiting or len(self._batch) >= self.max_concurrency:
             return
-        seq = self._waiting.popleft()
+        self._prefilling = self._begin(self._waiting.popleft())
+
+    def _begin(self, seq: Seq) -> Seq:
+        """A sequence's detokenizer and caches (from the longest cached prefix)."""
         seq.detokenizer = self.tokenizer.detokenizer()
         cache, start = (None, 0)
         if not seq.params.prompt_logprobs:  # scoring needs the logits of every prompt token
             cache, start = self.prefix_cache.lookup(seq.prompt)
         seq.caches = cache if cache is not None else make_prompt_cache(self.model)
         seq.prefilled = seq.cached_tokens = start
-        self._prefilling = seq
+        return seq
+
+    def _groupable(self) -> bool:
+        """Whether waiting prompts can be prefilled together (batched model, plain caches)."""
+        return (self.batching and self.kv_bits is None and len(self._waiting) > 1
+                and len(self._batch) + 1 < self.max_concurrency)
+
+    def _take_group(self, budget: int) -> list[Seq]:
+        """Waiting sequences (from the front) whose prompts fit ``budget`` tokens together; a
+        first one that does not fit alone comes back alone (chunked prefill)."""
+        group: list[Seq] = []
+        total = 0
+        while (self._waiting and len(self._batch) + len(group) < self.max_concurrency
+               and not self._waiting[0].params.prompt_logprobs):
+            seq = self._begin(self._waiting.popleft())
+            rest = len(seq.prompt) - 1 - seq.prefilled
+            if group and total + rest > budget:
+                self._prefilling = seq  # next: on its own
+                break
+            group.append(seq)
+            total += rest
+            if total > budget:
+                break
+        if not group and self._waiting and self._prefilling is None:
+            group.append(self._begin(self._waiting.popleft()))  # a scoring request
+        return group
+
+    def _prefill_group(self, group: list[Seq]) -> int:
+        """Prefill several prompts in one forward pass (right-padded to the longest, the padding
+        rolled to the front after: :meth:`BatchCache.finalize`) and add them to the batch."""
+        lengths = [len(s.prompt) - 1 - s.prefilled for s in group]
+        caches = [BatchCache.merge(list(layer))
+                  for layer in zip(*(s.caches for s in group), strict=True)]
+        width = max(lengths)
+        if width > 0:
+            ids = [s.prompt[s.prefilled:s.prefilled + n] + [0] * (width - n)
+                   for s, n in zip(group, lengths, strict=True)]
+            for c in caches:
+                c.prepare(right_padding=[width - n for n in lengths])
+            with checked_token_ids():
+                self.model(mx.array(ids, dtype=mx.uint32), cache=caches)
+            for c in caches:
+                c.finalize()
+            mx.eval([c.state for c in caches])
+        for row, (s, n) in enumerate(zip(group, lengths, strict=True)):
+            s.prefilled += n
+            s.caches = None
+            if s.prefilled > s.cached_tokens and self.prefix_cache.max_bytes > 0:
+                self.prefix_cache.insert(s.prompt[:s.prefilled],
+                                         [c.extract(row) for c in caches])
+        joining = [s for s in group if s.params.max_tokens > 0]
+        for s in group:
+            if s.params.max_tokens == 0:
+                self._finish(s, "length")
+        keep = [row for row, s in enumerate(group) if s.params.max_tokens > 0]
+        if joining:
+            if len(keep) < len(group):
+                for c in caches:
+                    c.filter(keep)
+            if self._caches is None:
+                self._caches = caches
+            else:
+                for mine, theirs in zip(self._caches, caches, strict=True):
+                    mine.extend(theirs)
+            for s in joining:
+                s.next_input = s.prompt[-1]
+            self._batch += joining
+        return sum(lengths)
 
     def _prefill_chunk(self, budget: int) -> int:
         """Up to ``budget`` more prompt tokens of the sequence being prefilled; the tokens run."""
@@ -496,9 +578,10 @@ class Engine:
 
     def _decode_step(self) -> None:
         """Queue the next step of the batch and hand out the previous one (pipelined), or -- when
-        a row's next logits need the host to see this step's tokens first -- run one step and
-        hand it out."""
-        if self._batch and not any(s.host_state for s in self._batch):
+        a row's next logits need the host to see this step's tokens first, or a row is new (its
+        first token goes out at once) -- run one step and hand it out."""
+        if self._batch and not any(s.host_state or s.first_token_at is None
+                                   for s in self._batch):
             step = self._launch()
             if self._pending is not None:
                 self._collect(self._pending, latest=False)
