@@ -464,7 +464,7 @@ class Engine:
         while (self._waiting and len(self._batch) + len(group) < self.max_concurrency
                and not self._waiting[0].params.prompt_logprobs):
             seq = self._begin(self._waiting.popleft())
-            rest = len(seq.prompt) - 1 - seq.prefilled
+            rest = len(seq.prompt) - seq.prefilled
             if group and total + rest > budget:
                 self._prefilling = seq  # next: on its own
                 break
@@ -479,20 +479,20 @@ class Engine:
     def _prefill_group(self, group: list[Seq]) -> int:
         """Prefill several prompts in one forward pass (right-padded to the longest, the padding
         rolled to the front after: :meth:`BatchCache.finalize`) and add them to the batch."""
-        lengths = [len(s.prompt) - 1 - s.prefilled for s in group]
+        lengths = [len(s.prompt) - s.prefilled for s in group]
         caches = [BatchCache.merge(list(layer))
                   for layer in zip(*(s.caches for s in group), strict=True)]
-        width = max(lengths)
-        if width > 0:
-            ids = [s.prompt[s.prefilled:s.prefilled + n] + [0] * (width - n)
-                   for s, n in zip(group, lengths, strict=True)]
-            for c in caches:
-                c.prepare(right_padding=[width - n for n in lengths])
-            with checked_token_ids():
-                self.model(mx.array(ids, dtype=mx.uint32), cache=caches)
-            for c in caches:
-                c.finalize()
-            mx.eval([c.state for c in caches])
+        width = max(lengths)  # every row has >= 1 token (a prefix-cache hit leaves one)
+        ids = [s.prompt[s.prefilled:s.prefilled + n] + [0] * (width - n)
+               for s, n in zip(group, lengths, strict=True)]
+        for c in caches:
+            c.prepare(right_padding=[width - n for n in lengths])
+        with checked_token_ids():
+            logits = self.model(mx.array(ids, dtype=mx.uint32), cache=caches)
+        for c in caches:
+            c.finalize()
+        last = logits[mx.arange(len(group)), mx.array(lengths) - 1]  # each row's last token
+        mx.eval(last, [c.state for c in caches])
         for row, (s, n) in enumerate(zip(group, lengths, strict=True)):
             s.prefilled += n
             s.caches = None
@@ -513,15 +513,20 @@ class Engine:
             else:
                 for mine, theirs in zip(self._caches, caches, strict=True):
                     mine.extend(theirs)
-            for s in joining:
-                s.next_input = s.prompt[-1]
             self._batch += joining
+            self._first_tokens(joining, last[mx.array(keep)] if len(keep) < len(group) else last)
         return sum(lengths)
+
+    def _first_tokens(self, seqs: list[Seq], logits: mx.array) -> None:
+        """Sample and hand out the first token of sequences just prefilled (in the batch now)
+        from their prompts' last logits ``(len(seqs), vocab)``: no wait for a decode step."""
+        tokens, extra = self._sample(seqs, logits.astype(mx.float32))
+        self._collect(_Step(seqs, tokens, extra), latest=True)
 
     def _prefill_chunk(self, budget: int) -> int:
         """Up to ``budget`` more prompt tokens of the sequence being prefilled; the tokens run."""
         seq = self._prefilling
-        last = len(seq.prompt) - 1  # the last prompt token is fed by the first decode step
+        last = len(seq.prompt)  # all of it: the last token's logits give the first new token
         end = min(seq.prefilled + budget, last)
         ran = max(end - seq.prefilled, 0)
         if end > seq.prefilled:
@@ -544,7 +549,6 @@ class Engine:
         if seq.params.max_tokens == 0:
             self._finish(seq, "length")
             return ran
-        seq.next_input = seq.prompt[-1]
         if self.batching:
             if self._caches is None:
                 self._caches = [BatchCache.like(c, self.kv_bits, self.kv_group_size or 64)
@@ -553,13 +557,16 @@ class Engine:
                 b.add_row(c)
             seq.caches = None
         self._batch.append(seq)
+        self._first_tokens([seq], logits[:, -1, :])
         return ran
 
     def _score_prompt(self, seq: Seq, logits: mx.array, start: int, end: int) -> None:
         """Log-probabilities of prompt tokens ``start + 1 .. end`` given those before them."""
-        logprobs = logits.astype(mx.float32)
-        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
+        if end - start < 2 and end >= len(seq.prompt):
+            return  # only the last prompt token: it predicts no prompt token
         targets = mx.array(seq.prompt[start + 1:end + 1], dtype=mx.uint32)
+        logprobs = logits[:targets.size].astype(mx.float32)  # the last token predicts no prompt
+        logprobs = logprobs - mx.logsumexp(logprobs, axis=-1, keepdims=True)
         chosen = mx.take_along_axis(logprobs, targets[:, None], axis=-1)[:, 0]
         k = seq.params.top_logprobs
         top_ids = top_vals = None
