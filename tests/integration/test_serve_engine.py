@@ -174,6 +174,25 @@ def test_batched_greedy_equals_alone_qwen2(qwen2_engine):
     assert qwen2_engine.stats()["running"] == 0
 
 
+def test_short_prompts_prefilled_together():
+    """Prompts waiting together are prefilled in one batched forward pass (right-padded), their
+    first tokens sampled from its last logits; each text equals the one it gets alone."""
+    engine = started("demo:qwen2")
+    sizes = []
+    prefill_group = engine._prefill_group
+
+    def counting(group):
+        sizes.append(len(group))
+        return prefill_group(group)
+
+    engine._prefill_group = counting
+    try:
+        assert_same_as_alone(engine, count=8)
+        assert sizes and max(sizes) > 1, sizes
+    finally:
+        engine.stop()
+
+
 def test_batched_greedy_equals_alone_hunyuan():
     engine = started("demo:hunyuan", prefill_step_size=16)
     try:
