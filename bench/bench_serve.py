@@ -119,6 +119,20 @@ def one_request(url: str, model: str, prompt: str, max_tokens: int) -> tuple[flo
     return first or 0.0, tokens, time.perf_counter() - start
 
 
+def engine_ttft(url: str, requests: int) -> tuple[float, float] | None:
+    """p50 and p95 of the server's own time to first token (submission to the engine -> first
+    token handed out) over the last ``requests`` requests: ``/health``'s ``recent_ttft_ms``."""
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=5) as response:
+            recent = json.loads(response.read()).get("recent_ttft_ms") or []
+    except OSError:
+        return None
+    values = sorted(v / 1000 for v in recent[-requests:])
+    if not values:
+        return None
+    return statistics.median(values), values[min(len(values) - 1, int(0.95 * len(values)))]
+
+
 def bench_round(url: str, model: str, concurrency: int, per_client: int,
                 max_tokens: int) -> dict:
     jobs = [PROMPTS[i % len(PROMPTS)] for i in range(concurrency * per_client)]
@@ -145,10 +159,15 @@ def sweep(kind: str, name: str, levels: list[int], args: argparse.Namespace) -> 
         for c in levels:
             row = {"server": kind, **bench_round(url, name, c, args.requests_per_client,
                                                  args.max_tokens)}
+            engine = engine_ttft(url, row["requests"]) if kind == "mlx-zoo" else None
+            if engine:
+                row["engine_ttft_p50"], row["engine_ttft_p95"] = engine
             rows.append(row)
             print(f"{kind:8} C={c:<3} {row['tok_per_s']:8.1f} tok/s  TTFT p50 "
                   f"{row['ttft_p50'] * 1000:7.1f} ms  p95 {row['ttft_p95'] * 1000:7.1f} ms  "
-                  f"({row['requests']} requests, {row['tokens']} tokens)", flush=True)
+                  f"({row['requests']} requests, {row['tokens']} tokens)"
+                  + (f"  engine TTFT p50 {engine[0] * 1000:.1f} / p95 {engine[1] * 1000:.1f} ms"
+                     if engine else ""), flush=True)
     finally:
         process.terminate()
         try:
@@ -164,11 +183,16 @@ def median_table(rows: list[dict], kinds: list[str], levels: list[int]) -> str:
         return statistics.median(r[key] for r in rows
                                  if r["server"] == kind and r["concurrency"] == c)
 
+    engine = any("engine_ttft_p95" in r for r in rows)
     head = "| C |" + "".join(f" {k} tok/s | {k} TTFT p50 / p95 ms |" for k in kinds)
-    lines = [head, "|---|" + "---|---|" * len(kinds)]
+    head += " mlx-zoo engine TTFT p50 / p95 ms |" if engine else ""
+    lines = [head, "|---|" + "---|---|" * len(kinds) + ("---|" if engine else "")]
     for c in levels:
         cells = "".join(f" {med(k, c, 'tok_per_s'):.0f} | {med(k, c, 'ttft_p50') * 1000:.0f} / "
                         f"{med(k, c, 'ttft_p95') * 1000:.0f} |" for k in kinds)
+        if engine:
+            cells += (f" {med('mlx-zoo', c, 'engine_ttft_p50') * 1000:.0f} / "
+                      f"{med('mlx-zoo', c, 'engine_ttft_p95') * 1000:.0f} |")
         lines.append(f"| {c} |{cells}")
     return "\n".join(lines)
 

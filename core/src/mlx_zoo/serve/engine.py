@@ -250,6 +250,7 @@ class Engine:
         self._token_text: dict[int, str] = {}
         self.steps = 0
         self.generated_tokens = 0
+        self.recent_ttft: deque[float] = deque(maxlen=256)  # submit -> first token, seconds
 
     # -- public, any thread --------------------------------------------------------------------
 
@@ -280,7 +281,8 @@ class Engine:
                                  "bytes": self.prefix_cache.nbytes,
                                  "hits": self.prefix_cache.hits,
                                  "misses": self.prefix_cache.misses},
-                "steps": self.steps, "generated_tokens": self.generated_tokens}
+                "steps": self.steps, "generated_tokens": self.generated_tokens,
+                "recent_ttft_ms": [round(t * 1000, 2) for t in list(self.recent_ttft)]}
 
     def token_text(self, token: int) -> str:
         text = self._token_text.get(token)
@@ -371,7 +373,7 @@ class Engine:
                     failed, self._batch, self._caches = self._batch, [], None
                     self._pending = None
                     self._fail(failed, e)
-            self._prefill()
+            self._prefill()  # after the step is queued: newcomers arriving meanwhile join it
             self._flush()
         for seq in [*self._batch, *self._waiting] + ([self._prefilling] if self._prefilling
                                                      else []):
@@ -706,6 +708,7 @@ class Engine:
                 continue
             if s.first_token_at is None:
                 s.first_token_at = now
+                self.recent_ttft.append(now - s.submitted)
             info = None
             if s.params.logprobs and chosen_list is not None:
                 top = []
