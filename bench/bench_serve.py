@@ -157,8 +157,12 @@ def sweep(kind: str, name: str, levels: list[int], args: argparse.Namespace) -> 
         wait_up(url, process)
         one_request(url, name, "warm up", 8)
         for c in levels:
-            row = {"server": kind, **bench_round(url, name, c, args.requests_per_client,
-                                                 args.max_tokens)}
+            try:
+                row = {"server": kind, **bench_round(url, name, c, args.requests_per_client,
+                                                     args.max_tokens)}
+            except OSError as e:  # a server that dropped a connection: the round is left out
+                print(f"{kind:8} C={c:<3} failed: {type(e).__name__}: {e}", flush=True)
+                continue
             engine = engine_ttft(url, row["requests"]) if kind == "mlx-zoo" else None
             if engine:
                 row["engine_ttft_p50"], row["engine_ttft_p95"] = engine
