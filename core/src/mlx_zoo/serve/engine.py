@@ -3,16 +3,19 @@
 One thread owns the model and every MLX call. Each turn of its loop
 
 1. takes newly submitted sequences and drops cancelled ones (a client that went away),
-2. runs **one chunk** of the prompt of the sequence being prefilled (``prefill_step_size``
-   tokens, into its own single-sequence caches, starting from the longest cached prefix found in
-   the :class:`~mlx_zoo.serve.prefix_cache.PrefixCache`), so a long prompt delays the running
-   batch by one chunk at a time, never by the whole prompt,
-3. when that prompt is in (all of it but its last token), merges the sequence's caches into the
-   batch (:meth:`BatchCache.add_row <mlx_zoo.batch_cache.BatchCache.add_row>`),
-4. runs **one decode step** for every sequence of the batch at once: each feeds one token (a new
-   sequence its last prompt token), the model runs on ``(B, 1)`` ids over the batched caches
-   (per-row RoPE offsets and masks), each row's logits go through that request's own logits
-   processors and sampler, and finished rows leave the batch.
+2. runs **one decode step** for every sequence of the batch at once: each feeds its last token,
+   the model runs on ``(B, 1)`` ids over the batched caches (per-row RoPE offsets and masks),
+   each row's logits go through that request's own logits processors and sampler, and finished
+   rows leave the batch,
+3. prefills newcomers for up to ``prefill_step_size`` prompt tokens in all (starting from the
+   longest cached prefix found in the :class:`~mlx_zoo.serve.prefix_cache.PrefixCache`): **one
+   chunk** of a long prompt, into its own single-sequence caches -- so a long prompt delays the
+   running batch by one chunk at a time, never by the whole prompt -- or **several short prompts
+   in one batched forward pass** (right-padded),
+4. when a prompt is in, samples its **first token from the prefill's last logits**, hands it out
+   at once and merges the sequence's caches into the batch
+   (:meth:`BatchCache.add_row <mlx_zoo.batch_cache.BatchCache.add_row>` /
+   :meth:`~mlx_zoo.batch_cache.BatchCache.extend`).
 
 Steps are **pipelined** when no row needs host-side state to build its next logits (penalties,
 structured output): step ``t + 1`` is queued (``mx.async_eval``, its input the lazy tokens of
