@@ -47,6 +47,7 @@ plain one. Window and chunk rows keep every position until :meth:`BatchCache.dro
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 import mlx.core as mx
@@ -77,17 +78,27 @@ def _capacity(columns: int, step: int) -> int:
     return max(1, (columns + step - 1) // step) * step
 
 
-_MASKS: dict[tuple, Any] = {}
-"""Recent masks and offsets by everything they depend on: the layers of one model step share one
-bookkeeping, so each is built once per step, not once per layer."""
+_LOCAL = threading.local()
+"""Per thread, recent masks and offsets by everything they depend on: the layers of one model
+step share one bookkeeping, so each is built once per step, not once per layer."""
+
+
+def forget_masks() -> None:
+    """Drop this thread's remembered masks and offsets. A thread that batched calls it before it
+    ends (the server's engine does): MLX arrays made on a thread that has ended and still held
+    when the interpreter exits abort the process."""
+    _LOCAL.memo = {}
 
 
 def _memo(key: tuple, build: Any) -> Any:
-    found = _MASKS.get(key)
+    memo = getattr(_LOCAL, "memo", None)
+    if memo is None:
+        memo = _LOCAL.memo = {}
+    found = memo.get(key)
     if found is None:
-        if len(_MASKS) >= 16:
-            _MASKS.clear()
-        found = _MASKS[key] = build()
+        if len(memo) >= 16:
+            memo.clear()
+        found = memo[key] = build()
     return found
 
 

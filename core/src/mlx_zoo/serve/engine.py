@@ -45,7 +45,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..batch_cache import BatchCache
+from ..batch_cache import BatchCache, forget_masks
 from ..cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 from ..generate import (
     _StopStrings,
@@ -381,6 +381,8 @@ class Engine:
         for seq in [*self._batch, *self._waiting] + ([self._prefilling] if self._prefilling
                                                      else []):
             seq.emit({"type": "error", "message": "the server is shutting down", "status": 503})
+        self._batch, self._caches, self._pending, self._bias = [], None, None, ((), None)
+        forget_masks()
 
     def _fail(self, sequences: list[Seq], error: Exception) -> None:
         from ..errors import MlxZooError
