@@ -237,6 +237,50 @@ def test_prefix_cache_reuse(qwen2_engine):
     assert text_of(first) == text_of(second)
 
 
+def test_prefix_cache_reuse_per_sequence():
+    """Without batching, decoding goes on writing to a sequence's caches after its prompt went
+    to the prefix cache: a request that extends that prompt, arriving while the first still
+    decodes, must find the prompt alone there (its own copy) and answer as it does alone."""
+    engine = started("demo:qwen2", batching=False, max_concurrency=4)
+    try:
+        assert not engine.batching
+        prompt = chat_prompts(engine.tokenizer, 3)[1]
+        longer = prompt + engine.tokenizer.encode(" and then some more words",
+                                                  add_special_tokens=False)
+        events = {0: [], 1: []}
+        done = {0: threading.Event(), 1: threading.Event()}
+
+        def sink(i):
+            def receive(event):
+                events[i].append(event)
+                if event["type"] == "token" and i == 0 and len(events[0]) == 4:
+                    # the first request is decoding now: the second arrives
+                    engine.submit([Seq(longer, SamplingParams(max_tokens=12), sink(1))])
+                if event["type"] in ("done", "error"):
+                    done[i].set()
+            return receive
+
+        found = []  # (positions the cache found holds, prompt tokens it stands for)
+        lookup = engine.prefix_cache.lookup
+
+        def recording_lookup(tokens):
+            cache, start = lookup(tokens)
+            if cache is not None:
+                found.append((cache[0].offset, start))
+            return cache, start
+
+        engine.prefix_cache.lookup = recording_lookup
+        engine.submit([Seq(prompt, SamplingParams(max_tokens=48), sink(0))])
+        assert done[0].wait(TIMEOUT_S) and done[1].wait(TIMEOUT_S), engine.stats()
+        assert events[1][-1]["cached_tokens"] == len(prompt)
+        assert found == [(len(prompt), len(prompt))]
+        for ids, got, n in ((prompt, events[0], 48), (longer, events[1], 12)):
+            alone = mlx_zoo.generate(engine.model, engine.tokenizer, ids, max_tokens=n)
+            assert text_of(got) == alone.text
+    finally:
+        engine.stop()
+
+
 def test_sampling_per_request_seeded(qwen2_engine):
     """Seeded sampling is reproducible whatever else runs in the batch; greedy rows next to
     sampled ones are unaffected."""

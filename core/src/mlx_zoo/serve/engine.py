@@ -57,13 +57,21 @@ from ..generate import (
 )
 from ..layers import checked_token_ids
 from ..sample import apply_min_p, apply_repetition_penalty, apply_top_k, apply_top_p
-from .prefix_cache import PrefixCache
+from .prefix_cache import PrefixCache, copy_cache
 
 log = logging.getLogger("mlx_zoo.serve")
 
 Event = dict[str, Any]
 
 BATCHABLE = (KVCache, QuantizedKVCache, RotatingKVCache, ChunkedKVCache)
+
+PROBE_TOLERANCE = {mx.float32: 1e-2, mx.bfloat16: 1e-1, mx.float16: 1e-1}
+"""How far (max |difference| / max |logit|) batched logits may be from single-sequence ones in
+:meth:`Engine._probe_batching`, by the logits' dtype. The probe catches forward passes that
+ignore per-row offsets or masks, which change logits by their own order of magnitude; it must
+not catch rounding: a batch of rows runs other matmul kernels, summing in another order, and in
+bfloat16 (8 significant bits) that moves a random Qwen2-0.5B's logits by ~0.05 of their scale on
+a CUDA GPU (measured on an H200, 2026-11-28), where float32 on the CPU stays under 1e-4."""
 """Single-sequence cache classes whose contents a :class:`~mlx_zoo.batch_cache.BatchCache` takes
 over (exact classes: a plugin's own cache class makes the server fall back to per-sequence
 decoding)."""
@@ -348,7 +356,7 @@ class Engine:
             log.warning("batched decoding unavailable (%s: %s): per-sequence decoding",
                         type(e).__name__, e)
             return False
-        if not error <= 1e-2 * scale:
+        if not error <= PROBE_TOLERANCE.get(expected.dtype, 1e-2) * scale:
             log.warning("batched logits differ from single-sequence ones (%.3g): per-sequence "
                         "decoding", error)
             return False
@@ -550,7 +558,12 @@ class Engine:
             return ran
         self._prefilling = None
         if seq.prefilled > seq.cached_tokens:
-            self.prefix_cache.insert(seq.prompt[:seq.prefilled], seq.caches)
+            # batched, the batch's cache copies seq.caches' rows below; per sequence, decoding
+            # goes on writing to seq.caches, so the prefix cache gets its own copy
+            remembered = seq.caches if self.batching else copy_cache(seq.caches)
+            if remembered is not seq.caches:
+                mx.eval([c.state for c in remembered])
+            self.prefix_cache.insert(seq.prompt[:seq.prefilled], remembered)
         if seq.params.prompt_logprobs:
             seq.emit({"type": "prompt_logprobs", "entries": seq.prompt_logprobs})
         if seq.params.max_tokens == 0:
