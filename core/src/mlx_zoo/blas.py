@@ -482,5 +482,28 @@ def blas_status() -> BlasStatus:
     return preload_fast_blas()
 
 
+def set_blas_threads(count: int) -> bool:
+    """Run the fast BLAS serving MLX (:func:`blas_status`) on ``count`` threads, through
+    OpenBLAS's ``openblas_set_num_threads`` (any of :data:`PREFIXES`, 32- or 64-bit integer
+    builds). False when no fast BLAS serves or it has no such function. OpenBLAS's idle
+    threads spin: where other threads or processes share the cores (a server's event loop and
+    clients, parallel ranks on one host) fewer BLAS threads run faster (docs/benchmarks.md,
+    "Serving" and "Parallel"). Callers leave a user's ``OPENBLAS_NUM_THREADS`` alone."""
+    library = blas_status().library
+    if not library or count < 1:
+        return False
+    try:
+        lib = ctypes.CDLL(library)
+    except OSError:
+        return False
+    for prefix in PREFIXES:
+        for name in (f"{prefix}openblas_set_num_threads", f"{prefix}openblas_set_num_threads64_"):
+            setter = getattr(lib, name, None)
+            if setter is not None:
+                setter(ctypes.c_int(count))
+                return True
+    return False
+
+
 # At import: mlx_zoo/__init__.py imports this module before anything imports mlx.core.
 preload_fast_blas()

@@ -215,29 +215,6 @@ def _local_ranks(group: mx.distributed.Group) -> tuple[int, int] | None:
     return local.index(rank), len(local)
 
 
-def _set_blas_threads(count: int) -> bool:
-    """Set the fast BLAS's thread count (OpenBLAS's ``openblas_set_num_threads``, any
-    prefix); False when there is none."""
-    import ctypes
-
-    from .blas import PREFIXES, blas_status
-
-    library = blas_status().library
-    if library is None:
-        return False
-    try:
-        lib = ctypes.CDLL(library)
-    except OSError:
-        return False
-    for prefix in PREFIXES:
-        for name in (f"{prefix}openblas_set_num_threads", f"{prefix}openblas_set_num_threads64_"):
-            setter = getattr(lib, name, None)
-            if setter is not None:
-                setter(ctypes.c_int(count))
-                return True
-    return False
-
-
 def share_host_cpus(group: mx.distributed.Group) -> dict | None:
     """Give each of the ranks that share a host's CPU its own cores, on MLX's CPU device: the
     fast BLAS gets ``cores // local ranks`` threads (unless ``OPENBLAS_NUM_THREADS`` is set)
@@ -248,6 +225,8 @@ def share_host_cpus(group: mx.distributed.Group) -> dict | None:
     "Parallel"). Returns what it did (None: nothing). :data:`SHARE_CPU_ENV` ``=0`` skips it."""
     import os
 
+    from .blas import set_blas_threads
+
     if os.environ.get(SHARE_CPU_ENV) == "0" or mx.default_device() != mx.cpu:
         return None
     local = _local_ranks(group)
@@ -257,7 +236,7 @@ def share_host_cpus(group: mx.distributed.Group) -> dict | None:
     cores = sorted(os.sched_getaffinity(0))
     done: dict = {"local_rank": index, "local_ranks": count}
     per = max(1, len(cores) // count)
-    if "OPENBLAS_NUM_THREADS" not in os.environ and _set_blas_threads(per):
+    if "OPENBLAS_NUM_THREADS" not in os.environ and set_blas_threads(per):
         done["blas_threads"] = per
     if len(cores) == os.cpu_count() and len(cores) >= count:
         start = (index * len(cores)) // count

@@ -34,6 +34,7 @@ engine thread.
 from __future__ import annotations
 
 import logging
+import os
 import queue
 import random
 import threading
@@ -46,6 +47,7 @@ from typing import Any
 import mlx.core as mx
 
 from ..batch_cache import BatchCache, forget_masks
+from ..blas import set_blas_threads
 from ..cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 from ..generate import (
     _StopStrings,
@@ -96,33 +98,6 @@ class LoopSink:
 def _deliver(items: list[tuple[Any, Event]]) -> None:
     for target, event in items:
         target.put_nowait(event)
-
-
-def limit_blas_threads(threads: int) -> bool:
-    """Run the fast BLAS (:mod:`mlx_zoo.blas`) on ``threads`` threads, unless the environment
-    says (``OPENBLAS_NUM_THREADS``). OpenBLAS's threads spin while they wait for work: beside an
-    event loop and clients on a few cores, a batch's small matmuls run several times slower on
-    two of them than on one (measured: docs/benchmarks.md, "Serving"). True when set."""
-    import ctypes
-    import os
-
-    if threads < 1 or os.environ.get("OPENBLAS_NUM_THREADS"):
-        return False
-    from ..blas import blas_status
-
-    library = blas_status().library
-    if not library:
-        return False
-    try:
-        handle = ctypes.CDLL(library)
-    except OSError:
-        return False
-    for name in ("openblas_set_num_threads", "scipy_openblas_set_num_threads"):
-        setter = getattr(handle, name, None)
-        if setter is not None:
-            setter(threads)
-            return True
-    return False
 
 
 @dataclass
@@ -304,8 +279,8 @@ class Engine:
     # -- the engine thread ---------------------------------------------------------------------
 
     def _load(self) -> None:
-        if self.blas_threads:
-            limit_blas_threads(self.blas_threads)
+        if self.blas_threads and not os.environ.get("OPENBLAS_NUM_THREADS"):  # theirs stands
+            set_blas_threads(self.blas_threads)
         if self.loader is not None:
             self.model, self.tokenizer = self.loader()
         else:
