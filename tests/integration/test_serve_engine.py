@@ -281,6 +281,33 @@ def test_prefix_cache_reuse_per_sequence():
         engine.stop()
 
 
+@pytest.mark.parametrize("shift, batched", [(0.05, True), (0.5, False)])
+def test_batching_probe_tolerates_rounding_not_errors(shift, batched):
+    """The start-up check that batched logits equal single-sequence ones: a bfloat16 model whose
+    batched logits differ by 0.05 of their scale (bfloat16 rounding of other matmul kernels: an
+    H200 gave 0.049) is served batched; one differing by half their scale (what a forward pass
+    ignoring per-row offsets does) is served per sequence. Greedy batched text still equals
+    each request's alone in the first case."""
+    model, _ = mlx_zoo.load("demo:qwen2", dtype=mx.bfloat16)
+    tokenizer = mlx_zoo.load_tokenizer("demo:qwen2")
+    plain = type(model)
+
+    def call(self, inputs, cache=None):
+        logits = plain.__call__(self, inputs, cache=cache)
+        if inputs.shape[0] > 1:  # a batch: off by ``shift`` of the logits' scale
+            logits = logits + shift * mx.abs(logits).max()
+        return logits
+
+    model.__class__ = type("Shifted", (plain,), {"__call__": call})
+    engine = started("demo:qwen2", loader=lambda: (model, tokenizer))
+    try:
+        assert engine.batching is batched
+        if batched:  # a constant shift leaves every argmax where it was
+            assert_same_as_alone(engine, count=4, max_tokens=8)
+    finally:
+        engine.stop()
+
+
 def test_sampling_per_request_seeded(qwen2_engine):
     """Seeded sampling is reproducible whatever else runs in the batch; greedy rows next to
     sampled ones are unaffected."""
