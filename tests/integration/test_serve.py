@@ -253,6 +253,69 @@ def test_tools_accepted_and_refusals(client):
     reply = client.chat.completions.create(model=MODEL, messages=user("weather in Paris?"),
                                            max_tokens=8, temperature=0, tools=tools)
     assert reply.choices[0].finish_reason in ("stop", "length", "tool_calls")
-    with pytest.raises(openai.BadRequestError):
-        client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=4,
-                                       tools=tools, tool_choice="required")
+    for bad in ({"type": "function", "function": {"name": "not_a_tool"}}, "always",
+                {"type": "function"}):
+        with pytest.raises(openai.BadRequestError):
+            client.chat.completions.create(model=MODEL, messages=user("hi"), max_tokens=4,
+                                           tools=tools, tool_choice=bad)
+    with pytest.raises(openai.BadRequestError):  # a forced call is already a schema
+        client.chat.completions.create(
+            model=MODEL, messages=user("hi"), max_tokens=4, tools=tools, tool_choice="required",
+            response_format={"type": "json_object"})
+
+
+FORCED_TOOLS = [
+    {"type": "function", "function": {
+        "name": "get_weather", "description": "weather of a city",
+        "parameters": {"type": "object",
+                       "properties": {"city": {"type": "string", "maxLength": 12},
+                                      "unit": {"enum": ["celsius", "fahrenheit"]}},
+                       "required": ["city", "unit"], "additionalProperties": False}}},
+    {"type": "function", "function": {
+        "name": "get_time", "description": "the time in a zone",
+        "parameters": {"type": "object", "properties": {"zone": {"enum": ["utc", "cet"]}},
+                       "required": ["zone"], "additionalProperties": False}}}]
+
+
+def check_weather_call(call) -> None:
+    assert call.type == "function" and call.id.startswith("call_")
+    assert call.function.name == "get_weather"
+    arguments = json.loads(call.function.arguments)
+    assert set(arguments) == {"city", "unit"} and arguments["unit"] in ("celsius", "fahrenheit")
+
+
+def test_tool_choice_forces_a_call(client):
+    """``tool_choice`` naming a function, or ``"required"``, constrains the answer to the call
+    (the tool's parameters schema, through llguidance), whatever the model would write: even a
+    random-weight model answers with a valid call, whole and streamed."""
+    pytest.importorskip("llguidance")
+    named = {"type": "function", "function": {"name": "get_weather"}}
+    reply = client.chat.completions.create(model=MODEL, messages=user("weather in Paris?"),
+                                           max_tokens=120, temperature=0, tools=FORCED_TOOLS,
+                                           tool_choice=named)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls", choice
+    assert choice.message.content is None and len(choice.message.tool_calls) == 1
+    check_weather_call(choice.message.tool_calls[0])
+
+    stream = client.chat.completions.create(model=MODEL, messages=user("weather in Paris?"),
+                                            max_tokens=120, temperature=0, tools=FORCED_TOOLS,
+                                            tool_choice=named, stream=True)
+    deltas = [c.choices[0] for c in stream if c.choices]
+    assert not any(d.delta.content for d in deltas)  # nothing shown as text
+    calls = [t for d in deltas for t in (d.delta.tool_calls or [])]
+    assert len(calls) == 1 and calls[0].index == 0
+    check_weather_call(calls[0])
+    assert calls[0].function.arguments == choice.message.tool_calls[0].function.arguments
+    assert deltas[-1].finish_reason == "tool_calls"
+
+    for question in ("weather in Paris?", "what time is it?"):
+        reply = client.chat.completions.create(model=MODEL, messages=user(question),
+                                               max_tokens=120, temperature=0,
+                                               tools=FORCED_TOOLS, tool_choice="required")
+        (call,) = reply.choices[0].message.tool_calls
+        assert call.function.name in ("get_weather", "get_time")
+        if call.function.name == "get_weather":
+            check_weather_call(call)
+        else:
+            assert json.loads(call.function.arguments)["zone"] in ("utc", "cet")

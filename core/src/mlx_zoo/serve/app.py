@@ -112,7 +112,7 @@ class Server:
         params.logprobs, params.top_logprobs = P.logprob_fields(body, chat=True)
         stream, include_usage = P.stream_flags(body)
         n = P.integer(body, "n", 1, lo=1, hi=P.MAX_N, expected=f"an integer in [1, {P.MAX_N}]")
-        tools = self._tools(body)
+        tools, forced = self._tools(body)
         ids = self._render_chat(messages, tools)
         explicit = body.get("max_tokens") is not None or body.get(
             "max_completion_tokens") is not None
@@ -120,10 +120,17 @@ class Server:
         self._response_format(body, params)
         parsed = P.Parsed([ids], params, n, stream, include_usage)
         if tools:
-            from .tools import tool_parser
+            from .tools import ForcedToolCalls, forced_schema, tool_parser
 
             parsed.tools = tools
             parsed.tool_parser = tool_parser(engine.model)
+            if forced is not None:
+                if params.processor_factory is not None:
+                    raise P.APIError("'response_format' cannot be combined with a 'tool_choice' "
+                                     "that forces a call", param="tool_choice")
+                self._response_format({"response_format": {"type": "json_schema", "json_schema": {
+                    "schema": forced_schema(tools, forced or None)}}}, params)
+                parsed.tool_parser = ForcedToolCalls(forced or None)
         return parsed
 
     def _render_chat(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
@@ -140,23 +147,40 @@ class Server:
                              f"({type(e).__name__}: {e})", param="tools") from None
         return tok.encode(text, add_special_tokens=False)
 
-    def _tools(self, body: dict) -> list[dict] | None:
+    def _tools(self, body: dict) -> tuple[list[dict] | None, str | None]:
+        """``(tools, forced)``: the tools the prompt shows (None: none), and the call the answer
+        must be -- ``""`` for ``tool_choice: "required"`` (any tool), a function's name when
+        one is named, None when the model chooses (``"auto"``)."""
         tools = body.get("tools")
         choice = body.get("tool_choice")
         if tools is None:
             if choice not in (None, "none", "auto"):
                 raise P.APIError("'tool_choice' needs 'tools'", param="tool_choice")
-            return None
+            return None, None
         if not isinstance(tools, list) or not all(
                 isinstance(t, dict) and t.get("type") == "function"
                 and isinstance(t.get("function"), dict)
                 and isinstance(t["function"].get("name"), str) for t in tools):
             raise P._bad("tools", "a list of {'type': 'function', 'function': {'name', ...}}",
                          tools)
-        if choice not in (None, "none", "auto"):
-            raise P.APIError("only 'tool_choice': 'auto' or 'none' is supported",
-                             param="tool_choice", code="unsupported_parameter")
-        return None if choice == "none" or not tools else tools
+        names = [t["function"]["name"] for t in tools]
+        if choice in (None, "none", "auto"):
+            return (None if choice == "none" or not tools else tools), None
+        if not tools:
+            raise P.APIError("'tool_choice' forces a call but 'tools' is empty",
+                             param="tool_choice")
+        if choice == "required":
+            return tools, ""
+        if (isinstance(choice, dict) and choice.get("type") == "function"
+                and isinstance(choice.get("function"), dict)
+                and isinstance(choice["function"].get("name"), str)):
+            name = choice["function"]["name"]
+            if name not in names:
+                raise P.APIError(f"'tool_choice' names the function {name!r}, which is not "
+                                 f"among the tools ({', '.join(names)})", param="tool_choice")
+            return tools, name
+        raise P._bad("tool_choice", "'none', 'auto', 'required' or {'type': 'function', "
+                     "'function': {'name': ...}}", choice)
 
     def _response_format(self, body: dict, params) -> None:
         fmt = body.get("response_format")

@@ -11,6 +11,8 @@ A plugin supplies another through the ``register_tool_parsers`` hook (``{model_t
 :mod:`mlx_zoo.hookspecs`). While streaming, text that may begin a call is held back until it is
 clear whether it does; calls are returned when the choice finishes, as
 ``[{"id", "type": "function", "function": {"name", "arguments": "<json string>"}}]``.
+A ``tool_choice`` that forces a call is answered by :class:`ForcedToolCalls` instead: generation
+follows :func:`forced_schema`, so the answer is the call whatever the family writes.
 """
 
 from __future__ import annotations
@@ -92,6 +94,51 @@ class ToolCallStream:
         rest = self.text[self.shown:]
         text, calls = self.parser.parse(rest)
         return (text if calls else rest), calls
+
+
+class ForcedToolCalls:
+    """The answer to a request whose ``tool_choice`` forces a call (``"required"``, or
+    ``{"type": "function", "function": {"name": ...}}``), as OpenAI-compatible servers do it:
+    generation is constrained by :func:`forced_schema`'s JSON schema (a logits processor, see
+    :mod:`mlx_zoo.serve.structured`), so the whole answer *is* the call -- the named function's
+    arguments, or ``{"name", "arguments"}`` of one of the tools -- in any model family. Same
+    interface as :class:`ToolCallParser`; nothing is shown as content while streaming."""
+
+    def __init__(self, name: str | None):
+        self.name = name  # the forced function; None: any of the tools
+
+    def parse(self, text: str) -> tuple[str, list[dict[str, Any]]]:
+        if self.name is not None:
+            try:
+                arguments = json.loads(text)
+            except json.JSONDecodeError:  # cut short (max_tokens): left as text
+                return text, []
+            call = ToolCallParser._call(json.dumps({"name": self.name, "arguments": arguments}))
+        else:
+            call = ToolCallParser._call(text)
+        return ("", [call]) if call is not None else (text, [])
+
+    def stream(self) -> ToolCallStream:
+        stream = ToolCallStream(self)
+        stream.in_call = True  # everything is the call
+        return stream
+
+
+def forced_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
+    """The JSON schema a forced answer follows: the ``name``d tool's ``parameters`` (an object
+    when it declares none), or -- ``name`` None, ``tool_choice: "required"`` -- an object naming
+    one of ``tools`` with its arguments."""
+    def parameters(tool: dict[str, Any]) -> dict[str, Any]:
+        schema = tool["function"].get("parameters")
+        return schema if isinstance(schema, dict) and schema else {"type": "object"}
+
+    if name is not None:
+        return parameters(next(t for t in tools if t["function"]["name"] == name))
+    return {"anyOf": [{"type": "object",
+                       "properties": {"name": {"const": t["function"]["name"]},
+                                      "arguments": parameters(t)},
+                       "required": ["name", "arguments"], "additionalProperties": False}
+                      for t in tools]}
 
 
 DEFAULT_PARSER = ToolCallParser()
