@@ -156,6 +156,9 @@ def sweep(kind: str, name: str, levels: list[int], args: argparse.Namespace) -> 
     try:
         wait_up(url, process)
         one_request(url, name, "warm up", 8)
+        if args.warmup:  # an unmeasured round per level: kernels built for every batch shape
+            for c in levels:
+                bench_round(url, name, c, 1, 8)
         for c in levels:
             try:
                 row = {"server": kind, **bench_round(url, name, c, args.requests_per_client,
@@ -210,6 +213,9 @@ def main() -> int:
     parser.add_argument("--max-tokens", type=int, default=64)
     parser.add_argument("--repeat", type=int, default=1, help="sweeps per server (medians)")
     parser.add_argument("--only", choices=["mlx-zoo", "mlx-lm"], default=None)
+    parser.add_argument("--warmup", action="store_true",
+                        help="first an unmeasured round at every level (on a GPU, MLX compiles "
+                             "kernels the first time a batch shape appears)")
     parser.add_argument("--json", default=None, help="also write every row to this file")
     args = parser.parse_args()
     model = args.model

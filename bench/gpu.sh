@@ -74,7 +74,7 @@ PY
       2>&1 | head -c 3000 | tee "$OUT/serve-debug-stream.txt"; echo
     kill $spid; wait $spid 2>/dev/null
     tail -40 "$OUT/serve-debug-server.log"
-    timeout 300 python3 bench/bench_serve.py --model /tmp/serve-qwen2-0.5b 2>&1 | tee "$OUT/serve-05b.log"
+    timeout 400 python3 bench/bench_serve.py --model /tmp/serve-qwen2-0.5b --warmup --repeat 2 2>&1 | tee "$OUT/serve-05b.log"
     ;;
   *) echo "usage: bench/gpu.sh tests|qwen|rest|host|serve" >&2; exit 2 ;;
 esac
