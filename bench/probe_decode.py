@@ -110,14 +110,14 @@ def decode_tps(step_fn, model, prompt, tokens: int) -> tuple[float, float]:
     return prompt.size / (times[0] - start), (len(times) - 1) / (times[-1] - times[0])
 
 
-def step_split(model, prompt) -> None:
-    """Time to build one decode step's graph, and to evaluate a built one."""
+def step_split(model, prompt, n: int = 20) -> dict:
+    """Milliseconds to build one decode step's graph, and to evaluate a built one (mean of
+    ``n`` steps after a prefill of ``prompt`` and 3 warm-up steps)."""
     cache = mlx_zoo.make_prompt_cache(model)
     mx.eval(model(prompt[None], cache=cache))
     y = mx.array([[1]], dtype=mx.uint32)
     for _ in range(3):
         mx.eval(model(y, cache=cache))
-    n = 20
     build_s, eval_s = 0.0, 0.0
     for _ in range(n):
         t0 = time.perf_counter()
@@ -127,8 +127,7 @@ def step_split(model, prompt) -> None:
         t2 = time.perf_counter()
         build_s += t1 - t0
         eval_s += t2 - t1
-    print(f"  one step: graph construction {build_s / n * 1e3:.2f} ms, evaluation "
-          f"{eval_s / n * 1e3:.2f} ms (serial: {n / (build_s + eval_s):.1f} tok/s)")
+    return {"build_ms": build_s / n * 1e3, "eval_ms": eval_s / n * 1e3}
 
 
 def report(name: str, prefill: float, decode: float, nbytes: int) -> None:
@@ -161,7 +160,10 @@ def main() -> None:
         nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
         print(f"  weights {nbytes / 1e9:.2f} GB")
         prompt = mx.random.randint(0, config["vocab_size"], (args.prompt_tokens,)).astype(mx.uint32)
-        step_split(model, prompt)
+        split = step_split(model, prompt)
+        print(f"  one step: graph construction {split['build_ms']:.2f} ms, evaluation "
+              f"{split['eval_ms']:.2f} ms (serial: "
+              f"{1e3 / (split['build_ms'] + split['eval_ms']):.1f} tok/s)")
         unfused = unfused_twin(config, model, fmt)
         plain = partial(mlx_zoo.generate_step, compile_step=False)
         compiled = partial(mlx_zoo.generate_step, compile_step=True)

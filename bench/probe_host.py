@@ -41,6 +41,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlx_zoo  # noqa: E402, I001
 import shapes  # noqa: E402
+from probe_decode import step_split  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
@@ -184,24 +185,6 @@ def mlx_lm_twin(config: dict, model, fmt: str):
     return lm
 
 
-def step_split(model, prompt, n: int = 30) -> dict:
-    cache = mlx_zoo.make_prompt_cache(model)
-    mx.eval(model(prompt[None], cache=cache))
-    y = mx.array([[1]], dtype=mx.uint32)
-    for _ in range(3):
-        mx.eval(model(y, cache=cache))
-    build_s = eval_s = 0.0
-    for _ in range(n):
-        t0 = time.perf_counter()
-        out = model(y, cache=cache)
-        t1 = time.perf_counter()
-        mx.eval(out)
-        t2 = time.perf_counter()
-        build_s += t1 - t0
-        eval_s += t2 - t1
-    return {"build_ms": build_s / n * 1e3, "eval_ms": eval_s / n * 1e3}
-
-
 def loop_split(model, prompt, n: int = 64) -> dict:
     """A pipelined greedy loop as ``generate_step`` runs it (queue step n + 1, then read token n),
     timed in three parts per token: building the graph (Python), ``mx.async_eval`` (MLX encodes
@@ -249,7 +232,7 @@ def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: 
     prompt = mx.random.randint(0, config["vocab_size"], (prompt_tokens,)).astype(mx.uint32)
     print(f"  [{shape} {fmt}] weights {nbytes / 1e9:.2f} GB, built in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    split = step_split(model, prompt)
+    split = step_split(model, prompt, n=30)
     records["step"] = split
     print(f"  one step: graph construction {split['build_ms']:.2f} ms, evaluation "
           f"{split['eval_ms']:.2f} ms", flush=True)
@@ -270,7 +253,7 @@ def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: 
                 if type(m) is nn.QuantizedLinear and m.mode == "affine":
                     m.__class__ = PtxQuantizedLinear
             print(f"  fast kernels on {n} layers", flush=True)
-            split_fast = step_split(fast, prompt)
+            split_fast = step_split(fast, prompt, n=30)
             records["step_fast"] = split_fast
             loop = loop_split(fast, prompt)
             records["loop_fast"] = loop
