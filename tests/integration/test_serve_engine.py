@@ -166,6 +166,16 @@ def assert_same_as_alone(engine: Engine, count: int = 12, max_tokens: int = 24) 
         assert events[-1]["completion_tokens"] == len(alone.tokens)
 
 
+def assert_batches_as_alone(ref: str, count: int = 12, max_tokens: int = 24, **options) -> None:
+    """An engine started on ``ref`` decodes batched, and gives each request its text alone."""
+    engine = started(ref, **options)
+    try:
+        assert engine.batching
+        assert_same_as_alone(engine, count, max_tokens)
+    finally:
+        engine.stop()
+
+
 def test_batched_greedy_equals_alone_qwen2(qwen2_engine):
     """12 requests decoded together (chunked prefill of 8 tokens) give each the text it gets
     alone through mlx_zoo.generate."""
@@ -194,23 +204,13 @@ def test_short_prompts_prefilled_together():
 
 
 def test_batched_greedy_equals_alone_hunyuan():
-    engine = started("demo:hunyuan", prefill_step_size=16)
-    try:
-        assert engine.batching
-        assert_same_as_alone(engine, count=6)
-    finally:
-        engine.stop()
+    assert_batches_as_alone("demo:hunyuan", prefill_step_size=16, count=6)
 
 
 def test_llama4_temperature_tuning_batched():
     """The llama4 demo's temperature-tuned NoPE layers take per-row offsets (one position per
     row for the temperature): the start-up probe finds the batched path exact and batches."""
-    engine = started("demo:llama4")
-    try:
-        assert engine.batching
-        assert_same_as_alone(engine, count=4, max_tokens=16)
-    finally:
-        engine.stop()
+    assert_batches_as_alone("demo:llama4", count=4, max_tokens=16)
 
 
 def test_llama4_chunked_attention_batched(tmp_path):
@@ -221,12 +221,7 @@ def test_llama4_chunked_attention_batched(tmp_path):
     config = json.loads((model_dir / "config.json").read_text())
     config["attn_temperature_tuning"] = False
     (model_dir / "config.json").write_text(json.dumps(config))
-    engine = started(str(model_dir), prefill_step_size=16)
-    try:
-        assert engine.batching
-        assert_same_as_alone(engine, count=6, max_tokens=40)
-    finally:
-        engine.stop()
+    assert_batches_as_alone(str(model_dir), prefill_step_size=16, count=6, max_tokens=40)
 
 
 def test_prefix_cache_reuse(qwen2_engine):
