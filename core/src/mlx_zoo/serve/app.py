@@ -125,12 +125,17 @@ class Server:
             parsed.tools = tools
             parsed.tool_parser = tool_parser(engine.model)
             if forced is not None:
+                from .structured import processor_factory
+
                 if params.processor_factory is not None:
                     raise P.APIError("'response_format' cannot be combined with a 'tool_choice' "
                                      "that forces a call", param="tool_choice")
-                self._response_format({"response_format": {"type": "json_schema", "json_schema": {
-                    "schema": forced_schema(tools, forced or None)}}}, params)
-                parsed.tool_parser = ForcedToolCalls(forced or None)
+                name = forced or None  # "" (required): any of the tools
+                schema = {"type": "json_schema", "json_schema": {
+                    "schema": forced_schema(tools, name)}}
+                params.processor_factory = processor_factory(schema, engine.tokenizer,
+                                                             engine.vocab_size)
+                parsed.tool_parser = ForcedToolCalls(name)
         return parsed
 
     def _render_chat(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
