@@ -7,11 +7,12 @@ in-memory weights of a Qwen2 shape:
   N products in Python and wall time to evaluate them, over a weight small enough to stay in L2,
   so the figures are host work: MLX's ``quantized_matmul``; ``mlx_zoo.kernels`` through
   ``mx.fast.cuda_kernel`` as committed (no reshape ops); the same with the two reshape ops the
-  previous version added; and the kernel's PTX run through ``mx.fast.precompiled_cuda_kernel``
-  (no per-call source string; the PTX is the one MLX's JIT wrote to ``$MLX_PTX_CACHE_DIR``).
+  previous version added. (``mx.fast.precompiled_cuda_kernel``, which skips the per-call source
+  string, needs the kernel's PTX: MLX 0.32 does not write custom kernels' PTX to its cache, so
+  that variant would need our own NVRTC call -- not done.)
 * ``decode``: one decode step split into graph construction (Python) and evaluation, and decode
   tokens/s of mlx-zoo plain, compiled (``compile_step``), with ``use_fast_kernels`` (quantized
-  models), with the PTX variant, and mlx-lm on the same weights, alternated.
+  models) and mlx-lm on the same weights, alternated.
 * ``sweep``: the ``decode`` figures in child processes under MLX's CUDA graph settings
   (``MLX_MAX_OPS_PER_BUFFER``, ``MLX_MAX_MB_PER_BUFFER``, ``MLX_USE_CUDA_GRAPHS``), which MLX
   reads once per process.
@@ -28,20 +29,15 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 from functools import partial
 from pathlib import Path
-
-# MLX reads this once, when it first compiles a kernel: a fresh directory, so that every kernel
-# this process compiles leaves its PTX there (the precompiled variant reads it back).
-PTX_DIR = os.environ.setdefault("MLX_PTX_CACHE_DIR", tempfile.mkdtemp(prefix="mlx-ptx-"))
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import mlx_zoo  # noqa: E402, I001
 import shapes  # noqa: E402
-from probe_decode import step_split  # noqa: E402
+from probe_decode import decode_tps, step_split  # noqa: E402
 
 import mlx.core as mx  # noqa: E402
 import mlx.nn as nn  # noqa: E402
@@ -49,38 +45,7 @@ from mlx.utils import tree_flatten  # noqa: E402
 from mlx_zoo import kernels  # noqa: E402
 from mlx_zoo.kernels import cuda_qmv  # noqa: E402
 
-GROUP, BITS = 64, 4
-
-
-# -- the precompiled (PTX) variant of the kernel ----
-
-_PTX: dict[tuple, tuple[str, bytes]] = {}
-
-
-def _ptx_for(key: tuple, x, w, s, b) -> tuple[str, bytes]:
-    """(lowered kernel name, PTX) of the JIT kernel for ``key``: compiled once through
-    ``cuda_kernel``, then read back from MLX's PTX cache (the files it wrote)."""
-    if key not in _PTX:
-        before = set(Path(PTX_DIR).rglob("*.ptx"))
-        mx.eval(cuda_qmv.qmv(x, w, s, b, GROUP, BITS))
-        new = [p for p in Path(PTX_DIR).rglob("*.ptx") if p not in before]
-        if len(new) != 1:
-            raise RuntimeError(f"expected one new PTX file in {PTX_DIR}, found {new}")
-        names = new[0].with_suffix(".txt").read_text().splitlines()
-        lowered = names[0].split("\t")[1]
-        _PTX[key] = (lowered, new[0].read_bytes())
-    return _PTX[key]
-
-
-def qmv_ptx(x, w, s, b, group_size=GROUP, bits=BITS):
-    key = (x.dtype, s.dtype, x.shape[:-1], w.shape[0], x.shape[-1], group_size, bits)
-    launch = cuda_qmv._LAUNCH.get(key) or cuda_qmv._launch(key, None, None)
-    _, grid, threads, out_shapes, out_dtypes = launch
-    name, ptx = _PTX.get(key) or _ptx_for(key, x, w, s, b)
-    (out,) = mx.fast.precompiled_cuda_kernel(
-        name=name, compiled_source=ptx, inputs=[x, w, s, b], output_shapes=out_shapes,
-        output_dtypes=out_dtypes, scalars=[], grid=grid, threadgroup=threads)
-    return out
+GROUP, BITS = 64, 4  # the quantization probed: mlx-lm's default 4-bit, group 64
 
 
 def qmv_reshaped(x, w, s, b, group_size=GROUP, bits=BITS):
@@ -88,12 +53,6 @@ def qmv_reshaped(x, w, s, b, group_size=GROUP, bits=BITS):
     lead = x.shape[:-1]
     out = cuda_qmv.qmv(x.reshape(-1, x.shape[-1]), w, s, b, group_size, bits)
     return out.reshape(*lead, w.shape[0])
-
-
-class PtxQuantizedLinear(nn.QuantizedLinear):
-    def __call__(self, x):
-        y = qmv_ptx(x, self["weight"], self["scales"], self["biases"], self.group_size, self.bits)
-        return y + self["bias"] if "bias" in self else y
 
 
 # -- kernel: host cost per product ----
@@ -105,7 +64,6 @@ def kernel(records: dict, n: int = 400) -> None:
             x, *q, transpose=True, group_size=GROUP, bits=BITS),
         "zoo cuda_kernel": lambda x, q: cuda_qmv.qmv(x, *q, GROUP, BITS),
         "zoo cuda_kernel + 2 reshapes": lambda x, q: qmv_reshaped(x, *q),
-        "zoo precompiled PTX": lambda x, q: qmv_ptx(x, *q),
         "mlx x @ W.T (bf16)": None,
     }
     for name, out_dims, in_dims in (("0.5B q/o", 896, 896), ("7B q/o", 3584, 3584)):
@@ -120,9 +78,6 @@ def kernel(records: dict, n: int = 400) -> None:
             except Exception as e:  # noqa: BLE001 (report, go on with the others)
                 print(f"  {name:9s} {vname:30s} failed: {type(e).__name__}: {e}", flush=True)
                 continue
-            if vname == "zoo precompiled PTX":
-                key = (x.dtype, q[1].dtype, x.shape[:-1], out_dims, in_dims, GROUP, BITS)
-                records.setdefault("ptx_bytes", {})[name] = len(_PTX[key][1])
             builds, totals = [], []
             for _ in range(5):
                 t0 = time.perf_counter()
@@ -137,7 +92,6 @@ def kernel(records: dict, n: int = 400) -> None:
                 {"shape": name, "variant": vname, "build_us": b, "total_us": t})
             print(f"  {name:9s} {vname:30s} build {b:6.2f} us/op  build+eval {t:6.2f} us/op",
                   flush=True)
-    print(f"  PTX sizes (bytes): {records.get('ptx_bytes')}")
 
 
 # -- decode ----
@@ -210,15 +164,6 @@ def loop_split(model, prompt, n: int = 64) -> dict:
             "item_wait_ms": wait / n * 1e3, "tok_per_s": n / total}
 
 
-def decode_tps(step_fn, model, prompt, tokens: int) -> float:
-    for _ in step_fn(prompt, model, max_tokens=4):
-        pass
-    times = []
-    for _ in step_fn(prompt, model, max_tokens=tokens):
-        times.append(time.perf_counter())
-    return (len(times) - 1) / (times[-1] - times[0])
-
-
 def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: bool,
            layers: int | None = None, prompt_tokens: int = 512) -> None:
     from mlx_lm.generate import generate_step as lm_generate_step
@@ -248,10 +193,6 @@ def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: 
         if fmt in ("4bit", "8bit"):
             fast = _shallow_clone(model)
             n = kernels.use_fast_kernels(fast)
-            ptx = _shallow_clone(model)
-            for _, m in ptx.named_modules():
-                if type(m) is nn.QuantizedLinear and m.mode == "affine":
-                    m.__class__ = PtxQuantizedLinear
             print(f"  fast kernels on {n} layers", flush=True)
             split_fast = step_split(fast, prompt, n=30)
             records["step_fast"] = split_fast
@@ -263,14 +204,12 @@ def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: 
                   f"{split_fast['build_ms']:.2f} ms, evaluation {split_fast['eval_ms']:.2f} ms",
                   flush=True)
             runs += [("zoo fast kernels", plain, fast)]
-            if os.environ.get("PROBE_HOST_PTX"):  # needs MLX to write custom kernels' PTX
-                runs += [("zoo PTX kernels", plain, ptx)]
         runs.append(("mlx-lm", lm_generate_step, mlx_lm_twin(config, model, fmt)))
     results: dict[str, list[float]] = {name: [] for name, _, _ in runs}
     for _ in range(rounds):
         for name, fn, m in runs:
             try:
-                tps = decode_tps(fn, m, prompt, tokens)
+                tps = decode_tps(fn, m, prompt, tokens)[1]
             except Exception as e:  # noqa: BLE001 (report, go on)
                 print(f"  {name}: failed: {type(e).__name__}: {e}", flush=True)
                 continue
