@@ -12,7 +12,7 @@ import mlx.core as mx
 import pytest
 
 import mlx_zoo
-from mlx_zoo.batch_cache import BatchCache
+from mlx_zoo.batch_cache import BatchCache, MaskMemo, share_memo
 from mlx_zoo.cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache
 
 pytest.importorskip("starlette")
@@ -82,6 +82,69 @@ def test_batch_cache_quantized_storage():
     assert mask[1, 0, 0].tolist() == [False] * 5 + [True] and all(mask[0, 0, 0].tolist())
     ref = single.state[0]
     assert mx.allclose(k[:1, :, :5], mx.dequantize(*ref, group_size=32, bits=8)).item()
+
+
+def _rows(kind: str = "full", size: int | None = None, lengths=(3, 7)) -> BatchCache:
+    batch = BatchCache((), kind, size)
+    for n in lengths:
+        single = _single(kind, size) if kind != "full" else KVCache()
+        single.update_and_fetch(mx.zeros((1, 1, n, 8)), mx.zeros((1, 1, n, 8)))
+        batch.add_row(single)
+    return batch
+
+
+def test_batch_cache_memo_is_the_batch_s_not_the_thread_s():
+    """The layers of one batch share one MaskMemo: one offsets array and one mask per step for
+    all of them, whichever thread asks (the memo is the caches', not per-thread module state); a
+    batch of its own builds its own, equal; a step moves every layer's offsets on."""
+    layers = [_rows(), _rows(), _rows()]
+    memo = share_memo(layers)
+    assert all(c.memo is memo for c in layers)
+    offset, mask = layers[0].offset, layers[0].make_mask(1)
+    assert layers[2].offset is offset and layers[1].make_mask(1) is mask
+    seen = {}
+    worker = threading.Thread(target=lambda: seen.update(offset=layers[1].offset,
+                                                         mask=layers[2].make_mask(1)))
+    worker.start()
+    worker.join()
+    assert seen["offset"] is offset and seen["mask"] is mask
+    alone = _rows()
+    assert alone.memo is not memo and alone.offset is not offset
+    assert alone.offset.tolist() == offset.tolist() == [3, 7]
+    assert mx.array_equal(alone.make_mask(1), mask).item()
+    for c in layers:
+        c.update_and_fetch(mx.zeros((2, 1, 1, 8)), mx.zeros((2, 1, 1, 8)))
+    assert layers[1].offset.tolist() == [4, 8] and layers[0].offset is layers[2].offset
+    other = _rows(lengths=(5, 2))  # same memo, other padding: its own entries
+    other.memo = memo
+    assert other.offset.tolist() == [5, 2] and layers[0].offset.tolist() == [4, 8]
+    small = MaskMemo(size=2)
+    for i in range(5):
+        small.get(("k", i), lambda: mx.array(0))
+    assert len(small) <= 2
+    small.clear()
+    assert len(small) == 0
+
+
+def test_engine_batch_layers_share_the_engine_memo():
+    """The serve engine's batch caches (joined one by one and as a prefilled group) use the
+    engine's one memo; it is emptied when the engine's loop ends."""
+    engine = started("demo:qwen2", max_concurrency=8)
+    memos = []
+    launch = engine._launch
+
+    def recording():
+        memos.append({id(c.memo) for c in engine._caches})
+        return launch()
+
+    engine._launch = recording
+    try:
+        assert_same_as_alone(engine, count=6, max_tokens=8)
+        assert memos and all(m == {id(engine._memo)} for m in memos), memos
+        assert len(engine._memo) > 0
+    finally:
+        engine.stop()
+    assert len(engine._memo) == 0
 
 
 def test_prefix_cache_lru_and_trim():

@@ -43,11 +43,15 @@ With ``quantized=(group_size, bits)`` (``--kv-bits``) the buffers hold ``mx.quan
 are dequantized for attention: the batch's memory is the quantized one, the attention kernel the
 plain one. Window and chunk rows keep every position until :meth:`BatchCache.drop_unseen` or
 :meth:`BatchCache.filter` drops those no row can attend to any more.
+
+Masks and offsets are remembered by a :class:`MaskMemo` each cache holds (``cache.memo``): the
+layer caches of one batch share one (:func:`share_memo`; the serve engine does), so that a step
+builds them once for all layers. The module keeps no state of its own: a batch behaves the same
+whichever thread runs it. (mlx-lm merges each layer on its own: there, each layer has its memo.)
 """
 
 from __future__ import annotations
 
-import threading
 from typing import Any
 
 import mlx.core as mx
@@ -78,28 +82,43 @@ def _capacity(columns: int, step: int) -> int:
     return max(1, (columns + step - 1) // step) * step
 
 
-_LOCAL = threading.local()
-"""Per thread, recent masks and offsets by everything they depend on: the layers of one model
-step share one bookkeeping, so each is built once per step, not once per layer."""
+class MaskMemo:
+    """Recent masks and offsets of batched layers, by everything they depend on (mode, window,
+    columns, padding, query count): the layer caches of one batch share one memo (given to each
+    by :func:`share_memo` or the ``memo`` argument), so that a model step builds its mask and
+    its ``(B,)`` offsets once, not once per layer. A pure function cache: caches that share a
+    memo never see each other's state through it. At most ``size`` entries (emptied when full:
+    one step adds one or two)."""
+
+    def __init__(self, size: int = 16):
+        self.size = size
+        self._found: dict[tuple, Any] = {}
+
+    def __len__(self) -> int:
+        return len(self._found)
+
+    def get(self, key: tuple, build: Any) -> Any:
+        """The value remembered for ``key``, else ``build()`` remembered."""
+        found = self._found.get(key)
+        if found is None:
+            if len(self._found) >= self.size:
+                self._found.clear()
+            found = self._found[key] = build()
+        return found
+
+    def clear(self) -> None:
+        """Forget every entry (a thread that ends hands no MLX arrays to the interpreter's exit
+        through a memo it leaves behind: the serve engine clears its memo when its loop ends)."""
+        self._found.clear()
 
 
-def forget_masks() -> None:
-    """Drop this thread's remembered masks and offsets. A thread that batched calls it before it
-    ends (the server's engine does): MLX arrays made on a thread that has ended and still held
-    when the interpreter exits abort the process."""
-    _LOCAL.memo = {}
-
-
-def _memo(key: tuple, build: Any) -> Any:
-    memo = getattr(_LOCAL, "memo", None)
-    if memo is None:
-        memo = _LOCAL.memo = {}
-    found = memo.get(key)
-    if found is None:
-        if len(memo) >= 16:
-            memo.clear()
-        found = memo[key] = build()
-    return found
+def share_memo(caches: list[BatchCache], memo: MaskMemo | None = None) -> MaskMemo:
+    """Make the layer caches ``caches`` (of one batch) use one memo -- ``memo``, or a new one --
+    and return it."""
+    memo = memo if memo is not None else MaskMemo()
+    for cache in caches:
+        cache.memo = memo
+    return memo
 
 
 class BatchCache:
@@ -108,10 +127,12 @@ class BatchCache:
     STEP = 256  # columns allocated at a time
 
     def __init__(self, left_padding: Any = (), mode: str = "full", size: int | None = None,
-                 single: type | None = None, quantized: tuple[int, int] | None = None):
+                 single: type | None = None, quantized: tuple[int, int] | None = None,
+                 memo: MaskMemo | None = None):
         """``size``: the window or chunk size (``"window"`` / ``"chunk"`` modes); ``single``: the
         single-sequence cache class :meth:`extract` hands rows back as; ``quantized``:
-        ``(group_size, bits)`` of the stored keys/values."""
+        ``(group_size, bits)`` of the stored keys/values; ``memo``: the :class:`MaskMemo` shared
+        with the batch's other layers (default: one of its own)."""
         if mode not in MODES:
             raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
         if mode != "full" and (size is None or size < 1):
@@ -122,16 +143,17 @@ class BatchCache:
         self.parts: list[mx.array] | None = None  # the keys' parts, then the values'
         self.n_key_parts = 1 if quantized is None else 3
         self._right: list[int] | None = None  # right padding of the input being prefilled
+        self.memo = memo if memo is not None else MaskMemo()
 
     @classmethod
-    def like(cls, cache: Any, kv_bits: int | None = None, kv_group_size: int = 64
-             ) -> BatchCache:
+    def like(cls, cache: Any, kv_bits: int | None = None, kv_group_size: int = 64,
+             memo: MaskMemo | None = None) -> BatchCache:
         """An empty batch for single-sequence caches of ``cache``'s kind; ``kv_bits`` stores a
-        full-attention layer quantized."""
+        full-attention layer quantized; ``memo``: shared with the batch's other layers."""
         mode, size, quantized = layout_of(cache)
         if quantized is None and mode == "full" and kv_bits is not None:
             quantized = (kv_group_size, kv_bits)
-        return cls((), mode, size, type(cache), quantized)
+        return cls((), mode, size, type(cache), quantized, memo)
 
     # -- what the model reads ----------------------------------------------------------------
 
@@ -147,8 +169,8 @@ class BatchCache:
     @property
     def offset(self) -> mx.array:
         """Per-row positions of the next query, ``(B,)`` int32: RoPE rotates each row by its own."""
-        return _memo(("offset", self.idx, *self.pad),
-                     lambda: mx.array(self.offsets, dtype=mx.int32))
+        return self.memo.get(("offset", self.idx, *self.pad),
+                             lambda: mx.array(self.offsets, dtype=mx.int32))
 
     def make_mask(self, n: int, return_array: bool = False,
                   window_size: int | None = None) -> mx.array | None:
@@ -159,7 +181,7 @@ class BatchCache:
                 and not any(self.pad)):
             return None
         key = ("mask", self.mode, self.window, self.idx, n, window_size, *self.pad)
-        return _memo(key, lambda: self._mask(n, window_size))
+        return self.memo.get(key, lambda: self._mask(n, window_size))
 
     def _mask(self, n: int, window_size: int | None) -> mx.array:
         pad = mx.array(self.pad, dtype=mx.int32)[:, None, None, None]
@@ -302,7 +324,7 @@ class BatchCache:
         mode, size, _ = layout_of(cache)
         if (mode, size) != (self.mode, self.window):
             raise ValueError(f"cannot add a {mode} cache to a {self.mode} batch cache")
-        row = type(self)((), self.mode, self.window, self.single, self.quantized)
+        row = type(self)((), self.mode, self.window, self.single, self.quantized, self.memo)
         row._fill([cache])
         self.extend(row)
 

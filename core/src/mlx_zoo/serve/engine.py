@@ -46,7 +46,7 @@ from typing import Any
 
 import mlx.core as mx
 
-from ..batch_cache import BatchCache, forget_masks
+from ..batch_cache import BatchCache, MaskMemo, share_memo
 from ..blas import set_blas_threads
 from ..cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVCache, make_prompt_cache
 from ..generate import (
@@ -228,6 +228,7 @@ class Engine:
         self._prefilling: Seq | None = None
         self._batch: list[Seq] = []
         self._caches: list[BatchCache] | None = None
+        self._memo = MaskMemo()  # the masks/offsets the batch's layer caches share
         self._pending: _Step | None = None  # the step queued but not yet handed out
         self._outbox: list[tuple[Seq, Event]] = []
         self._bias: tuple[tuple, mx.array | None] = ((), None)
@@ -313,13 +314,13 @@ class Engine:
                 cache = make_prompt_cache(self.model)
                 with checked_token_ids():
                     solo.append(self.model(mx.array(p)[None], cache=cache)[0, -1])
-            caches = None
+            caches, memo = None, MaskMemo()
             for p in prompts:
                 cache = make_prompt_cache(self.model)
                 with checked_token_ids():
                     self.model(mx.array(p[:-1])[None], cache=cache)
                 if caches is None:
-                    caches = [BatchCache.like(c) for c in cache]
+                    caches = [BatchCache.like(c, memo=memo) for c in cache]
                 for b, c in zip(caches, cache, strict=True):
                     b.add_row(c)
             with checked_token_ids():
@@ -365,7 +366,7 @@ class Engine:
                                                      else []):
             seq.emit({"type": "error", "message": "the server is shutting down", "status": 503})
         self._batch, self._caches, self._pending, self._bias = [], None, None, ((), None)
-        forget_masks()
+        self._memo.clear()  # MLX arrays of this thread must not outlive it (see MaskMemo.clear)
 
     def _fail(self, sequences: list[Seq], error: Exception) -> None:
         from ..errors import MlxZooError
@@ -472,6 +473,7 @@ class Engine:
         lengths = [len(s.prompt) - s.prefilled for s in group]
         caches = [BatchCache.merge(list(layer))
                   for layer in zip(*(s.caches for s in group), strict=True)]
+        share_memo(caches, self._memo)
         width = max(lengths)  # every row has >= 1 token (a prefix-cache hit leaves one)
         ids = [s.prompt[s.prefilled:s.prefilled + n] + [0] * (width - n)
                for s, n in zip(group, lengths, strict=True)]
@@ -546,8 +548,8 @@ class Engine:
             return ran
         if self.batching:
             if self._caches is None:
-                self._caches = [BatchCache.like(c, self.kv_bits, self.kv_group_size or 64)
-                                for c in seq.caches]
+                self._caches = [BatchCache.like(c, self.kv_bits, self.kv_group_size or 64,
+                                                memo=self._memo) for c in seq.caches]
             for b, c in zip(self._caches, seq.caches, strict=True):
                 b.add_row(c)
             seq.caches = None
