@@ -7,6 +7,7 @@
 #   bash bench/gpu.sh host    # bench/probe_host.py: host cost per op and per decode step (issue 17)
 #   bash bench/gpu.sh serve   # bench/bench_serve.py on a random Qwen2-0.5B checkpoint (issue 14)
 #   bash bench/gpu.sh parallel  # bench/bench_parallel.py on two GPUs (issue 16)
+#   bash bench/gpu.sh ab      # decode of this tree against old/ (a copy of an earlier core)
 #   bash bench/gpu.sh host7b  # the 7B 4-bit decode probe (pipelined-loop split) + kernel tests
 # Everything is written under $OUT (the device tool brings it back).
 set -o pipefail
@@ -75,6 +76,19 @@ PY
     kill $spid; wait $spid 2>/dev/null
     tail -40 "$OUT/serve-debug-server.log"
     timeout 400 python3 bench/bench_serve.py --model /tmp/serve-qwen2-0.5b --warmup --repeat 2 2>&1 | tee "$OUT/serve-05b.log"
+    ;;
+  ab)  # issue 17: this tree's decode against an earlier core copied into old/ (A/B: processes
+       # alternated, same seeded weights; the logits of both are compared at the end)
+    for spec in "qwen2-0.5b bf16" "qwen2-7b 4bit"; do
+      set -- $spec
+      for r in 1 2 3; do for t in new old; do
+        pp=$PYTHONPATH; [ $t = old ] && pp=$PWD/old:$PYTHONPATH
+        PYTHONPATH=$pp timeout 150 python3 bench/probe_host.py decode --shape "$1" --fmt "$2" \
+          --rounds 1 --json "$OUT/ab-$1-$2-$t-$r.json" --logits "$OUT/ab-$1-$2-$t-logits.npy" \
+          2>&1 | tee "$OUT/ab-$1-$2-$t-$r.log"
+      done; done
+      python3 -c "import numpy as np, sys; a, b = (np.load(f'$OUT/ab-$1-$2-{t}-logits.npy') for t in ('new', 'old')); print('$1 $2 logits identical:', np.array_equal(a, b), 'max diff', float(np.abs(a - b).max()))" | tee -a "$OUT/ab-logits.txt"
+    done
     ;;
   *) echo "usage: bench/gpu.sh tests|qwen|rest|host|serve" >&2; exit 2 ;;
 esac

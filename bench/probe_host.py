@@ -13,6 +13,10 @@ in-memory weights of a Qwen2 shape:
 * ``decode``: one decode step split into graph construction (Python) and evaluation, and decode
   tokens/s of mlx-zoo plain, compiled (``compile_step``), with ``use_fast_kernels`` (quantized
   models) and mlx-lm on the same weights, alternated.
+* ``decode`` also counts the ops of one decode step by primitive (``mx.export_to_dot``; on a
+  GPU the ``mx.fast`` ops are one primitive each, on the CPU they expand) and, with
+  ``--logits FILE``, saves the logits of a prefill and 4 greedy steps (``.npy``), so that two
+  versions of the code can be checked for the same values on the same device.
 * ``sweep``: the ``decode`` figures in child processes under MLX's CUDA graph settings
   (``MLX_MAX_OPS_PER_BUFFER``, ``MLX_MAX_MB_PER_BUFFER``, ``MLX_USE_CUDA_GRAPHS``), which MLX
   reads once per process.
@@ -25,10 +29,13 @@ in-memory weights of a Qwen2 shape:
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import os
+import re
 import subprocess
 import sys
+import tempfile
 import time
 from functools import partial
 from pathlib import Path
@@ -164,19 +171,54 @@ def loop_split(model, prompt, n: int = 64) -> dict:
             "item_wait_ms": wait / n * 1e3, "tok_per_s": n / total}
 
 
+def op_counts(model, prompt) -> dict[str, int]:
+    """The ops of one decode step after ``prompt``, by primitive name (``mx.export_to_dot``)."""
+    cache = mlx_zoo.make_prompt_cache(model)
+    mx.eval(model(prompt[None], cache=cache))
+    out = model(mx.array([[1]], dtype=mx.uint32), cache=cache)
+    with tempfile.TemporaryDirectory() as tmp:
+        dot = Path(tmp, "step.dot")
+        mx.export_to_dot(str(dot), out)
+        names = re.findall(r'label ?= ?"([A-Za-z_]+)"', dot.read_text())
+    mx.eval(out)
+    return dict(collections.Counter(names).most_common())
+
+
+def greedy_logits(model, prompt, steps: int = 4):
+    """float32 logits of the prompt's last position and of ``steps`` greedy steps after it."""
+    import numpy as np
+
+    cache = mlx_zoo.make_prompt_cache(model)
+    logits = model(prompt[None], cache=cache)[:, -1, :]
+    rows = [logits]
+    for _ in range(steps):
+        logits = model(mx.argmax(logits, axis=-1)[None], cache=cache)[:, -1, :]
+        rows.append(logits)
+    return np.array(mx.concatenate(rows).astype(mx.float32))
+
+
 def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: bool,
-           layers: int | None = None, prompt_tokens: int = 512) -> None:
+           layers: int | None = None, prompt_tokens: int = 512,
+           logits_path: str | None = None) -> None:
     from mlx_lm.generate import generate_step as lm_generate_step
 
     config = shapes.FULL[shape]
     if layers:
         config = shapes.with_layers(config, layers)
     t0 = time.perf_counter()
+    mx.random.seed(0)  # the same weights and prompt in every process (A/B runs compare logits)
     model = build(config, fmt)
     nbytes = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
     prompt = mx.random.randint(0, config["vocab_size"], (prompt_tokens,)).astype(mx.uint32)
     print(f"  [{shape} {fmt}] weights {nbytes / 1e9:.2f} GB, built in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
+    ops = op_counts(model, prompt)
+    records["ops"] = ops
+    print(f"  ops per decode step: {sum(ops.values())} {json.dumps(ops)}", flush=True)
+    if logits_path:
+        import numpy as np
+
+        np.save(logits_path, greedy_logits(model, prompt))
     split = step_split(model, prompt, n=30)
     records["step"] = split
     print(f"  one step: graph construction {split['build_ms']:.2f} ms, evaluation "
@@ -259,6 +301,7 @@ def main() -> None:
     p.add_argument("--lite", action="store_true", help="plain step only (for the sweep)")
     p.add_argument("--layers", type=int, help="fewer layers (a quick check)")
     p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--logits", help="decode: save the greedy logits here (.npy)")
     p.add_argument("--json", help="write the figures here ('-': last line of stdout)")
     args = p.parse_args()
     records: dict = {"mlx": mx.__version__, "device": str(mx.default_device()),
@@ -272,7 +315,7 @@ def main() -> None:
         kernel(records)
     elif args.what == "decode":
         decode(records, args.shape, args.fmt, args.rounds, args.tokens, args.lite, args.layers,
-               args.prompt_tokens)
+               args.prompt_tokens, args.logits)
     else:
         sweep(records, args.shape, args.fmt, args.tokens, args.layers)
     if args.json == "-":

@@ -78,7 +78,7 @@ class Attention(nn.Module):
         super().__init__()
         dim, head_dim = args.hidden_size, args.head_dim
         self.n_heads, self.n_kv_heads = args.num_attention_heads, args.num_key_value_heads
-        self.scale = head_dim**-0.5
+        self.head_dim, self.scale = head_dim, head_dim**-0.5
         self.q_proj = nn.Linear(dim, self.n_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=qkv_bias)
@@ -90,18 +90,32 @@ class Attention(nn.Module):
                              max_position_embeddings=args.max_position_embeddings)
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        q, k, v = project(self, "qkv_proj", x)
-        q = split_heads(q, self.n_heads)  # (B, heads, L, head_dim)
-        k = split_heads(k, self.n_kv_heads)
-        v = split_heads(v, self.n_kv_heads)
-        if "q_norm" in self:
-            q, k = self.q_norm(q), self.k_norm(k)
         offset = cache.offset if cache is not None else 0
-        q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+        if x.shape[1] == 1 and "qkv_proj" in self and "q_norm" not in self:
+            q, k, v = self._one_position_qkv(x, offset)
+        else:
+            q, k, v = project(self, "qkv_proj", x)
+            q = split_heads(q, self.n_heads)  # (B, heads, L, head_dim)
+            k = split_heads(k, self.n_kv_heads)
+            v = split_heads(v, self.n_kv_heads)
+            if "q_norm" in self:
+                q, k = self.q_norm(q), self.k_norm(k)
+            q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
         out = attention(q, k, v, scale=self.scale, mask=mask, cache=cache)
         return self.o_proj(merge_heads(out))
+
+    def _one_position_qkv(self, x: mx.array, offset: Any) -> tuple[mx.array, mx.array, mx.array]:
+        """Rotated queries, rotated keys and values for one position (a decode step) from the
+        fused q/k/v product, in 4 ops instead of 9: ``(B, 1, heads * D)`` is already laid out as
+        ``(B, heads, 1, D)``, and queries and keys, which share the position, are rotated in one
+        RoPE call. The same arithmetic as the general path, so the same values; fewer ops
+        matter because a decode step costs host time per op on GPUs."""
+        heads = self.qkv_proj.linear(x).reshape(x.shape[0], -1, 1, self.head_dim)
+        rotated, v = mx.split(heads, [self.n_heads + self.n_kv_heads], axis=1)
+        q, k = mx.split(self.rope(rotated, offset=offset), [self.n_heads], axis=1)
+        return q, k, v
 
 
 class DecoderLayer(nn.Module):

@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, ClassVar
 
 import mlx.core as mx
@@ -99,14 +100,22 @@ def _takes_mask_options(function: Any) -> bool:
 
 
 def split_heads(x: mx.array, heads: int) -> mx.array:
-    """``(B, L, heads * D)`` projections -> ``(B, heads, L, D)``, the layout attention takes."""
+    """``(B, L, heads * D)`` projections -> ``(B, heads, L, D)``, the layout attention takes.
+
+    With one position (``L == 1``, every decode step) the two layouts order the elements alike,
+    so one reshape does it: a decode step is host-bound on GPUs and each op costs host time."""
     batch, length, _ = x.shape
+    if length == 1:
+        return x.reshape(batch, heads, 1, -1)
     return x.reshape(batch, length, heads, -1).transpose(0, 2, 1, 3)
 
 
 def merge_heads(x: mx.array) -> mx.array:
-    """``(B, heads, L, D)`` attention output -> ``(B, L, heads * D)``."""
+    """``(B, heads, L, D)`` attention output -> ``(B, L, heads * D)`` (one reshape when
+    ``L == 1``, as in :func:`split_heads`)."""
     batch, _, length, _ = x.shape
+    if length == 1:
+        return x.reshape(batch, 1, -1)
     return x.transpose(0, 2, 1, 3).reshape(batch, length, -1)
 
 
@@ -128,7 +137,15 @@ class SwiGLU(nn.Module):
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, up = project(self, "gate_up_proj", x)
-        return self.down_proj(nn.silu(gate) * up)
+        return self.down_proj(swiglu(gate, up))
+
+
+@partial(mx.compile, shapeless=True)
+def swiglu(gate: mx.array, up: mx.array) -> mx.array:
+    """``silu(gate) * up`` as one fused elementwise kernel: one op where ``nn.silu(gate) * up``
+    is two (``nn.silu`` is itself compiled), with the same per-op rounding, so the same values.
+    Decode steps on GPUs cost host time per op, and every SwiGLU MLP runs this once per layer."""
+    return nn.silu(gate) * up
 
 
 # -- token ids at the model's door ---------------------------------------------------------------
