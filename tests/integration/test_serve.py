@@ -90,6 +90,8 @@ def test_chat_plain_and_streamed(client, local):
                                            max_tokens=24, temperature=0)
     assert reply.choices[0].message.content == expected
     assert reply.choices[0].message.role == "assistant"
+    # no <think> in the answer: the reasoning fields are there, empty (vLLM's shape)
+    assert reply.choices[0].message.model_extra == {"reasoning_content": None, "reasoning": None}
     assert reply.usage.prompt_tokens > 0 and reply.usage.completion_tokens > 0
     assert reply.usage.total_tokens == reply.usage.prompt_tokens + reply.usage.completion_tokens
     stream = client.chat.completions.create(
@@ -169,6 +171,8 @@ def test_n_and_seed(client):
      "messages[0].content"),
     ({"response_format": {"type": "xml"}}, "response_format"),
     ({"stream_options": {"include_usage": True}}, "stream_options"),
+    ({"extra_body": {"chat_template_kwargs": "enable_thinking=false"}}, "chat_template_kwargs"),
+    ({"extra_body": {"chat_template_kwargs": {"tokenize": True}}}, "chat_template_kwargs"),
 ])
 def test_bad_fields_are_400(client, kwargs, param):
     kwargs = {"model": MODEL, "messages": user("hi"), "max_tokens": 4, **kwargs}

@@ -10,10 +10,14 @@ the ``openai`` client. transformers' ``apply_chat_template`` on the same files i
 independent reference for the prompt (token counts); the tool-call parsers each plugin registers
 are checked on assistant turns rendered by the real templates. End to end, a tiny model of each
 family trained here to write the template's tool-call turn is served, and its call must come
-back as OpenAI's ``tool_calls``: whole, streamed, and through the client's stream helper."""
+back as OpenAI's ``tool_calls``: whole, streamed, and through the client's stream helper
+(with ``tool_choice: "none"``: as content, the tools still in the prompt). A second tiny model
+of each family thinks first (``<think>...</think>``, then the call): the reasoning must come
+back as ``reasoning_content``, apart from the content the call is read from."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 import subprocess
@@ -118,10 +122,11 @@ def client(family, local_server):
                             timeout=REQUEST_TIMEOUT_S)
 
 
-def reference_ids(hf, messages, tools=None, add_generation_prompt=True) -> list[int]:
-    """transformers' own rendering + tokenisation of the conversation."""
+def reference_ids(hf, messages, tools=None, add_generation_prompt=True, **kwargs) -> list[int]:
+    """transformers' own rendering + tokenisation of the conversation (``kwargs``: template
+    variables)."""
     ids = hf.apply_chat_template(messages, tools=tools, tokenize=True,
-                                 add_generation_prompt=add_generation_prompt)
+                                 add_generation_prompt=add_generation_prompt, **kwargs)
     if not isinstance(ids, list):  # a BatchEncoding (return_dict by default)
         ids = ids["input_ids"]
     return list(ids)
@@ -337,13 +342,18 @@ def memorised(family, tmp_path_factory):
     """A tiny model of the family trained to answer the chat-with-tools request with the tool
     call as the family's template writes it (Qwen3's: ``<tool_call>`` JSON, Llama's: bare
     ``{"name", "parameters"}``), saved with ``mlx_zoo.save`` beside the real tokenizer."""
+    return trained(family, tmp_path_factory.mktemp(f"{family.name}-memorised"),
+                   rendered_call(family, final=False))
+
+
+def trained(family, path: Path, answer: str) -> SimpleNamespace:
+    """A tiny model of the family, in ``path``, trained to answer the chat-with-tools request
+    with ``answer`` and the end of the turn (:func:`memorise`; greedy decoding checked)."""
     import mlx_zoo
 
-    path = model_dir(tmp_path_factory.mktemp(f"{family.name}-memorised"), family.name,
-                     family.files, MEMORISED)
+    path = model_dir(path, family.name, family.files, MEMORISED)
     prompt = server_prompt(path, family.model_type, {"messages": MESSAGES, "tools": TOOLS})
     assert prompt == reference_ids(family.hf, MESSAGES, tools=TOOLS)
-    answer = rendered_call(family, final=False)
     end = family.hf.convert_tokens_to_ids(END_OF_TURN[family.name])
     target = family.hf.encode(answer, add_special_tokens=False) + [end]
     model, config = mlx_zoo.load(path, dtype=None, fuse=False)
@@ -352,21 +362,29 @@ def memorised(family, tmp_path_factory):
     assert end in eos
     got = greedy(model, prompt, len(target) + 8, eos)
     if got != target:
-        pytest.fail(f"training did not make the tiny {family.name} model write the tool call "
+        pytest.fail(f"training did not make the tiny {family.name} model write its answer "
                     f"({steps} steps, seed {MEMORISE_SEED}): greedy decoding gives "
                     f"{family.hf.decode(got)!r}, expected {family.hf.decode(target)!r}")
     mlx_zoo.save(model, config, path)
-    return SimpleNamespace(path=path, prompt=prompt, answer=answer, steps=steps)
+    return SimpleNamespace(path=path, prompt=prompt, answer=answer, steps=steps, target=target)
+
+
+@contextlib.contextmanager
+def serving(local_server, path: Path, *flags: str):
+    """An ``openai`` client of a server process on the checkpoint ``path`` (served as
+    ``tiny``)."""
+    command = [sys.executable, "-m", "mlx_zoo.serve", "--model", str(path),
+               "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", "{port}",
+               "--log-level", "warning", *flags]
+    with local_server(command, "/health", START_TIMEOUT_S) as url:
+        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0,
+                            timeout=REQUEST_TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")
 def memorised_client(memorised, local_server):
-    command = [sys.executable, "-m", "mlx_zoo.serve", "--model", str(memorised.path),
-               "--served-model-name", "tiny", "--host", "127.0.0.1", "--port", "{port}",
-               "--log-level", "warning"]
-    with local_server(command, "/health", START_TIMEOUT_S) as url:
-        yield openai.OpenAI(base_url=f"{url}/v1", api_key="unused", max_retries=0,
-                            timeout=REQUEST_TIMEOUT_S)
+    with serving(local_server, memorised.path) as client:
+        yield client
 
 
 def decoded(arguments: str) -> dict:
@@ -463,3 +481,208 @@ def test_tool_result_turn(family, memorised_client):
         messages[-1]]
     assert follow.usage.prompt_tokens == len(
         reference_ids(family.hf, as_template_input(sent), tools=TOOLS))
+
+
+@pytest.mark.slow
+def test_tool_choice_none_keeps_the_tools_and_leaves_the_call_as_text(memorised_client,
+                                                                      memorised):
+    """``tool_choice: "none"``, as vLLM: the prompt still shows the tools (the model, trained
+    on that prompt, writes its call), but no call is read from the answer: it is content."""
+    reply = memorised_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                     tools=TOOLS, tool_choice="none",
+                                                     max_tokens=64, temperature=0)
+    assert reply.usage.prompt_tokens == len(memorised.prompt)  # the tools are in the prompt
+    choice = reply.choices[0]
+    assert choice.finish_reason == "stop" and choice.message.tool_calls is None
+    assert choice.message.content == memorised.answer
+    stream = memorised_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                      tools=TOOLS, tool_choice="none",
+                                                      max_tokens=64, temperature=0, stream=True)
+    deltas = [c.choices[0] for c in stream if c.choices]
+    assert "".join(d.delta.content or "" for d in deltas) == memorised.answer
+    assert not any(d.delta.tool_calls for d in deltas)
+    assert deltas[-1].finish_reason == "stop"
+
+
+# -- a model that thinks first -----------------------------------------------------------------
+#
+# Reasoning models (Qwen3 in its default thinking mode) write their reasoning between <think>
+# tags before the answer; the server returns it as reasoning_content (and reasoning, vLLM's newer
+# name), apart from the content, and reads tool calls from the content only. A tiny model of each
+# family is trained to think and then call the tool. Qwen3's vocabulary has <think> and </think>
+# as single tokens; Llama 3's spells them in several pieces, so the stream sees the tags cut.
+
+THOUGHT = "The user wants the weather in Paris.\n\nget_weather gives it, in celsius."
+
+
+def thinking_answer(family) -> str:
+    """Reasoning as Qwen3 writes it, then the family's tool-call turn."""
+    return f"<think>\n{THOUGHT}\n</think>\n\n" + rendered_call(family, final=False)
+
+
+def extra(message, name: str):
+    """A field the ``openai`` client keeps beside its own (``reasoning_content``)."""
+    return (message.model_extra or {}).get(name)
+
+
+@pytest.fixture(scope="module")
+def thinker(family, tmp_path_factory):
+    return trained(family, tmp_path_factory.mktemp(f"{family.name}-thinker"),
+                   thinking_answer(family))
+
+
+@pytest.fixture(scope="module")
+def thinker_client(thinker, local_server):
+    with serving(local_server, thinker.path) as client:
+        yield client
+
+
+def check_call(calls) -> None:
+    assert [(c.function.name, decoded(c.function.arguments)) for c in calls] == [
+        (CALL["name"], CALL["arguments"])]
+
+
+@pytest.mark.slow
+def test_reasoning_then_a_tool_call(family, thinker_client, thinker):
+    reply = thinker_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                   tools=TOOLS, max_tokens=96, temperature=0)
+    choice = reply.choices[0]
+    assert choice.finish_reason == "tool_calls"
+    message = choice.message
+    assert extra(message, "reasoning_content") == THOUGHT
+    assert extra(message, "reasoning") == THOUGHT
+    assert message.content is None
+    check_call(message.tool_calls)
+    assert reply.usage.prompt_tokens == len(thinker.prompt)
+    assert reply.usage.completion_tokens in (len(thinker.target) - 1, len(thinker.target))
+
+
+@pytest.mark.slow
+def test_reasoning_streamed(family, thinker_client, thinker):
+    """Reasoning deltas first (several: it streams as it comes), then the call; no piece of a
+    tag anywhere, though Llama 3's tokens cut them."""
+    if family.name == "llama3":
+        assert len(family.hf.encode("</think>", add_special_tokens=False)) > 1
+    stream = thinker_client.chat.completions.create(
+        model="tiny", messages=MESSAGES, tools=TOOLS, max_tokens=96, temperature=0,
+        stream=True, stream_options={"include_usage": True})
+    chunks = list(stream)
+    assert chunks[-1].usage.completion_tokens in (len(thinker.target) - 1, len(thinker.target))
+    deltas = [c.choices[0].delta for c in chunks if c.choices]
+    pieces = [extra(d, "reasoning_content") for d in deltas]
+    assert "".join(p or "" for p in pieces) == THOUGHT
+    assert [extra(d, "reasoning") for d in deltas] == pieces
+    assert sum(1 for p in pieces if p) > 3
+    last_reasoning = max(i for i, p in enumerate(pieces) if p)
+    first_call = min(i for i, d in enumerate(deltas) if d.tool_calls)
+    assert last_reasoning < first_call
+    assert "".join(d.content or "" for d in deltas) == ""
+    check_call([t for d in deltas for t in d.tool_calls or []])
+    assert chunks[-2].choices[0].finish_reason == "tool_calls"
+
+
+@pytest.mark.slow
+def test_reasoning_with_tool_choice_none(thinker_client, thinker, family):
+    reply = thinker_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                   tools=TOOLS, tool_choice="none",
+                                                   max_tokens=96, temperature=0)
+    message = reply.choices[0].message
+    assert reply.choices[0].finish_reason == "stop" and message.tool_calls is None
+    assert extra(message, "reasoning_content") == THOUGHT
+    assert message.content == rendered_call(family, final=False).lstrip()
+
+
+@pytest.mark.slow
+def test_reasoning_sent_back_reaches_the_template(family, thinker_client):
+    """The next turn: the assistant message as returned (its reasoning included) and the
+    tool's result; Qwen3's template shows the reasoning of turns after the last user message,
+    so the prompt counts it."""
+    reply = thinker_client.chat.completions.create(model="tiny", messages=MESSAGES,
+                                                   tools=TOOLS, max_tokens=96, temperature=0)
+    message = reply.choices[0].message
+    call = message.tool_calls[0]
+    messages = [*MESSAGES, message.model_dump(exclude_none=True),
+                {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'}]
+    follow = thinker_client.chat.completions.create(model="tiny", messages=messages,
+                                                    tools=TOOLS, max_tokens=4, temperature=0)
+    sent = [*MESSAGES, {"role": "assistant", "content": "", "reasoning_content": THOUGHT,
+                        "tool_calls": [{"id": call.id, "type": "function", "function": {
+                            "name": call.function.name,
+                            "arguments": json.loads(call.function.arguments)}}]},
+            messages[-1]]
+    expected = reference_ids(family.hf, sent, tools=TOOLS)
+    assert follow.usage.prompt_tokens == len(expected)
+    if family.name == "qwen3":
+        assert THOUGHT in family.hf.decode(expected)
+
+
+def test_enable_thinking_false_reaches_the_template(family, client):
+    """``chat_template_kwargs`` (vLLM's field) goes to the template: Qwen3's closes an empty
+    ``<think>`` block in the prompt, so the model answers without thinking."""
+    kwargs = {"enable_thinking": False}
+    model = client.models.list().data[0].id
+    for tools in (None, TOOLS):
+        extra_args = {"tools": tools} if tools else {}
+        reply = client.chat.completions.create(
+            model=model, messages=MESSAGES, max_tokens=2, temperature=0,
+            extra_body={"chat_template_kwargs": kwargs}, **extra_args)
+        expected = reference_ids(family.hf, MESSAGES, tools=tools, **kwargs)
+        assert reply.usage.prompt_tokens == len(expected)
+        if family.name == "qwen3":
+            assert family.hf.decode(expected).endswith("<think>\n\n</think>\n\n")
+            assert len(expected) > len(reference_ids(family.hf, MESSAGES, tools=tools))
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model=model, messages=MESSAGES, max_tokens=2,
+                                       extra_body={"chat_template_kwargs": ["x"]})
+    assert info.value.body["param"] == "chat_template_kwargs"
+
+
+@pytest.fixture(scope="module")
+def opened_thinker(family, thinker, tmp_path_factory):
+    """The Qwen3 thinker under a template that opens ``<think>`` in the generation prompt, as
+    Qwen3-Thinking-2507's and DeepSeek-R1's do: the prompt now ends with the first tokens the
+    model was trained to write, and it answers with the rest -- no start tag in the answer."""
+    if family.name != "qwen3":
+        pytest.skip("Qwen3's template is the one edited")
+    path = tmp_path_factory.mktemp("qwen3-opened")
+    for item in thinker.path.iterdir():
+        shutil.copy(item, path / item.name)
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    generation = "{{- '<|im_start|>assistant\\n' }}"
+    assert config["chat_template"].count(generation) == 1
+    config["chat_template"] = config["chat_template"].replace(
+        generation, "{{- '<|im_start|>assistant\\n<think>\\n' }}")
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    prompt = server_prompt(path, family.model_type, {"messages": MESSAGES, "tools": TOOLS})
+    opened = len(prompt) - len(thinker.prompt)
+    assert opened > 0 and prompt == thinker.prompt + thinker.target[:opened]
+    return path
+
+
+@pytest.mark.slow
+def test_reasoning_opened_by_the_template(opened_thinker, local_server):
+    with serving(local_server, opened_thinker) as client:
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS,
+                                               max_tokens=96, temperature=0)
+        message = reply.choices[0].message
+        assert extra(message, "reasoning_content") == THOUGHT and message.content is None
+        check_call(message.tool_calls)
+        stream = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS,
+                                                max_tokens=96, temperature=0, stream=True)
+        deltas = [c.choices[0].delta for c in stream if c.choices]
+        assert "".join(extra(d, "reasoning_content") or "" for d in deltas) == THOUGHT
+        assert "".join(d.content or "" for d in deltas) == ""
+
+
+@pytest.mark.slow
+def test_reasoning_parser_none(family, thinker, local_server):
+    """``--reasoning-parser none``: the reasoning stays in the content, tags and all."""
+    if family.name != "qwen3":
+        pytest.skip("one family is enough for a server flag")
+    with serving(local_server, thinker.path, "--reasoning-parser", "none") as client:
+        reply = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS,
+                                               max_tokens=96, temperature=0)
+    message = reply.choices[0].message
+    assert extra(message, "reasoning_content") is None
+    assert message.content.rstrip() == f"<think>\n{THOUGHT}\n</think>"  # the call after it
+    check_call(message.tool_calls)

@@ -217,3 +217,12 @@ def register_tool_parsers() -> dict[str, Any]:
     "</call>")}``: how the model family writes a tool call, for ``mlx-zoo serve`` to return it in
     the OpenAI shape (see :mod:`mlx_zoo.serve.tools`; the default reads Qwen/Hermes-style
     ``<tool_call>{"name": ..., "arguments": ...}</tool_call>``). Optional."""
+
+
+@hookspec
+def register_reasoning_parsers() -> dict[str, Any]:
+    """Return reasoning parsers by model_type, e.g. ``{"myarch": ReasoningParser("<reason>",
+    "</reason>")}``, or ``{"myarch": None}`` for a family that never reasons: how the family
+    marks what it thinks before answering, for ``mlx-zoo serve`` to return it as
+    ``reasoning_content`` apart from the answer (see :mod:`mlx_zoo.serve.reasoning`; the default
+    reads ``<think> ... </think>``). Optional."""

@@ -191,9 +191,11 @@ class Tokenizer:
         return self.hf.decode(list(ids))
 
     def apply_chat_template(self, messages: list[dict[str, str]],
-                            add_generation_prompt: bool = True) -> str:
+                            add_generation_prompt: bool = True,
+                            template_kwargs: dict[str, Any] | None = None) -> str:
         """The conversation rendered by the checkpoint's chat template (a string; encode it with
-        ``add_special_tokens=False``, the template writes its own BOS)."""
+        ``add_special_tokens=False``, the template writes its own BOS); ``template_kwargs`` are
+        extra template variables (Qwen3's ``enable_thinking``)."""
         if not self.has_chat_template:
             raise TokenizerError("this tokenizer has no chat template (no 'chat_template' in "
                                  "tokenizer_config.json or chat_template.jinja): pass the prompt "
@@ -204,7 +206,8 @@ class Tokenizer:
                 check_text(content, f"the {message.get('role', 'message')!s} message")
         try:
             text = self.hf.apply_chat_template(messages, tokenize=False,
-                                               add_generation_prompt=add_generation_prompt)
+                                               add_generation_prompt=add_generation_prompt,
+                                               **(template_kwargs or {}))
         except ImportError as e:  # transformers renders templates with jinja2, an optional dep
             raise TokenizerError(f"rendering the chat template needs jinja2 ({e}): pip install "
                                  "'mlx-zoo[generate]'") from e
@@ -229,9 +232,10 @@ class Tokenizer:
             return str(self.model_dir / TOKENIZER_CONFIG_FILE)
         return TOKENIZER_CONFIG_FILE
 
-    def encode_chat(self, messages: list[dict[str, str]],
-                    add_generation_prompt: bool = True) -> list[int]:
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt)
+    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
+                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
+        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                        template_kwargs=template_kwargs)
         return self.encode(text, add_special_tokens=False)
 
     def detokenizer(self) -> StreamingDetokenizer:

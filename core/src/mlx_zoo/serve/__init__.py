@@ -7,8 +7,10 @@
 * :mod:`mlx_zoo.batch_cache` (in the core: mlx-lm's ``BatchGenerator`` uses it too) -- batched
   KV caches (per-row offsets and masks),
 * :mod:`~mlx_zoo.serve.prefix_cache` -- the LRU prefix cache,
-* :mod:`~mlx_zoo.serve.structured` / :mod:`~mlx_zoo.serve.tools` -- ``response_format`` and tool
-  calls.
+* :mod:`~mlx_zoo.serve.structured` / :mod:`~mlx_zoo.serve.tools` /
+  :mod:`~mlx_zoo.serve.reasoning` -- ``response_format``, tool calls and reasoning
+  (``reasoning_content``); :mod:`~mlx_zoo.serve.family` -- the parsers plugins register per
+  model_type.
 
 Needs the ``serve`` extra (``pip install 'mlx-zoo[serve]'``: starlette, uvicorn). Wired into the
 CLI through :func:`add_arguments` and :func:`run`; see docs/serve.md.
@@ -17,6 +19,8 @@ CLI through :func:`add_arguments` and :func:`run`; see docs/serve.md.
 from __future__ import annotations
 
 import argparse
+
+from .reasoning import CHOICES as REASONING_PARSERS
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8080
@@ -60,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--blas-threads", type=int, default=1,
                         help="threads of the fast CPU BLAS (Linux; 0: leave as is; "
                              "OPENBLAS_NUM_THREADS wins; default: %(default)s)")
+    parser.add_argument("--reasoning-parser", default="auto", choices=list(REASONING_PARSERS),
+                        help="where a chat answer's reasoning (<think>...</think>) goes: auto "
+                             "(default), the model family's parser, else <think>; think (or "
+                             "vLLM's names qwen3, deepseek_r1): <think> whatever the family; "
+                             "none: it stays in content. Returned as reasoning_content")
     parser.add_argument("--no-batching", action="store_true",
                         help="decode each sequence on its own (for comparison or debugging)")
     parser.add_argument("--log-level", default="info",
@@ -111,7 +120,8 @@ def build(args: argparse.Namespace):
     defaults = {"max_tokens": args.max_tokens, "temperature": args.temp, "top_p": args.top_p,
                 "top_k": args.top_k, "min_p": args.min_p}
     name = args.served_model_name or args.model
-    server = Server(engine, name, defaults, aliases=(args.model,))
+    server = Server(engine, name, defaults, aliases=(args.model,),
+                    reasoning=args.reasoning_parser)
     return engine, create_app(server)
 
 

@@ -34,14 +34,16 @@ POLL_DISCONNECT_S = 0.5
 
 
 class Server:
-    """Request handling around one engine (one model, served under ``model_name``)."""
+    """Request handling around one engine (one model, served under ``model_name``);
+    ``reasoning`` is the ``--reasoning-parser`` choice (:mod:`mlx_zoo.serve.reasoning`)."""
 
     def __init__(self, engine: Engine, model_name: str, defaults: dict[str, Any],
-                 aliases: tuple[str, ...] = ()):
+                 aliases: tuple[str, ...] = (), reasoning: str = "auto"):
         self.engine = engine
         self.model_name = model_name
         self.names = {model_name, *aliases}
         self.defaults = defaults
+        self.reasoning = reasoning
         self.created = P.now()
 
     # -- plumbing ------------------------------------------------------------------------------
@@ -112,8 +114,9 @@ class Server:
         params.logprobs, params.top_logprobs = P.logprob_fields(body, chat=True)
         stream, include_usage = P.stream_flags(body)
         n = P.integer(body, "n", 1, lo=1, hi=P.MAX_N, expected=f"an integer in [1, {P.MAX_N}]")
-        tools, forced = self._tools(body)
-        ids = self._render_chat(messages, tools)
+        template_kwargs = P.chat_template_kwargs(body)
+        tools, parse_calls, forced = self._tools(body)
+        ids = self._render_chat(messages, tools, template_kwargs)
         explicit = body.get("max_tokens") is not None or body.get(
             "max_completion_tokens") is not None
         self._max_tokens(params, len(ids), explicit)
@@ -123,7 +126,7 @@ class Server:
             from .tools import ForcedToolCalls, forced_schema, tool_parser
 
             parsed.tools = tools
-            parsed.tool_parser = tool_parser(engine.model)
+            parsed.tool_parser = tool_parser(engine.model) if parse_calls else None
             if forced is not None:
                 from .structured import processor_factory
 
@@ -136,32 +139,48 @@ class Server:
                 params.processor_factory = processor_factory(schema, engine.tokenizer,
                                                              engine.vocab_size)
                 parsed.tool_parser = ForcedToolCalls(name)
+        if params.processor_factory is None:  # a grammar writes the whole answer: no reasoning
+            self._reasoning(parsed, ids)
         return parsed
 
-    def _render_chat(self, messages: list[dict], tools: list[dict] | None) -> list[int]:
+    def _reasoning(self, parsed: P.Parsed, ids: list[int]) -> None:
+        """The reasoning parser for the answer, and whether the prompt leaves the reasoning
+        open (the answer then starts inside it)."""
+        from .reasoning import PROMPT_TAIL_TOKENS, reasoning_parser
+
+        parser = reasoning_parser(self.engine.model, self.reasoning)
+        if parser is not None:
+            parsed.reasoning_parser = parser
+            parsed.reasoning_opened = parser.opened(
+                self.engine.tokenizer.decode(ids[-PROMPT_TAIL_TOKENS:]))
+
+    def _render_chat(self, messages: list[dict], tools: list[dict] | None,
+                     template_kwargs: dict[str, Any]) -> list[int]:
         tok = self.engine.tokenizer
         if not tools:
-            return tok.encode_chat(messages)
+            return tok.encode_chat(messages, template_kwargs=template_kwargs)
         if not tok.has_chat_template:
             tok.apply_chat_template(messages)  # raises the TokenizerError naming the problem
         try:
             text = tok.hf.apply_chat_template(messages, tools=tools, tokenize=False,
-                                              add_generation_prompt=True)
+                                              add_generation_prompt=True, **template_kwargs)
         except Exception as e:  # the template is the checkpoint's code
             raise P.APIError(f"rendering the chat template with tools failed "
                              f"({type(e).__name__}: {e})", param="tools") from None
         return tok.encode(text, add_special_tokens=False)
 
-    def _tools(self, body: dict) -> tuple[list[dict] | None, str | None]:
-        """``(tools, forced)``: the tools the prompt shows (None: none), and the call the answer
+    def _tools(self, body: dict) -> tuple[list[dict] | None, bool, str | None]:
+        """``(tools, parse_calls, forced)``: the tools the prompt shows (None: none), whether
+        calls are read from the answer (not with ``tool_choice: "none"``: as vLLM, the prompt
+        still shows the tools, and a call the model writes stays text), and the call the answer
         must be -- ``""`` for ``tool_choice: "required"`` (any tool), a function's name when
-        one is named, None when the model chooses (``"auto"``)."""
+        one is named, None when the model chooses (``"auto"``, ``"none"``)."""
         tools = body.get("tools")
         choice = body.get("tool_choice")
         if tools is None:
             if choice not in (None, "none", "auto"):
                 raise P.APIError("'tool_choice' needs 'tools'", param="tool_choice")
-            return None, None
+            return None, False, None
         if not isinstance(tools, list) or not all(
                 isinstance(t, dict) and t.get("type") == "function"
                 and isinstance(t.get("function"), dict)
@@ -170,12 +189,12 @@ class Server:
                          tools)
         names = [t["function"]["name"] for t in tools]
         if choice in (None, "none", "auto"):
-            return (None if choice == "none" or not tools else tools), None
+            return tools or None, choice != "none", None
         if not tools:
             raise P.APIError("'tool_choice' forces a call but 'tools' is empty",
                              param="tool_choice")
         if choice == "required":
-            return tools, ""
+            return tools, True, ""
         if (isinstance(choice, dict) and choice.get("type") == "function"
                 and isinstance(choice.get("function"), dict)
                 and isinstance(choice["function"].get("name"), str)):
@@ -183,7 +202,7 @@ class Server:
             if name not in names:
                 raise P.APIError(f"'tool_choice' names the function {name!r}, which is not "
                                  f"among the tools ({', '.join(names)})", param="tool_choice")
-            return tools, name
+            return tools, True, name
         raise P._bad("tool_choice", "'none', 'auto', 'required' or {'type': 'function', "
                      "'function': {'name': ...}}", choice)
 
@@ -314,6 +333,17 @@ def _sse(payload: dict) -> str:
     return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
 
+def _delta(reasoning: str, content: str) -> dict[str, Any]:
+    """A streamed chat delta: the reasoning piece under both names clients read
+    (``reasoning_content``: vLLM before 0.11, SGLang, llama.cpp, DeepSeek's API; ``reasoning``:
+    vLLM since), then the content (``""`` when there is nothing else)."""
+    delta: dict[str, Any] = {"reasoning_content": reasoning,
+                             "reasoning": reasoning} if reasoning else {}
+    if content or not reasoning:
+        delta["content"] = content
+    return delta
+
+
 class _Answer:
     """The response of one request, assembled from engine events (whole or as chunks)."""
 
@@ -335,6 +365,10 @@ class _Answer:
         self.tool_calls: list[list | None] = [None] * total
         self.tool_streams = [parsed.tool_parser.stream() if parsed.tool_parser else None
                              for _ in range(total)]
+        self.reasonings = [""] * total
+        self.reasoning_streams = [
+            parsed.reasoning_parser.stream(parsed.reasoning_opened)
+            if parsed.reasoning_parser else None for _ in range(total)]
 
     def _prompt_of(self, index: int) -> tuple[list[int], str]:
         p = index // self.parsed.n
@@ -384,10 +418,9 @@ class _Answer:
                     out.append(self._completion_chunk(i, text, lp.body(), None))
                     self.streamed_echo[i] = True
         elif kind == "token":
-            text, info = event["text"], event["logprob"]
-            tools = self.tool_streams[i]
-            if tools is not None:
-                text = tools.feed(text)
+            info = event["logprob"]
+            reasoning, text = self._split(i, event["text"])
+            self.reasonings[i] += reasoning
             self.texts[i] += text
             if info is not None:
                 if self.chat:
@@ -397,25 +430,24 @@ class _Answer:
                     self.completion_logprobs[i].add(
                         event["token"], info[0],
                         info[1] if self.parsed.params.top_logprobs else None)
-            if streaming and (text or info is not None):
-                out.append(self._token_chunk(i, text, info is not None))
+            if streaming and (reasoning or text or info is not None):
+                out.append(self._token_chunk(i, reasoning, text, info is not None))
         elif kind == "done":
             self.pending -= 1
             self.completion_tokens += event["completion_tokens"]
             self.cached += event.get("cached_tokens", 0)
             reason = event["finish_reason"]
-            tools = self.tool_streams[i]
-            if tools is not None:
-                rest, calls = tools.finish()
-                self.texts[i] += rest
+            reasoning, rest, calls = self._finish(i)
+            self.reasonings[i] += reasoning
+            self.texts[i] += rest
+            if calls:
+                self.tool_calls[i] = calls
+                reason = "tool_calls"
+            if streaming and (reasoning or rest or calls):
+                delta = _delta(reasoning, rest) if reasoning or rest else {}
                 if calls:
-                    self.tool_calls[i] = calls
-                    reason = "tool_calls"
-                if streaming and (rest or calls):
-                    delta: dict[str, Any] = {"content": rest} if rest else {}
-                    if calls:
-                        delta["tool_calls"] = [{**c, "index": k} for k, c in enumerate(calls)]
-                    out.append(self._chat_chunk(i, delta, None, None))
+                    delta["tool_calls"] = [{**c, "index": k} for k, c in enumerate(calls)]
+                out.append(self._chat_chunk(i, delta, None, None))
             self.finish[i] = reason
             if streaming:
                 if self.chat:
@@ -424,10 +456,31 @@ class _Answer:
                     out.append(self._completion_chunk(i, "", None, reason))
         return out
 
-    def _token_chunk(self, i: int, text: str, with_logprobs: bool) -> dict:
+    def _split(self, i: int, text: str) -> tuple[str, str]:
+        """``(reasoning, content)`` of choice ``i``'s next piece that can be shown now: the
+        reasoning parser's split, then the content without what may be a tool call."""
+        stream = self.reasoning_streams[i]
+        reasoning, content = stream.feed(text) if stream is not None else ("", text)
+        tools = self.tool_streams[i]
+        if tools is not None:
+            content = tools.feed(content)
+        return reasoning, content
+
+    def _finish(self, i: int) -> tuple[str, str, list]:
+        """``(reasoning, content, tool calls)``: what choice ``i``'s parsers still held."""
+        stream = self.reasoning_streams[i]
+        reasoning, content = stream.finish() if stream is not None else ("", "")
+        tools = self.tool_streams[i]
+        if tools is None:
+            return reasoning, content, []
+        content = tools.feed(content)
+        rest, calls = tools.finish()
+        return reasoning, content + rest, calls
+
+    def _token_chunk(self, i: int, reasoning: str, text: str, with_logprobs: bool) -> dict:
         if self.chat:
             logprobs = ({"content": self.chat_logprobs[i][-1:]} if with_logprobs else None)
-            return self._chat_chunk(i, {"content": text}, logprobs, None)
+            return self._chat_chunk(i, _delta(reasoning, text), logprobs, None)
         logprobs = self.completion_logprobs[i].body(len(self.completion_logprobs[i].tokens) - 1) \
             if with_logprobs else None
         return self._completion_chunk(i, text, logprobs, None)
@@ -442,10 +495,14 @@ class _Answer:
         choices = []
         for i, text in enumerate(self.texts):
             if self.chat:
-                message: dict[str, Any] = {"role": "assistant", "content": text}
+                reasoning = self.reasonings[i] or None
+                message: dict[str, Any] = {"role": "assistant", "content": text,
+                                           "reasoning_content": reasoning,
+                                           "reasoning": reasoning}
+                if self.tool_calls[i] or reasoning:
+                    message["content"] = text or None  # vLLM's: no answer after the reasoning
                 if self.tool_calls[i]:
                     message["tool_calls"] = self.tool_calls[i]
-                    message["content"] = text or None
                 logprobs = ({"content": self.chat_logprobs[i]}
                             if self.parsed.params.logprobs else None)
                 choices.append({"index": i, "message": message, "logprobs": logprobs,

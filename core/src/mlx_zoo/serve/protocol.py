@@ -137,6 +137,8 @@ class Parsed:
     prompt_texts: list[str] = field(default_factory=list)
     tools: list[dict] | None = None
     tool_parser: Any = None
+    reasoning_parser: Any = None
+    reasoning_opened: bool = False  # the prompt leaves the reasoning open
 
 
 def sampling(body: dict, defaults: dict, vocab: int | None, *, chat: bool) -> SamplingParams:
@@ -268,8 +270,36 @@ def chat_messages(body: dict) -> list[dict[str, Any]]:
                 entry[key] = message[key]
         if message.get("tool_calls") is not None:
             entry["tool_calls"] = _tool_calls_in(message["tool_calls"], where)
+        if role == "assistant":  # the reasoning returned with it, for templates that show it
+            reasoning = next((message[key] for key in ("reasoning_content", "reasoning")
+                              if isinstance(message.get(key), str)), None)
+            if reasoning is not None:
+                entry["reasoning_content"] = reasoning
         out.append(entry)
     return out
+
+
+TEMPLATE_RESERVED = frozenset({
+    "conversation", "messages", "tools", "documents", "chat_template", "add_generation_prompt",
+    "continue_final_message", "tokenize", "padding", "truncation", "max_length",
+    "return_tensors", "return_dict", "return_assistant_tokens_mask", "tokenizer_kwargs"})
+"""Names ``chat_template_kwargs`` may not set: the server passes them to the template itself."""
+
+
+def chat_template_kwargs(body: dict) -> dict[str, Any]:
+    """``chat_template_kwargs`` (vLLM's field): extra variables for the chat template, e.g.
+    ``{"enable_thinking": false}`` (Qwen3: answer without thinking)."""
+    value = body.get("chat_template_kwargs")
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise _bad("chat_template_kwargs", "an object of chat template variables", value)
+    reserved = sorted(TEMPLATE_RESERVED.intersection(value))
+    if reserved:
+        raise APIError(f"'chat_template_kwargs' cannot set {', '.join(reserved)} (the server "
+                       f"passes it to the template itself)", param="chat_template_kwargs",
+                       code="invalid_value")
+    return dict(value)
 
 
 def _tool_calls_in(calls: Any, where: str) -> list[dict]:

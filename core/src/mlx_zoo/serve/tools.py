@@ -147,13 +147,6 @@ DEFAULT_PARSER = ToolCallParser()
 def tool_parser(model: Any) -> ToolCallParser:
     """The parser for ``model``'s family: its plugin's (``register_tool_parsers`` hook), else
     the default ``<tool_call>`` one."""
-    model_type = getattr(model, "model_type", None)
-    try:
-        from ..registry import call_hook
+    from .family import by_model_type
 
-        for contributed in call_hook("register_tool_parsers"):
-            if contributed and model_type in contributed:
-                return contributed[model_type]
-    except Exception:  # an older core without the hook, or no plugin implementing it
-        pass
-    return DEFAULT_PARSER
+    return by_model_type("register_tool_parsers", model, DEFAULT_PARSER)
