@@ -25,6 +25,9 @@ SCALINGS = {
                  "long_factor": [1.0 + 0.5 * i for i in range(HEAD_DIM // 2)]},
     "llama3": {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
                "high_freq_factor": 4.0, "original_max_position_embeddings": 16},
+    # Llama 4 Scout's own (low == high: no blended band), original context scaled to the test's
+    "llama3_llama4": {"rope_type": "llama3", "factor": 16.0, "low_freq_factor": 1.0,
+                      "high_freq_factor": 1.0, "original_max_position_embeddings": 16},
 }
 
 

@@ -376,13 +376,14 @@ class Llama3RoPE(RoPE):
     def check_params(cls, scaling: RopeScaling, *, dims: int | None = None,
                      base: float | None = None, max_position_embeddings: int | None = None,
                      path: Path | str | None = None) -> None:
-        """Also: ``high_freq_factor > low_freq_factor`` (the blend divides by their difference)
-        and a known original context."""
+        """Also: ``high_freq_factor >= low_freq_factor`` and a known original context. Equal
+        factors leave no band to blend (Llama 4 Scout and Maverick ship ``1.0`` and ``1.0``:
+        every wavelength is either divided or kept)."""
         super().check_params(scaling, dims=dims, base=base,
                              max_position_embeddings=max_position_embeddings, path=path)
         low, high = scaling["low_freq_factor"], scaling["high_freq_factor"]
-        if high <= low:
-            raise ConfigError(path, f"expected a value greater than low_freq_factor = {low}, got "
+        if high < low:
+            raise ConfigError(path, f"expected a value of at least low_freq_factor = {low}, got "
                               f"{high}", key=f"{SCALING_KEY}.high_freq_factor")
         cls._check_original_context(scaling, max_position_embeddings, path)
 
@@ -393,11 +394,13 @@ class Llama3RoPE(RoPE):
         context = float(self._original_max_positions())
         periods = default_periods(self.dims, self.base)
         wavelengths = 2 * math.pi * periods
+        scaled = mx.where(wavelengths > context / low, periods * factor, periods)
+        if high == low:  # no band in between (Llama 4): nothing to blend, no 0 / 0
+            return scaled
         smooth = (context / wavelengths - low) / (high - low)
         blended = 1.0 / ((1 - smooth) / (factor * periods) + smooth / periods)
-        periods = mx.where(wavelengths > context / low, periods * factor, periods)
         medium = (wavelengths >= context / high) & (wavelengths <= context / low)
-        return mx.where(medium, blended, periods)
+        return mx.where(medium, blended, scaled)
 
 
 BUILTIN_VARIANTS: dict[str, type[RoPE]] = {
