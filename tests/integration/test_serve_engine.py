@@ -393,6 +393,42 @@ def test_logit_bias_and_stop(qwen2_engine):
     assert events[-1]["finish_reason"] == "stop"
 
 
+def test_logit_bias_not_inherited_by_a_later_request(qwen2_engine):
+    """The batch's logit_bias rows are remembered while its rows stay the same: a request after
+    one with a bias gets no bias, also when its Seq object is where the finished one was (the
+    same id(): remembered by id(), the bias went on to the new request)."""
+    prompt = chat_prompts(qwen2_engine.tokenizer, 2)[1]
+    first = mlx_zoo.generate(qwen2_engine.model, qwen2_engine.tokenizer, prompt,
+                             max_tokens=1).tokens[0]
+
+    def answer(seq: Seq, events: list, done: threading.Event) -> int:
+        qwen2_engine.submit([seq])
+        assert done.wait(TIMEOUT_S)
+        for _ in range(200):  # the engine done with it (no step queued)
+            if qwen2_engine._pending is None and not qwen2_engine._batch:
+                break
+            threading.Event().wait(0.005)
+        return events[0]["token"]
+
+    reused = 0
+    for _ in range(10):
+        events, done = [], threading.Event()
+        sink = lambda e, events=events, done=done: (events.append(e),
+                                                     e["type"] == "done" and done.set())
+        biased = Seq(prompt, SamplingParams(max_tokens=1, logit_bias={first: -100.0}), sink)
+        assert answer(biased, events, done) != first
+        gone = id(biased)
+        events, done = [], threading.Event()
+        sink = lambda e, events=events, done=done: (events.append(e),
+                                                     e["type"] == "done" and done.set())
+        params = SamplingParams(max_tokens=1)
+        del biased  # freed, unless the engine holds it: the next Seq may take its place
+        plain = Seq(prompt, params, sink)
+        reused += id(plain) == gone
+        assert answer(plain, events, done) == first, reused
+        del plain
+
+
 def test_prompt_logprobs_match_full_forward(qwen2_engine):
     ids = qwen2_engine.tokenizer.encode("def add(a, b): return a + b")
     events = run_engine(qwen2_engine, [ids], SamplingParams(max_tokens=0, logprobs=True,

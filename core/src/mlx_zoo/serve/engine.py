@@ -231,7 +231,7 @@ class Engine:
         self._memo = MaskMemo()  # the masks/offsets the batch's layer caches share
         self._pending: _Step | None = None  # the step queued but not yet handed out
         self._outbox: list[tuple[Seq, Event]] = []
-        self._bias: tuple[tuple, mx.array | None] = ((), None)
+        self._bias: tuple[tuple[Seq, ...], mx.array | None] = ((), None)
         self._stopping = False
         self._thread = threading.Thread(target=self._run, name="mlx-zoo-engine", daemon=True)
         self._token_text: dict[int, str] = {}
@@ -639,9 +639,12 @@ class Engine:
         return _Step(seqs, tokens, extra)
 
     def _logit_bias(self, seqs: list[Seq], vocab: int) -> mx.array | None:
-        """The ``(B, vocab)`` additive ``logit_bias`` of the batch (built when its rows change)."""
-        key = tuple(id(s) for s in seqs)
-        if self._bias[0] == key:
+        """The ``(B, vocab)`` additive ``logit_bias`` of the batch (built when its rows change:
+        remembered by the rows' Seq objects themselves, held, not by their ``id()``, which a
+        later request's Seq may take over once a finished one is freed)."""
+        key = tuple(seqs)
+        if len(key) == len(self._bias[0]) and all(
+                a is b for a, b in zip(key, self._bias[0], strict=True)):
             return self._bias[1]
         rows, ids, values = [], [], []
         for i, s in enumerate(seqs):
@@ -790,6 +793,8 @@ class Engine:
                 self._remember(i, s)
         keep = [i for i in range(len(self._batch)) if i not in gone]
         self._batch = [self._batch[i] for i in keep]
+        if not self._batch:
+            self._bias = ((), None)  # holds no finished request
         if self.batching and self._caches is not None:
             for c in self._caches:
                 c.filter(keep)
