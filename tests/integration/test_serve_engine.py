@@ -5,6 +5,7 @@ per-sequence fallback, chunked prefill, the prefix cache, --kv-bits, cancellatio
 from __future__ import annotations
 
 import json
+import random
 import shutil
 import threading
 
@@ -17,7 +18,7 @@ from mlx_zoo.cache import ChunkedKVCache, KVCache, QuantizedKVCache, RotatingKVC
 
 pytest.importorskip("starlette")
 
-from mlx_zoo.serve.engine import Engine, SamplingParams, Seq  # noqa: E402
+from mlx_zoo.serve.engine import Engine, SamplingParams, Seq, warmup_groups  # noqa: E402
 from mlx_zoo.serve.prefix_cache import PrefixCache  # noqa: E402
 
 TIMEOUT_S = 60
@@ -285,6 +286,108 @@ def test_llama4_chunked_attention_batched(tmp_path):
     config["attn_temperature_tuning"] = False
     (model_dir / "config.json").write_text(json.dumps(config))
     assert_batches_as_alone(str(model_dir), prefill_step_size=16, count=6, max_tokens=40)
+
+
+def test_warmup_groups_double_the_batch():
+    for concurrency, groups in ((1, [1]), (2, [1, 1]), (6, [1, 1, 2, 2]), (16, [1, 1, 2, 4, 8])):
+        assert warmup_groups(concurrency) == groups
+    for concurrency in range(1, 40):
+        groups = warmup_groups(concurrency)
+        assert sum(groups) == concurrency and all(g >= 1 for g in groups)
+
+
+def _state(engine: Engine, steps: bool = True) -> dict:
+    """What an engine holds that a request can see: counters, its batch, the prefix cache's
+    entries (token ids and every array of their caches). ``steps=False`` leaves out the step
+    count (after requests: the step queued after a last token is still counted when the
+    client has its answer)."""
+    entries = [(key, [[a.tolist() for a in c.state] for c in cache])
+               for key, (cache, _) in engine.prefix_cache._entries.items()]
+    stats = engine.stats()
+    stats["recent_ttft_ms"] = len(stats["recent_ttft_ms"])  # times differ
+    if not steps:
+        del stats["steps"]
+    return {"stats": stats, "entries": entries, "batch": list(engine._batch),
+            "caches": engine._caches, "memo": len(engine._memo),
+            "bias": (len(engine._bias[0]), engine._bias[1] is None)}
+
+
+def test_warmup_leaves_no_trace():
+    """The start-up warm-up runs decode steps at every doubling of the batch up to
+    --max-concurrency (and back down), and leaves nothing behind: after it, an engine's state,
+    the first requests' events (greedy with logprobs, then seeded sampling, then an unseeded
+    sampled one drawing from ``random``) and the prefix cache's contents are those of an engine
+    started without it."""
+    engines, states, events = [], [], []
+    try:
+        for warmup in (False, True):
+            random.seed(1234)
+            engine = started("demo:qwen2", max_concurrency=8, warmup=warmup)
+            engines.append(engine)
+            assert engine.batching
+            states.append(_state(engine))
+            prompts = chat_prompts(engine.tokenizer, 3)
+            got = [run_engine(engine, [prompts[0]], SamplingParams(max_tokens=12, logprobs=True,
+                                                                    top_logprobs=2))[0],
+                   run_engine(engine, [prompts[1]], SamplingParams(max_tokens=12, temperature=1.0,
+                                                                    seed=3))[0],
+                   run_engine(engine, [prompts[2]], SamplingParams(max_tokens=12,
+                                                                    temperature=1.0))[0]]
+            events.append(got)
+            states.append(_state(engine, steps=False))
+        plain, warm = engines
+        assert plain.warmup_s is None and not plain.warmup_sizes
+        assert warm.warmup_s > 0 and {1, 2, 4, 8} <= set(warm.warmup_sizes), warm.warmup_sizes
+        assert states[0] == states[2]  # just started
+        assert states[0]["stats"]["steps"] == 0 and not states[0]["entries"]
+        assert events[0] == events[1]
+        assert states[1] == states[3]
+        assert states[1]["entries"]  # the requests' prompts and answers are there
+    finally:
+        for engine in engines:
+            engine.stop()
+
+
+def test_warmup_flag_reaches_the_engine(monkeypatch):
+    """``mlx-zoo serve`` warms up unless --no-warmup."""
+    import argparse
+
+    import mlx_zoo.serve.engine as engine_module
+    from mlx_zoo.serve import add_arguments, build
+
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    seen = []
+
+    class Stop(Exception):
+        pass
+
+    class Recording:
+        def __init__(self, model_ref, **kwargs):
+            seen.append(kwargs["warmup"])
+
+        def start(self):
+            raise Stop
+
+    monkeypatch.setattr(engine_module, "Engine", Recording)
+    for argv, expected in (([], True), (["--no-warmup"], False), (["--warmup"], True)):
+        with pytest.raises(Stop):
+            build(parser.parse_args(argv))
+        assert seen[-1] is expected
+
+
+def test_warmup_covers_the_per_sequence_and_kv_bits_engines():
+    """Without batching and with --kv-bits the warm-up runs too (one sequence at a time through
+    the per-sequence decode; prompts prefilled one at a time), and requests answer as alone."""
+    for options in ({"batching": False}, {"kv_bits": 8}):
+        engine = started("demo:qwen2", max_concurrency=4, warmup=True, **options)
+        try:
+            assert engine.warmup_s > 0 and max(engine.warmup_sizes) == 4
+            assert engine.stats()["steps"] == 0 and len(engine.prefix_cache) == 0
+            if not options.get("kv_bits"):
+                assert_same_as_alone(engine, count=4, max_tokens=8)
+        finally:
+            engine.stop()
 
 
 def test_prefix_cache_reuse(qwen2_engine):

@@ -71,6 +71,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              "none: it stays in content. Returned as reasoning_content")
     parser.add_argument("--no-batching", action="store_true",
                         help="decode each sequence on its own (for comparison or debugging)")
+    parser.add_argument("--warmup", action=argparse.BooleanOptionalAction, default=True,
+                        help="before serving, run dummy requests through the batch as it grows "
+                             "1, 2, 4, ... up to --max-concurrency, so that MLX's GPU backend "
+                             "compiles its kernels then, not during the first requests "
+                             "(--no-warmup: skip it; default: %(default)s)")
     parser.add_argument("--log-level", default="info",
                         choices=["critical", "error", "warning", "info", "debug"])
 
@@ -111,7 +116,8 @@ def build(args: argparse.Namespace):
                     kv_group_size=args.kv_group_size,
                     quantized_kv_start=args.quantized_kv_start,
                     prefix_cache_bytes=int(args.prefix_cache_gb * 1e9),
-                    batching=not args.no_batching, blas_threads=args.blas_threads)
+                    batching=not args.no_batching, blas_threads=args.blas_threads,
+                    warmup=args.warmup)
     engine.start()
     engine.ready.wait()
     if engine.load_error is not None:

@@ -84,6 +84,28 @@ def batchable(cache: list) -> bool:
     return all(type(c) in BATCHABLE for c in cache)
 
 
+WARMUP_STEPS = 3
+"""Decode steps the start-up warm-up runs at each batch size it builds up to (the first step
+after a join feeds host ints, the next ones the previous step's tokens, through other ops)."""
+
+WARMUP_TURNS = 1000
+"""Loop turns the warm-up allows each of its stages (a stage that needs more is a bug: the
+warm-up stops and says so)."""
+
+
+def warmup_groups(max_concurrency: int) -> list[int]:
+    """Sizes of the groups of dummy requests the warm-up submits one after another, so that the
+    batch doubles: ``[1, 1, 2, 4, 8]`` for 16 (sizes 1, 2, 4, 8, 16), ``[1, 1, 2, 2]`` for 6
+    (the last group fills up to ``max_concurrency``)."""
+    groups: list[int] = []
+    total = 0
+    while total < max_concurrency:
+        n = max(1, min(total, max_concurrency - total))
+        groups.append(n)
+        total += n
+    return groups
+
+
 class LoopSink:
     """A sink handing events to an ``asyncio.Queue`` of the event loop ``loop``: the engine
     delivers all events of one step for one loop with a single ``call_soon_threadsafe``."""
@@ -207,7 +229,7 @@ class Engine:
                  kv_group_size: int | None = None, quantized_kv_start: int = 0,
                  prefix_cache_bytes: int = 1 << 30, batching: bool = True,
                  loader: Callable[[], tuple[Any, Any]] | None = None,
-                 blas_threads: int = 0):
+                 blas_threads: int = 0, warmup: bool = False):
         self.model_ref = model_ref
         self.max_concurrency = max_concurrency
         self.prefill_step_size = prefill_step_size
@@ -218,6 +240,9 @@ class Engine:
         self.batching = False
         self.loader = loader
         self.blas_threads = blas_threads
+        self.warmup = warmup
+        self.warmup_s: float | None = None  # how long the start-up warm-up took
+        self.warmup_sizes: list[int] = []  # the batch sizes its decode steps ran at
         self.model = self.tokenizer = None
         self.vocab_size: int | None = None
         self.context_length: int | None = None
@@ -345,28 +370,135 @@ class Engine:
             self.load_error = e
             self.ready.set()
             return
+        if self.warmup:
+            self._warm_up()
         self.ready.set()
         while not self._stopping:
             idle = not (self._batch or self._prefilling or self._waiting or self._pending)
             self._take_incoming(block=idle)
             if self._stopping:
                 break
-            self._drop_cancelled()
-            if self._batch or self._pending:
-                try:
-                    self._decode_step()
-                except Exception as e:
-                    log.exception("decode step failed")
-                    failed, self._batch, self._caches = self._batch, [], None
-                    self._pending = None
-                    self._fail(failed, e)
-            self._prefill()  # after the step is queued: newcomers arriving meanwhile join it
-            self._flush()
+            self._turn()
         for seq in [*self._batch, *self._waiting] + ([self._prefilling] if self._prefilling
                                                      else []):
             seq.emit({"type": "error", "message": "the server is shutting down", "status": 503})
         self._batch, self._caches, self._pending, self._bias = [], None, None, ((), None)
         self._memo.clear()  # MLX arrays of this thread must not outlive it (see MaskMemo.clear)
+
+    def _turn(self) -> None:
+        """One turn of the loop, after taking new requests: drop the cancelled, run one decode
+        step, prefill newcomers, hand the events out."""
+        self._drop_cancelled()
+        if self._batch or self._pending:
+            try:
+                self._decode_step()
+            except Exception as e:
+                log.exception("decode step failed")
+                failed, self._batch, self._caches = self._batch, [], None
+                self._pending = None
+                self._fail(failed, e)
+        self._prefill()  # after the step is queued: newcomers arriving meanwhile join it
+        self._flush()
+
+    # -- warm-up -------------------------------------------------------------------------------
+
+    def _warm_up(self) -> None:
+        """Before the engine says it is ready: run dummy requests through the loop itself, the
+        batch growing 1, 2, 4, ... up to ``max_concurrency`` (:func:`warmup_groups`), then
+        shrinking, and discard everything they leave. An MLX GPU backend compiles kernels
+        (CUDA: NVRTC) and builds matmul plans the first time an operation meets a new
+        dtype/shape/layout; without this, the first requests that grow the batch to a new size
+        pay for it (multi-second first-token stalls on an H200).
+
+        Nothing of it stays: the prefix cache it fills is a scratch one (the server's is put back
+        untouched), the batch, its caches, the masks memo and the step counters are as before,
+        and the dummy requests carry their own seeds (the ``random`` module is not drawn from).
+        A failure is logged, not raised: requests are served all the same."""
+        start = time.perf_counter()
+        kept = (self.prefix_cache, self.steps, self.generated_tokens, list(self.recent_ttft))
+        self.prefix_cache = PrefixCache(kept[0].max_bytes, kept[0].max_entries)
+        errors: list[str] = []
+        try:
+            self._warm_up_run(errors)
+        except Exception:
+            log.warning("warm-up failed (requests are served all the same)", exc_info=True)
+        finally:
+            self._waiting.clear()  # only dummies: requests wait in self._incoming meanwhile
+            self._prefilling, self._batch, self._caches, self._pending = None, [], None, None
+            self._outbox, self._bias = [], ((), None)
+            self._memo.clear()
+            self.prefix_cache, self.steps, self.generated_tokens, ttft = kept
+            self.recent_ttft.clear()
+            self.recent_ttft.extend(ttft)
+        self.warmup_s = time.perf_counter() - start
+        if errors:
+            log.warning("warm-up: %d dummy requests failed, the first: %s", len(errors),
+                        errors[0])
+        log.info("warm-up: decode steps at batch sizes %s in %.2f s",
+                 ", ".join(map(str, sorted(set(self.warmup_sizes)))) or "none", self.warmup_s)
+
+    def _warm_up_run(self, errors: list[str]) -> None:
+        """The warm-up's requests: groups of :func:`warmup_groups` join one after another (a
+        lone prompt prefilled in chunks and added as a row, then groups of short prompts of
+        different lengths prefilled together and extended into the batch, some finding a
+        prefix in the prefix cache), each size running :data:`WARMUP_STEPS` decode steps
+        (pipelined); then the rows finish a few steps apart (the batch is filtered, finished
+        rows extracted for the prefix cache); last, a request with penalties (steps that are not
+        pipelined) beside a scoring one (echo + logprobs). Rows greedy, one in four sampled
+        (temperature, top-k/p, min-p), one in four with logprobs; the end of sequence banned
+        through ``logit_bias`` so that none stops early."""
+        vocab = self.vocab_size or 2
+        eos = set(self.tokenizer.eos_token_ids)
+        ids = [t for t in ((17 + 31 * j) % vocab for j in range(64)) if t not in eos] or [0]
+        ban = {t: -1e9 for t in eos if 0 <= t < vocab}
+        kinds = {1: {"temperature": 0.7, "top_k": 20, "top_p": 0.9, "min_p": 0.05},
+                 2: {"logprobs": True, "top_logprobs": 2}}
+
+        def sink(event: Event) -> None:
+            if event["type"] == "error":
+                errors.append(event["message"])
+
+        def dummy(i: int, max_tokens: int, **params: Any) -> Seq:
+            # prompts of 5, 8, 11, 14 tokens; those of even rows share their starts (prefix-cache
+            # hits), odd rows start on their own token (misses)
+            start = 0 if i % 2 == 0 else i
+            prompt = [ids[(start + j) % len(ids)] for j in range(4 + 3 * (i % 4))]
+            prompt.append(ids[7 * i % len(ids)])
+            params = {**kinds.get(i % 4, {}), **params}
+            return Seq(prompt, SamplingParams(max_tokens=max_tokens, seed=i, logit_bias=ban,
+                                              **params), sink, index=i)
+
+        def run(until: Callable[[], bool], turns: int) -> bool:
+            for _ in range(turns):
+                if until() or self._stopping:
+                    return True
+                if self._batch:
+                    self.warmup_sizes.append(len(self._batch))
+                self._turn()
+            return until()
+
+        seqs: list[Seq] = []
+        in_batch = lambda: all(s.finished or s.first_token_at is not None for s in seqs)
+        for n in warmup_groups(self.max_concurrency):
+            group = [dummy(len(seqs) + k, 1 << 20) for k in range(n)]
+            seqs += group
+            self._waiting.extend(group)
+            if not run(in_batch, WARMUP_TURNS):
+                raise RuntimeError("warm-up: a group did not join the batch")
+            steps = self.steps + WARMUP_STEPS
+            run(lambda s=steps: self.steps >= s, WARMUP_STEPS + 1)
+        for k, s in enumerate(s for s in seqs if not s.finished):  # they leave a step apart
+            s.params.max_tokens = len(s.generated) + 1 + k % 4
+        idle = lambda: not (self._batch or self._pending or self._waiting or self._prefilling)
+        if not run(idle, WARMUP_TURNS):
+            raise RuntimeError("warm-up: the batch did not finish")
+        last = [dummy(len(seqs), 3, temperature=0.0, presence_penalty=0.5,
+                      frequency_penalty=0.1, repetition_penalty=1.1),
+                dummy(len(seqs) + 1, 0, temperature=0.0, logprobs=True, top_logprobs=2,
+                      prompt_logprobs=True)]
+        self._waiting.extend(last)
+        if not run(idle, WARMUP_TURNS):
+            raise RuntimeError("warm-up: the last requests did not finish")
 
     def _fail(self, sequences: list[Seq], error: Exception) -> None:
         from ..errors import MlxZooError
