@@ -414,6 +414,9 @@ class Engine:
         untouched), the batch, its caches, the masks memo and the step counters are as before,
         and the dummy requests carry their own seeds (the ``random`` module is not drawn from).
         A failure is logged, not raised: requests are served all the same."""
+        log.info("warm-up: dummy requests, the batch growing to %d (on a GPU, kernels not in "
+                 "MLX's disk cache, MLX_PTX_CACHE_DIR, are compiled now: up to a minute)",
+                 self.max_concurrency)
         start = time.perf_counter()
         kept = (self.prefix_cache, self.steps, self.generated_tokens, list(self.recent_ttft))
         self.prefix_cache = PrefixCache(kept[0].max_bytes, kept[0].max_entries)
