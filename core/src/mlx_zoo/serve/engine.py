@@ -405,10 +405,11 @@ class Engine:
     def _warm_up(self) -> None:
         """Before the engine says it is ready: run dummy requests through the loop itself, the
         batch growing 1, 2, 4, ... up to ``max_concurrency`` (:func:`warmup_groups`), then
-        shrinking, and discard everything they leave. An MLX GPU backend compiles kernels
-        (CUDA: NVRTC) and builds matmul plans the first time an operation meets a new
-        dtype/shape/layout; without this, the first requests that grow the batch to a new size
-        pay for it (multi-second first-token stalls on an H200).
+        shrinking, and discard everything they leave. MLX's CUDA backend compiles a kernel
+        (NVRTC, seconds) the first time an operation meets a new dtype or layout -- a batch of
+        2 rows after 1, padding, a sampler -- not per batch size or cache length; without this,
+        the first requests that take a new path pay for it (first tokens 6-14 s late on an
+        H200 with an empty ``MLX_PTX_CACHE_DIR``; docs/serve.md).
 
         Nothing of it stays: the prefix cache it fills is a scratch one (the server's is put back
         untouched), the batch, its caches, the masks memo and the step counters are as before,
@@ -442,7 +443,7 @@ class Engine:
 
     def _warm_up_run(self, errors: list[str]) -> None:
         """The warm-up's requests: groups of :func:`warmup_groups` join one after another (a
-        lone prompt prefilled in chunks and added as a row, then groups of short prompts of
+        lone prompt prefilled alone and added as a row, then groups of short prompts of
         different lengths prefilled together and extended into the batch, some finding a
         prefix in the prefix cache), each size running :data:`WARMUP_STEPS` decode steps
         (pipelined); then the rows finish a few steps apart (the batch is filtered, finished
