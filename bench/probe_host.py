@@ -17,6 +17,8 @@ in-memory weights of a Qwen2 shape:
   GPU the ``mx.fast`` ops are one primitive each, on the CPU they expand) and, with
   ``--logits FILE``, saves the logits of a prefill and 4 greedy steps (``.npy``), so that two
   versions of the code can be checked for the same values on the same device.
+* ``table``: decode tok/s of mlx-zoo and mlx-lm on the same weights and their share of the
+  H200's bandwidth bound (weights read per token; a mixture of experts reads its active ones).
 * ``sweep``: the ``decode`` figures in child processes under MLX's CUDA graph settings
   (``MLX_MAX_OPS_PER_BUFFER``, ``MLX_MAX_MB_PER_BUFFER``, ``MLX_USE_CUDA_GRAPHS``), which MLX
   reads once per process.
@@ -139,9 +141,14 @@ def mlx_lm_twin(config: dict, model, fmt: str):
 
     model_class, args_class = _get_classes(config)
     lm = model_class(args_class.from_dict(config))
-    if fmt in ("4bit", "8bit"):
-        nn.quantize(lm, group_size=GROUP, bits=int(fmt[0]))
-    lm.load_weights(checkpoint_parameters(model), strict=True)
+    # mlx-lm's Llama 4 is the multimodal wrapper: the text model's names under language_model.
+    prefix = "language_model." if "language_model" in lm else ""
+    weights = [(prefix + name, value) for name, value in checkpoint_parameters(model)]
+    if fmt in ("4bit", "8bit"):  # the layers mlx-zoo quantized (e.g. not a MoE router)
+        quantized = {n.removesuffix(".scales") for n, _ in weights if n.endswith(".scales")}
+        nn.quantize(lm, group_size=GROUP, bits=int(fmt[0]),
+                    class_predicate=lambda path, _: path in quantized)
+    lm.load_weights(weights, strict=True)
     mx.eval(lm.parameters())
     return lm
 
@@ -261,6 +268,53 @@ def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: 
     records.update({"shape": shape, "fmt": fmt, "weights_bytes": nbytes, "decode": results})
 
 
+H200_BANDWIDTH = 4.8e12
+"""Bytes/s of an H200's HBM3e (NVIDIA's figure): batch-1 decode reads every weight once per
+token, so this over the weights read per token bounds tokens/s."""
+
+
+def bytes_per_token(model, config: dict) -> int:
+    """The weight bytes one decode token reads: all of them, but of a mixture of experts only
+    ``num_experts_per_tok`` of ``num_local_experts`` routed experts (``switch_mlp`` arrays)."""
+    text = config.get("text_config", config)
+    active = text.get("num_experts_per_tok", 1) / text.get("num_local_experts", 1)
+    total = 0.0
+    for name, value in tree_flatten(model.parameters()):
+        total += value.nbytes * (active if "switch_mlp" in name else 1.0)
+    return int(total)
+
+
+def table(records: dict, shape: str, fmt: str, rounds: int, tokens: int,
+          prompt_tokens: int = 512, layers: int | None = None) -> None:
+    """Decode tok/s of mlx-zoo (as ``load`` leaves it: fused, plain step) and mlx-lm on the same
+    weights, alternated, with the share of the bandwidth bound (issue 17 item 3)."""
+    from mlx_lm.generate import generate_step as lm_generate_step
+
+    config = shapes.FULL[shape]
+    if layers:
+        config = shapes.with_layers(config, layers)
+    mx.random.seed(0)
+    model = build(config, fmt)
+    read = bytes_per_token(model, config)
+    prompt = mx.random.randint(0, 1000, (prompt_tokens,)).astype(mx.uint32)
+    runs = [("mlx-zoo", mlx_zoo.generate_step, model)]
+    try:
+        runs.append(("mlx-lm", lm_generate_step, mlx_lm_twin(config, model, fmt)))
+    except Exception as e:  # noqa: BLE001 (report, measure mlx-zoo alone)
+        print(f"  mlx-lm twin: failed: {type(e).__name__}: {e}", flush=True)
+    results: dict[str, list[float]] = {name: [] for name, _, _ in runs}
+    for _ in range(rounds):
+        for name, fn, m in runs:
+            results[name].append(decode_tps(fn, m, prompt, tokens)[1])
+    bound = H200_BANDWIDTH / read
+    line = {name: round(sorted(v)[len(v) // 2], 1) for name, v in results.items()}
+    print(f"  {shape} {fmt}: {read / 1e9:.2f} GB/token, bound {bound:.0f} tok/s; median "
+          f"{line} ({ {n: f'{100 * v / bound:.0f}%' for n, v in line.items()} } of the bound); "
+          f"all {results}", flush=True)
+    records.update({"shape": shape, "fmt": fmt, "bytes_per_token": read, "bound": bound,
+                    "decode": results})
+
+
 SWEEP = [
     {},
     {"MLX_MAX_OPS_PER_BUFFER": "400"},
@@ -293,7 +347,7 @@ def sweep(records: dict, shape: str, fmt: str, tokens: int, layers: int | None =
 
 def main() -> None:
     p = argparse.ArgumentParser()
-    p.add_argument("what", choices=("kernel", "decode", "sweep"))
+    p.add_argument("what", choices=("kernel", "decode", "sweep", "table"))
     p.add_argument("--shape", default="qwen2-0.5b")
     p.add_argument("--fmt", default="bf16", choices=("bf16", "4bit", "8bit"))
     p.add_argument("--rounds", type=int, default=2)
@@ -316,6 +370,9 @@ def main() -> None:
     elif args.what == "decode":
         decode(records, args.shape, args.fmt, args.rounds, args.tokens, args.lite, args.layers,
                args.prompt_tokens, args.logits)
+    elif args.what == "table":
+        table(records, args.shape, args.fmt, args.rounds, args.tokens, args.prompt_tokens,
+              args.layers)
     else:
         sweep(records, args.shape, args.fmt, args.tokens, args.layers)
     if args.json == "-":
