@@ -275,12 +275,14 @@ token, so this over the weights read per token bounds tokens/s."""
 
 def bytes_per_token(model, config: dict) -> int:
     """The weight bytes one decode token reads: all of them, but of a mixture of experts only
-    ``num_experts_per_tok`` of ``num_local_experts`` routed experts (``switch_mlp`` arrays)."""
+    ``num_experts_per_tok`` of ``num_local_experts`` routed experts (arrays with a leading
+    experts axis: ``...experts.*``, ``...switch_mlp.*``; not a shared expert)."""
     text = config.get("text_config", config)
     active = text.get("num_experts_per_tok", 1) / text.get("num_local_experts", 1)
     total = 0.0
     for name, value in tree_flatten(model.parameters()):
-        total += value.nbytes * (active if "switch_mlp" in name else 1.0)
+        routed = ".experts." in name or ".switch_mlp." in name
+        total += value.nbytes * (active if routed else 1.0)
     return int(total)
 
 
