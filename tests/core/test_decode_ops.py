@@ -11,7 +11,7 @@ import mlx.nn as nn
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_zoo import KVCache, merge_heads, split_heads
+from mlx_zoo import KVCache, SwitchGLU, merge_heads, split_heads
 from mlx_zoo.decoder import DecoderArgs, DecoderLM
 from mlx_zoo.fusion import fuse_projections
 from mlx_zoo.layers import swiglu
@@ -78,3 +78,19 @@ def test_swiglu_is_silu_times_up(dtype):
     gate = (4 * mx.random.normal((2, 3, 200))).astype(dtype)
     up = mx.random.normal((2, 3, 200)).astype(dtype)
     assert mx.array_equal(swiglu(gate, up), nn.silu(gate) * up)
+
+
+def _plain_silu(x: mx.array) -> mx.array:  # not nn.silu itself: SwitchGLU's general path
+    return nn.silu(x)
+
+
+@pytest.mark.parametrize("tokens", [1, 70])  # the direct and the sorted (many tokens) paths
+def test_switch_glu_fused_gate_equals_general_path(tokens):
+    mx.random.seed(tokens)
+    fused = SwitchGLU(32, 48, 4)
+    fused.set_dtype(mx.bfloat16)
+    general = SwitchGLU(32, 48, 4, activation=_plain_silu)
+    general.load_weights(tree_flatten(fused.parameters()), strict=True)
+    x = mx.random.normal((1, tokens, 32)).astype(mx.bfloat16)
+    indices = mx.random.randint(0, 4, (1, tokens, 2))
+    assert mx.array_equal(fused(x, indices), general(x, indices))

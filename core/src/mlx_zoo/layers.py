@@ -439,7 +439,9 @@ class SwitchGLU(nn.Module):
         idx = indices
         if do_sort:
             x, idx, inverse = _sort_by_expert(x, indices)
-        hidden = self.activation(self.gate_proj(x, idx, do_sort)) * self.up_proj(x, idx, do_sort)
+        gate, up = self.gate_proj(x, idx, do_sort), self.up_proj(x, idx, do_sort)
+        # SiLU (every Llama-style MoE): one fused kernel, the same values (see swiglu)
+        hidden = swiglu(gate, up) if self.activation is nn.silu else self.activation(gate) * up
         out = self.down_proj(hidden, idx, do_sort)
         if do_sort:
             out = out[inverse].reshape(*indices.shape, -1)
