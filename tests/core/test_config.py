@@ -95,6 +95,17 @@ def test_nested_text_config_is_normalised():
     assert cfg["text_config"]["rope_scaling"]["rope_type"] == "llama3"
 
 
+def test_normalising_adds_no_rope_key_the_file_lacks():
+    """A section without RoPE settings -- the published Llama 4 layout's wrapper around
+    ``text_config`` -- gains no ``rope_scaling`` key: the keys kept around the text settings,
+    and written back by save, are the file's own."""
+    cfg = mlx_zoo.normalize_config({"model_type": "x", "text_config": TRANSFORMERS_5})
+    assert "rope_scaling" not in cfg and "rope_theta" not in cfg
+    assert "rope_scaling" in cfg["text_config"]
+    explicit = mlx_zoo.normalize_config({"model_type": "x", "rope_scaling": None})
+    assert explicit["rope_scaling"] is None
+
+
 def test_generic_field_types_checked():
     with pytest.raises(ConfigError, match="layer_sizes"):
         Args.from_dict({"model_type": "x", "hidden_size": 8, "layer_sizes": 3})

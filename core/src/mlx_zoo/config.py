@@ -9,13 +9,14 @@ Two dialects of config.json are in the wild and both are read into one form:
 
 :func:`normalize_config` rewrites either into ``rope_theta`` (a float) plus ``rope_scaling`` (a
 :class:`RopeScaling` with ``rope_type`` set, or ``None`` for plain RoPE), recursively for nested
-``text_config`` sections. Plugins then declare their fields as a dataclass derived from
-:class:`BaseModelArgs`, whose :meth:`~BaseModelArgs.from_dict` checks the type of every field --
-strictly: ``"2"`` is no number -- and the range the field declares (:class:`Range`,
-:data:`PositiveInt` and friends; every float must be finite), then the checks across fields
-(:class:`Divides`, the RoPE scaling, a plugin's own :meth:`~BaseModelArgs.validate`), and names
-the file and key of any failure in a :class:`~mlx_zoo.ConfigError`. The checks themselves live in
-:mod:`mlx_zoo.checks` (re-exported here and from ``mlx_zoo``).
+``text_config`` sections; a section that gives neither is left without them. Plugins then declare
+their fields as a dataclass derived from :class:`BaseModelArgs`, whose
+:meth:`~BaseModelArgs.from_dict` checks the type of every field -- strictly: ``"2"`` is no number
+-- and the range the field declares (:class:`Range`, :data:`PositiveInt` and friends; every float
+must be finite), then the checks across fields (:class:`Divides`, the RoPE scaling, a plugin's own
+:meth:`~BaseModelArgs.validate`), and names the file and key of any failure in a
+:class:`~mlx_zoo.ConfigError`. The checks themselves live in :mod:`mlx_zoo.checks` (re-exported
+here and from ``mlx_zoo``).
 
 A config object carries everything it read, explicitly: its declared fields, ``extra`` (the keys
 of config.json the dataclass does not declare, kept for :meth:`~BaseModelArgs.to_dict`) and
@@ -47,7 +48,7 @@ from .checks import (
     type_name,
 )
 from .errors import ConfigError
-from .rope import RopeScaling, validate_rope_scaling
+from .rope import SCALING_KEY, RopeScaling, validate_rope_scaling
 
 __all__ = [
     "CONFIG_FILE", "FLOAT32_MAX", "MAX_SIZE", "NESTED_CONFIGS", "QUANTIZATION_CONFIG_KEY",
@@ -98,7 +99,11 @@ def read_config(model_dir: Path | str) -> dict[str, Any]:
 
 
 def normalize_config(config: dict[str, Any], path: Path | str | None = None) -> dict[str, Any]:
-    """Return a copy of ``config`` with RoPE settings in one form (see the module docstring)."""
+    """Return a copy of ``config`` with RoPE settings in one form (see the module docstring).
+    A section with neither ``rope_scaling`` nor ``rope_parameters`` gains no ``rope_scaling``
+    key (a config dataclass then takes its declared default): the keys a config keeps as read
+    -- the Llama 4 wrapper around ``text_config`` -- are written back by save as the file had
+    them."""
     config = dict(config)
     params = config.pop("rope_parameters", None)
     if params is not None:
@@ -108,8 +113,9 @@ def normalize_config(config: dict[str, Any], path: Path | str | None = None) -> 
         params = dict(params)
         if "rope_theta" in params:
             config["rope_theta"] = params.pop("rope_theta")
-        config["rope_scaling"] = params
-    config["rope_scaling"] = normalize_rope_scaling(config.get("rope_scaling"), path)
+        config[SCALING_KEY] = params
+    if SCALING_KEY in config:
+        config[SCALING_KEY] = normalize_rope_scaling(config[SCALING_KEY], path)
     for key in NESTED_CONFIGS:
         if isinstance(config.get(key), dict):
             try:
