@@ -398,12 +398,20 @@ def transformers_config(real: RealConfig, directory: Path) -> Any:
                     f"({real.transformers_may_refuse}): {type(error).__name__}")
 
 
+def rope_parameters(text: Any) -> dict[str, Any]:
+    """transformers' RoPE settings of a text config in one form: ``rope_parameters``
+    (transformers >= 5) or ``rope_theta`` plus ``rope_scaling`` (before)."""
+    if getattr(text, "rope_parameters", None):
+        return dict(text.rope_parameters)
+    return {**(getattr(text, "rope_scaling", None) or {}), "rope_theta": text.rope_theta}
+
+
 def transformers_view(hf: Any) -> dict[str, Any]:
     """The same fields as :func:`summary`, as transformers' config class ``hf`` derives them
     (the feed-forward shapes as its modeling code builds them)."""
     text = hf.get_text_config()
-    params = dict(text.rope_parameters or {})
-    kind = params.get("rope_type", "default")
+    params = rope_parameters(text)
+    kind = params.get("rope_type", params.get("type", "default"))
     if kind == DYNAMIC and params.get("alpha"):  # HunYuan's modeling code: NTK-alpha
         kind = NTK_ALPHA
     heads = text.num_attention_heads
@@ -435,8 +443,9 @@ def transformers_view(hf: Any) -> dict[str, Any]:
             experts=text.num_local_experts, top_k=text.num_experts_per_tok,
             uses_rope=[bool(text.no_rope_layers[i]) for i in layers],
             moe=[i in text.moe_layers for i in layers],
-            chunked=[text.attention_chunk_size is not None
-                     and text.layer_types[i] == "chunked_attention" for i in layers],
+            chunked=[text.attention_chunk_size is not None and bool(text.no_rope_layers[i])
+                     if getattr(text, "layer_types", None) is None  # transformers < 4.54
+                     else text.layer_types[i] == "chunked_attention" for i in layers],
             qk_norm=text.use_qk_norm, temperature=bool(text.attn_temperature_tuning))
         view["window"] = None  # chunked attention, not a sliding window
         hidden, width, experts = text.hidden_size, text.intermediate_size, text.num_local_experts
@@ -471,7 +480,7 @@ def transformers_frequencies(hf: Any) -> tuple[np.ndarray, float]:
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
     text = hf.get_text_config()
-    params = text.rope_parameters
+    params = rope_parameters(text)
     view = transformers_view(hf)
     kind, dim = view["rope"], view["head_dim"]
     if kind in ROPE_INIT_FUNCTIONS:
