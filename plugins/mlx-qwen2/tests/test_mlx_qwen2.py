@@ -110,3 +110,18 @@ def test_sanitize_drops_rotary_buffers_and_tied_head(checkpoint):
     weights = {"model.layers.0.self_attn.rotary_emb.inv_freq": mx.zeros(4),
                "lm_head.weight": mx.zeros((320, 64)), "model.norm.weight": mx.ones(64)}
     assert list(model.sanitize(weights)) == ["model.norm.weight"]
+
+
+def test_left_out_keys_read_as_transformers_reads_them(tmp_path):
+    """A config.json without ``rope_theta`` / ``tie_word_embeddings`` is read with
+    ``Qwen2Config``'s defaults: untied (its ``lm_head.weight`` loads, not dropped), theta 10,000."""
+    import transformers
+
+    config = {k: v for k, v in BASE.items() if k not in ("rope_theta", "tie_word_embeddings")}
+    path = write_tiny_checkpoint(tmp_path, "qwen2", config)
+    reference = transformers.Qwen2Config.from_pretrained(path)
+    model, args = mlx_zoo.load(path)
+    assert args.tie_word_embeddings is reference.tie_word_embeddings is False
+    theta = getattr(reference, "rope_theta", None) or reference.rope_parameters["rope_theta"]
+    assert args.rope_theta == theta == 10000.0
+    assert "lm_head" in model

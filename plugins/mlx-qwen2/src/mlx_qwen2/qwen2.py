@@ -18,19 +18,20 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from mlx_zoo.config import PositiveFloat, PositiveInt
+from mlx_zoo.config import PositiveInt
 from mlx_zoo.decoder import DecoderArgs, DecoderLM
 
 
 @dataclass
 class ModelArgs(DecoderArgs):
     """Qwen2's config.json: the fields of :class:`~mlx_zoo.decoder.DecoderArgs`, with
-    ``Qwen2Config``'s defaults. ``use_sliding_window`` (false in every published checkpoint) is
-    not read: attention is always full."""
+    ``Qwen2Config``'s defaults for the keys a file leaves out (as transformers reads it: the
+    published checkpoints state ``rope_theta`` -- 1e6 -- and ``tie_word_embeddings``, but a file
+    without them is untied with theta 10,000, so an ``lm_head.weight`` is never dropped).
+    ``use_sliding_window`` (false in every published checkpoint) is not read: attention is
+    always full."""
 
     max_position_embeddings: PositiveInt = 32768
-    rope_theta: PositiveFloat = 1000000.0
-    tie_word_embeddings: bool = True
 
 
 class Model(DecoderLM):
