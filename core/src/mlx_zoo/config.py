@@ -125,10 +125,6 @@ def normalize_config(config: dict[str, Any], path: Path | str | None = None) -> 
     return config
 
 
-NESTED_CONFIGS = ("text_config",)
-"""Sections normalised like the top level (multimodal checkpoints nest the language model)."""
-
-
 def normalize_rope_scaling(scaling: Any, path: Path | str | None = None) -> RopeScaling | None:
     """``rope_scaling`` with its kind under ``rope_type``; ``None`` for plain RoPE."""
     if scaling is None:
