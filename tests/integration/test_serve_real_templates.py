@@ -463,17 +463,24 @@ def test_generated_tool_call_through_the_clients_stream_helper(memorised_client)
     assert decoded(call.function.arguments) == CALL["arguments"]
 
 
-@pytest.mark.slow
-def test_tool_result_turn(family, memorised_client):
-    """The client's next turn: the assistant message as returned, then the tool's result."""
-    reply = memorised_client.chat.completions.create(model="tiny", messages=MESSAGES,
-                                                     tools=TOOLS, max_tokens=64, temperature=0)
+def tool_result_turn(client, call_tokens: int, follow_tokens: int):
+    """A greedy answer with a tool call, then the client's next turn: the assistant message as
+    returned and the tool's result. Returns the call, the messages of that turn and its reply."""
+    reply = client.chat.completions.create(model="tiny", messages=MESSAGES, tools=TOOLS,
+                                           max_tokens=call_tokens, temperature=0)
     message = reply.choices[0].message
     call = message.tool_calls[0]
     messages = [*MESSAGES, message.model_dump(exclude_none=True),
                 {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'}]
-    follow = memorised_client.chat.completions.create(model="tiny", messages=messages,
-                                                      tools=TOOLS, max_tokens=8, temperature=0)
+    follow = client.chat.completions.create(model="tiny", messages=messages, tools=TOOLS,
+                                            max_tokens=follow_tokens, temperature=0)
+    return call, messages, follow
+
+
+@pytest.mark.slow
+def test_tool_result_turn(family, memorised_client):
+    """The client's next turn: the assistant message as returned, then the tool's result."""
+    call, messages, follow = tool_result_turn(memorised_client, 64, 8)
     assert follow.choices[0].finish_reason in ("stop", "length", "tool_calls")
     sent = [*MESSAGES, {"role": "assistant", "content": None, "tool_calls": [
         {"id": call.id, "type": "function", "function": {
@@ -597,14 +604,7 @@ def test_reasoning_sent_back_reaches_the_template(family, thinker_client):
     """The next turn: the assistant message as returned (its reasoning included) and the
     tool's result; Qwen3's template shows the reasoning of turns after the last user message,
     so the prompt counts it."""
-    reply = thinker_client.chat.completions.create(model="tiny", messages=MESSAGES,
-                                                   tools=TOOLS, max_tokens=96, temperature=0)
-    message = reply.choices[0].message
-    call = message.tool_calls[0]
-    messages = [*MESSAGES, message.model_dump(exclude_none=True),
-                {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21}'}]
-    follow = thinker_client.chat.completions.create(model="tiny", messages=messages,
-                                                    tools=TOOLS, max_tokens=4, temperature=0)
+    call, messages, follow = tool_result_turn(thinker_client, 96, 4)
     sent = [*MESSAGES, {"role": "assistant", "content": "", "reasoning_content": THOUGHT,
                         "tool_calls": [{"id": call.id, "type": "function", "function": {
                             "name": call.function.name,

@@ -453,6 +453,8 @@ class Engine:
         through ``logit_bias`` so that none stops early."""
         vocab = self.vocab_size or 2
         eos = set(self.tokenizer.eos_token_ids)
+        # 64 ids spread over the vocabulary by an arbitrary stride (which ids does not matter:
+        # the kernels met depend on shapes and dtypes), never an end of sequence
         ids = [t for t in ((17 + 31 * j) % vocab for j in range(64)) if t not in eos] or [0]
         ban = {t: -1e9 for t in eos if 0 <= t < vocab}
         kinds = {1: {"temperature": 0.7, "top_k": 20, "top_p": 0.9, "min_p": 0.05},
@@ -467,7 +469,7 @@ class Engine:
             # hits), odd rows start on their own token (misses)
             start = 0 if i % 2 == 0 else i
             prompt = [ids[(start + j) % len(ids)] for j in range(4 + 3 * (i % 4))]
-            prompt.append(ids[7 * i % len(ids)])
+            prompt.append(ids[7 * i % len(ids)])  # a last token of each row's own
             params = {**kinds.get(i % 4, {}), **params}
             return Seq(prompt, SamplingParams(max_tokens=max_tokens, seed=i, logit_bias=ban,
                                               **params), sink, index=i)
