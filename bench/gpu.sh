@@ -10,6 +10,7 @@
 #   bash bench/gpu.sh ab      # decode of this tree against old/ (a copy of an earlier core)
 #   bash bench/gpu.sh table   # issue 17's decode table: 4 shapes x bf16/8-bit/4-bit, mlx-lm alongside
 #   bash bench/gpu.sh host7b  # the 7B 4-bit decode probe (pipelined-loop split) + kernel tests
+#   bash bench/gpu.sh fast    # the NVRTC-precompiled kernels: tests, host cost, decode with them
 # Everything is written under $OUT (the device tool brings it back).
 set -o pipefail
 OUT=${OUT:-/tmp/bench-out}
@@ -88,6 +89,18 @@ PY
         --json "$OUT/table-$shape-$fmt.json" 2>&1 | grep -v "^{" | tee -a "$OUT/table.log"
       done
     done
+    ;;
+  fast)  # issue 17: mlx_zoo.kernels precompiled through NVRTC (bias and SwiGLU epilogues)
+    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
+    MLX_ENABLE_TF32=0 MLX_ZOO_QMV_QUICK=${QMV_QUICK-1} timeout 240 python3 -m pytest \
+      tests/integration/test_kernels.py -q -x -p no:cacheprovider 2>&1 | tail -15 | tee "$OUT/kernel-tests.log"
+    timeout 90 python3 bench/probe_host.py kernel --json "$OUT/host-kernel.json" 2>&1 | tee "$OUT/host-kernel.log"
+    for spec in ${FAST_SPECS:-qwen2-7b:4bit qwen2-0.5b:4bit qwen2-7b:8bit hunyuan-7b:4bit}; do
+      timeout 150 python3 bench/probe_host.py table --fast --shape ${spec%%:*} --fmt ${spec##*:} \
+        --rounds 3 --json "$OUT/fast-table-${spec/:/-}.json" 2>&1 | grep -v "^{" | tee -a "$OUT/fast-table.log"
+    done
+    timeout 200 python3 bench/probe_host.py decode --no-compiled --shape qwen2-7b --fmt 4bit \
+      --rounds 1 --json "$OUT/fast-decode-7b-4bit.json" 2>&1 | tee "$OUT/fast-decode-7b-4bit.log"
     ;;
   *) echo "usage: bench/gpu.sh tests|qwen|rest|host|serve" >&2; exit 2 ;;
 esac

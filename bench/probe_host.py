@@ -57,13 +57,6 @@ from mlx_zoo.kernels import cuda_qmv  # noqa: E402
 GROUP, BITS = 64, 4  # the quantization probed: mlx-lm's default 4-bit, group 64
 
 
-def qmv_reshaped(x, w, s, b, group_size=GROUP, bits=BITS):
-    """The previous version: x flattened to 2-D and the output reshaped back (two more ops)."""
-    lead = x.shape[:-1]
-    out = cuda_qmv.qmv(x.reshape(-1, x.shape[-1]), w, s, b, group_size, bits)
-    return out.reshape(*lead, w.shape[0])
-
-
 # -- kernel: host cost per product ----
 
 
@@ -71,8 +64,7 @@ def kernel(records: dict, n: int = 400) -> None:
     variants = {
         "mlx quantized_matmul": lambda x, q: mx.quantized_matmul(
             x, *q, transpose=True, group_size=GROUP, bits=BITS),
-        "zoo cuda_kernel": lambda x, q: cuda_qmv.qmv(x, *q, GROUP, BITS),
-        "zoo cuda_kernel + 2 reshapes": lambda x, q: qmv_reshaped(x, *q),
+        "zoo precompiled (NVRTC)": lambda x, q: cuda_qmv.qmv(x, *q, GROUP, BITS),
         "mlx x @ W.T (bf16)": None,
     }
     for name, out_dims, in_dims in (("0.5B q/o", 896, 896), ("7B q/o", 3584, 3584)):
@@ -206,7 +198,7 @@ def greedy_logits(model, prompt, steps: int = 4):
 
 def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: bool,
            layers: int | None = None, prompt_tokens: int = 512,
-           logits_path: str | None = None) -> None:
+           logits_path: str | None = None, no_compiled: bool = False) -> None:
     from mlx_lm.generate import generate_step as lm_generate_step
 
     config = shapes.FULL[shape]
@@ -238,7 +230,8 @@ def decode(records: dict, shape: str, fmt: str, rounds: int, tokens: int, lite: 
     compiled = partial(mlx_zoo.generate_step, compile_step=True)
     runs = [("zoo plain", plain, model)]
     if not lite:
-        runs.append(("zoo compiled", compiled, model))
+        if not no_compiled:
+            runs.append(("zoo compiled", compiled, model))
         if fmt in ("4bit", "8bit"):
             fast = _shallow_clone(model)
             n = kernels.use_fast_kernels(fast)
@@ -287,9 +280,10 @@ def bytes_per_token(model, config: dict) -> int:
 
 
 def table(records: dict, shape: str, fmt: str, rounds: int, tokens: int,
-          prompt_tokens: int = 512, layers: int | None = None) -> None:
+          prompt_tokens: int = 512, layers: int | None = None, fast: bool = False) -> None:
     """Decode tok/s of mlx-zoo (as ``load`` leaves it: fused, plain step) and mlx-lm on the same
-    weights, alternated, with the share of the bandwidth bound (issue 17 item 3)."""
+    weights, alternated, with the share of the bandwidth bound (issue 17 item 3); ``fast`` adds
+    mlx-zoo with ``use_fast_kernels``."""
     from mlx_lm.generate import generate_step as lm_generate_step
 
     config = shapes.FULL[shape]
@@ -300,6 +294,10 @@ def table(records: dict, shape: str, fmt: str, rounds: int, tokens: int,
     read = bytes_per_token(model, config)
     prompt = mx.random.randint(0, 1000, (prompt_tokens,)).astype(mx.uint32)
     runs = [("mlx-zoo", mlx_zoo.generate_step, model)]
+    if fast:
+        twin = _shallow_clone(model)
+        print(f"  fast kernels on {kernels.use_fast_kernels(twin)} layers", flush=True)
+        runs.append(("mlx-zoo fast", mlx_zoo.generate_step, twin))
     try:
         runs.append(("mlx-lm", lm_generate_step, mlx_lm_twin(config, model, fmt)))
     except Exception as e:  # noqa: BLE001 (report, measure mlx-zoo alone)
@@ -357,6 +355,8 @@ def main() -> None:
     p.add_argument("--lite", action="store_true", help="plain step only (for the sweep)")
     p.add_argument("--layers", type=int, help="fewer layers (a quick check)")
     p.add_argument("--prompt-tokens", type=int, default=512)
+    p.add_argument("--fast", action="store_true", help="table: add mlx-zoo + use_fast_kernels")
+    p.add_argument("--no-compiled", action="store_true", help="decode: leave out compile_step")
     p.add_argument("--logits", help="decode: save the greedy logits here (.npy)")
     p.add_argument("--json", help="write the figures here ('-': last line of stdout)")
     args = p.parse_args()
@@ -371,10 +371,10 @@ def main() -> None:
         kernel(records)
     elif args.what == "decode":
         decode(records, args.shape, args.fmt, args.rounds, args.tokens, args.lite, args.layers,
-               args.prompt_tokens, args.logits)
+               args.prompt_tokens, args.logits, args.no_compiled)
     elif args.what == "table":
         table(records, args.shape, args.fmt, args.rounds, args.tokens, args.prompt_tokens,
-              args.layers)
+              args.layers, args.fast)
     else:
         sweep(records, args.shape, args.fmt, args.tokens, args.layers)
     if args.json == "-":

@@ -11,8 +11,6 @@ rows, bfloat16/float16/float32 inputs (each case prints its errors: ``pytest -s`
 from __future__ import annotations
 
 import os
-import shutil
-import subprocess
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -20,9 +18,9 @@ import pytest
 from mlx.utils import tree_flatten
 
 from mlx_zoo import kernels
-from mlx_zoo.kernels import cuda_qmv
+from mlx_zoo.kernels import cuda_qmv, nvrtc
 
-ON_CUDA = cuda_qmv.on_cuda()
+ON_CUDA = cuda_qmv.ready()
 needs_cuda = pytest.mark.skipif(not ON_CUDA, reason="no CUDA device: MLX's CUDA backend is "
                                 "needed to run the kernel (CPU/Metal use mx.quantized_matmul)")
 
@@ -126,8 +124,8 @@ def test_use_fast_kernels_on_fused_qwen2(tmp_path):
     ref = model(tokens)
     keys = sorted(k for k, _ in tree_flatten(model.parameters()))
     count = kernels.use_fast_kernels(model, force=True)
-    # per layer: qkv, o, gate_up, down; plus lm_head
-    assert count == 2 * 4 + 1
+    # per layer: qkv, o, gate_up, down, and the SwiGLU; plus lm_head
+    assert count == 2 * 5 + 1
     assert sorted(k for k, _ in tree_flatten(model.parameters())) == keys
     out = model(tokens)
     err = (mx.linalg.norm((out - ref).astype(mx.float32)) / mx.linalg.norm(ref.astype(mx.float32)))
@@ -137,30 +135,30 @@ def test_use_fast_kernels_on_fused_qwen2(tmp_path):
     assert sorted(k for k, _ in tree_flatten(loaded.parameters())) == keys
 
 
-@pytest.mark.skipif(shutil.which("nvcc") is None, reason="no nvcc to compile the kernel source")
-def test_kernel_source_compiles(tmp_path):
-    """The kernel body and header, wrapped as MLX's cuda_kernel wraps them, compile for sm_90
-    (catches syntax errors on machines without a GPU)."""
-    types = {"bf16": "__nv_bfloat16", "f16": "__half", "f32": "float"}
-    src = ["#include <cuda_bf16.h>\n#include <cuda_fp16.h>\n#include <cstdint>\n",
-           cuda_qmv._strip(cuda_qmv.HEADER)]  # as the kernel is built: MLX's code right after
-    cases = [("bf16", "bf16", 1, 3584, 18944, 64, 4, 4, 8),
-             ("f32", "bf16", 8, 1000, 2880, 32, 8, 2, 2),
-             ("f16", "f16", 3, 7, 640, 128, 4, 1, 1)]
-    for i, (t, s, m, n, k, gs, bits, r, w) in enumerate(cases):
-        o = "f32" if "f32" in (t, s) else t
-        src.append(f"namespace mlx::core::cu {{\n__global__ void qmv{i}(const {types[t]}* x, "
-                   f"const uint32_t* w, const {types[s]}* scales, const {types[s]}* biases, "
-                   f"{types[o]}* out) {{\n  using T = {types[t]};\n  using S = {types[s]};\n"
-                   f"  using O = {types[o]};\n")
-        for name, v in dict(M=m, N=n, K=k, GS=gs, BITS=bits, R=r, W=w).items():
-            src.append(f"  constexpr int {name} = {v};\n")
-        src.append(cuda_qmv._strip(cuda_qmv.SOURCE) + "\n}\n}\n")
-    cu = tmp_path / "qmv.cu"
-    cu.write_text("".join(src))
-    res = subprocess.run(["nvcc", "-std=c++17", "-arch=sm_90", "-cubin", "-o",
-                          str(tmp_path / "qmv.cubin"), str(cu)], capture_output=True, text=True)
-    assert res.returncode == 0, res.stderr[-3000:]
+@pytest.mark.skipif(not nvrtc.available(), reason="no NVRTC (libnvrtc) to compile the kernel: "
+                    "it comes with MLX's CUDA wheel, or set MLX_ZOO_NVRTC")
+@pytest.mark.parametrize("config", [
+    (2, 2, 2, 2, 1, 4608, 3584, 64, 4, 4, 4, 1),     # Qwen2-7B fused q/k/v, its bias added
+    (2, 2, 2, 2, 1, 37888, 3584, 64, 4, 2, 4, 2),    # Qwen2-7B fused gate/up and SwiGLU
+    (2, 2, 2, 2, 1, 152064, 3584, 64, 4, 8, 4, 0),   # Qwen2-7B lm_head
+    (0, 2, 0, 0, 8, 1000, 2880, 32, 8, 2, 2, 0),     # float32 x, bfloat16 scales, 8 rows
+    (1, 1, 1, 1, 3, 7, 640, 128, 4, 1, 1, 0),        # float16, odd sizes
+    (2, 2, 2, 2, 8, 64, 128, 32, 4, 8, 1, 0),        # more outputs than one warp
+], ids=lambda c: "_".join(map(str, c)))
+def test_kernel_source_compiles(config):
+    """Every epilogue and dtype of the kernel compiles for sm_90 with NVRTC, as it is compiled on
+    a GPU (catches errors in the source on machines without one)."""
+    cfg = cuda_qmv.Config(*config)
+    cubin = nvrtc.compile_cubin(cfg.source, cfg.name, "sm_90")
+    assert cubin[:4] == b"\x7fELF" and cfg.name.encode() in cubin
+
+
+def test_nvrtc_reports_compile_errors():
+    if not nvrtc.available():
+        pytest.skip("no NVRTC")
+    with pytest.raises(nvrtc.NvrtcError, match="bad_kernel.*sm_90"):
+        nvrtc.compile_cubin('extern "C" __global__ void k() { undeclared(); }', "bad_kernel",
+                            "sm_90")
 
 
 # -- on CUDA --------------------------------------------------------------------------------------
@@ -248,3 +246,55 @@ def test_dispatch_on_cuda():
     y16 = kernels.quantized_matmul(big, w, s, b, group_size=64, bits=4)
     ref = mx.quantized_matmul(big, w, s, b, transpose=True, group_size=64, bits=4)
     assert mx.array_equal(y16, ref).item()
+
+
+@needs_cuda
+@pytest.mark.parametrize("bits,m,dtype", [(4, 1, "bfloat16"), (8, 3, "bfloat16"),
+                                          (4, 2, "float16"), (4, 1, "float32")])
+def test_bias_epilogue_matches_mlx(bits, m, dtype):
+    """The bias added in the kernel (Qwen2's fused q/k/v) against MLX's product + bias."""
+    dt = getattr(mx, dtype)
+    w, s, b = quantized(1152, 896, bits, 64, dt, seed=bits)
+    x = inputs((1, m), 896, dt, seed=3)
+    bias = (mx.random.normal((1152,), key=mx.random.key(5)) * 0.5).astype(dt)
+    assert cuda_qmv.fuses_bias(x, s, bias)
+    ours = cuda_qmv.qmv(x, w, s, b, 64, bits, bias=bias)
+    mlx = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=bits) + bias
+    assert ours.shape == mlx.shape == (1, m, 1152) and ours.dtype == mlx.dtype
+    assert rel(ours, mlx) <= 2 * TOL[dtype]
+
+
+@needs_cuda
+@pytest.mark.parametrize("n,k,bits,m,dtype", [(4864, 896, 4, 1, "bfloat16"),
+                                              (18944, 3584, 4, 1, "bfloat16"),
+                                              (1000, 640, 8, 3, "bfloat16"),
+                                              (300, 2880, 4, 2, "float16"),
+                                              (7, 640, 4, 1, "float32")])
+def test_swiglu_epilogue_matches_mlx(n, k, bits, m, dtype):
+    """silu(gate) * up from the fused [gate; up] weight against MLX's ops on the same arrays."""
+    from mlx_zoo.layers import swiglu
+
+    dt = getattr(mx, dtype)
+    w, s, b = quantized(2 * n, k, bits, 64, dt, seed=n)
+    x = inputs((1, m), k, dt, seed=7)
+    ours = cuda_qmv.qmv_swiglu(x, w, s, b, 64, bits)
+    both = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=bits)
+    mlx = swiglu(both[..., :n], both[..., n:])
+    assert ours.shape == mlx.shape == (1, m, n) and ours.dtype == mlx.dtype
+    assert rel(ours, mlx) <= 2 * TOL[dtype]
+
+
+@needs_cuda
+def test_unaligned_views_take_the_plain_path():
+    """An x (or weight) that is a view starting mid-buffer, off a 16-byte boundary: right
+    values, no misaligned-address fault."""
+    w, s, b = quantized(640, 1024, 4, 64)
+    big = inputs(1, 1024 + 3, mx.bfloat16)
+    x = big[:, 3:]  # starts 6 bytes into its buffer
+    ours = cuda_qmv.qmv(x, w, s, b, 64, 4)
+    mlx = mx.quantized_matmul(x, w, s, b, transpose=True, group_size=64, bits=4)
+    assert rel(ours, mlx) <= 2 * TOL["bfloat16"]
+    ws, ss, bs = quantized(641, 1024, 4, 64)
+    ours = cuda_qmv.qmv(x, ws[1:], ss[1:], bs[1:], 64, 4)  # rows start 512 bytes in: aligned
+    mlx = mx.quantized_matmul(x, ws[1:], ss[1:], bs[1:], transpose=True, group_size=64, bits=4)
+    assert rel(ours, mlx) <= 2 * TOL["bfloat16"]

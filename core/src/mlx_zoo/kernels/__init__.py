@@ -20,34 +20,75 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
-from .cuda_qmv import MAX_ROWS, cuda_available, on_cuda, quantized_matmul, supported
+from ..fusion import FusedLinear
+from ..layers import SwiGLU
+from .cuda_qmv import (
+    MAX_ROWS,
+    cuda_available,
+    fuses_bias,
+    on_cuda,
+    qmv,
+    qmv_swiglu,
+    quantized_matmul,
+    ready,
+    supported,
+)
 
-__all__ = ["FastQuantizedLinear", "MAX_ROWS", "cuda_available", "on_cuda", "quantized_matmul",
-           "supported", "use_fast_kernels"]
+__all__ = ["FastQuantizedLinear", "FastSwiGLU", "MAX_ROWS", "cuda_available", "on_cuda",
+           "quantized_matmul", "ready", "supported", "use_fast_kernels"]
+
+
+def _affine(layer: nn.Module) -> bool:
+    return (isinstance(layer, nn.QuantizedLinear) and layer.mode == "affine"
+            and layer.get("biases") is not None)
 
 
 class FastQuantizedLinear(nn.QuantizedLinear):
-    """An ``nn.QuantizedLinear`` whose product goes through :func:`quantized_matmul`.
+    """An ``nn.QuantizedLinear`` whose product goes through the CUDA matvec kernel where it
+    applies (its bias added by the kernel when it has the output's dtype).
 
     Same arrays, names and settings as the layer it replaces (the class of an existing layer is
     switched in place: no arrays are copied), so ``isinstance`` checks, ``parameters()``,
-    saving and loading see an ``nn.QuantizedLinear``. Non-affine modes take MLX's path."""
+    saving and loading see an ``nn.QuantizedLinear``. Non-affine modes, other devices and
+    prefill-sized inputs take MLX's path."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        if self.mode != "affine" or self.get("biases") is None:
+        w, scales, biases = self["weight"], self["scales"], self.get("biases")
+        if not (self.mode == "affine" and ready()
+                and supported(x, w, scales, biases, self.group_size, self.bits)):
             return super().__call__(x)
-        y = quantized_matmul(x, self["weight"], self["scales"], self["biases"],
-                             group_size=self.group_size, bits=self.bits)
-        if "bias" in self:
-            y = y + self["bias"]
-        return y
+        bias = self.get("bias")
+        if bias is not None and fuses_bias(x, scales, bias):
+            return qmv(x, w, scales, biases, self.group_size, self.bits, bias=bias)
+        y = qmv(x, w, scales, biases, self.group_size, self.bits)
+        return y if bias is None else y + bias
+
+
+class FastSwiGLU(SwiGLU):
+    """A :class:`~mlx_zoo.layers.SwiGLU` whose fused, quantized ``gate_up_proj`` and the SwiGLU
+    after it run as one CUDA kernel (:func:`~mlx_zoo.kernels.cuda_qmv.qmv_swiglu`) where it
+    applies; elsewhere exactly :class:`SwiGLU` (switched in place, as
+    :class:`FastQuantizedLinear`)."""
+
+    def __call__(self, x: mx.array) -> mx.array:
+        fused = self.get("gate_up_proj")
+        if isinstance(fused, FusedLinear) and ready():
+            lin = fused.linear
+            if (_affine(lin) and "bias" not in lin and fused.parts.sizes[0] == fused.parts.sizes[1]
+                    and supported(x, lin["weight"], lin["scales"], lin["biases"],
+                                  lin.group_size, lin.bits)):
+                hidden = qmv_swiglu(x, lin["weight"], lin["scales"], lin["biases"],
+                                    lin.group_size, lin.bits)
+                return self.down_proj(hidden)
+        return super().__call__(x)
 
 
 def use_fast_kernels(model: nn.Module, *, force: bool = False) -> int:
     """On a CUDA default device, make every affine ``nn.QuantizedLinear`` of ``model`` (fused
-    projections included) a :class:`FastQuantizedLinear`, in place; returns how many were
-    switched. On other devices it returns 0 and changes nothing (``force=True`` switches anyway:
-    for tests; the layers then still compute with ``mx.quantized_matmul`` off CUDA).
+    projections included) a :class:`FastQuantizedLinear` and every :class:`SwiGLU` a
+    :class:`FastSwiGLU`, in place; returns how many layers were switched. On other devices it
+    returns 0 and changes nothing (``force=True`` switches anyway: for tests; the layers then
+    still compute with MLX's ops off CUDA).
 
     Call it after :func:`mlx_zoo.fuse_projections` (``mlx_zoo.load`` fuses by default): fusion
     accepts only exact ``nn.QuantizedLinear`` layers."""
@@ -55,8 +96,10 @@ def use_fast_kernels(model: nn.Module, *, force: bool = False) -> int:
         return 0
     count = 0
     for _, module in model.named_modules():
-        if (type(module) is nn.QuantizedLinear and module.mode == "affine"
-                and module.get("biases") is not None):
+        if type(module) is nn.QuantizedLinear and _affine(module):
             module.__class__ = FastQuantizedLinear
+            count += 1
+        elif type(module) is SwiGLU:
+            module.__class__ = FastSwiGLU
             count += 1
     return count

@@ -6,35 +6,42 @@ MLX's affine group-quantized layout (``mx.quantize``: ``w`` is ``(out, in * bits
 with the values packed least-significant bits first, ``scales`` and ``biases`` are
 ``(out, in / group_size)``, and the dequantized weight is ``scale * q + bias``). When the default
 device is a CUDA GPU and the shape qualifies (at most :data:`MAX_ROWS` rows of ``x``, 4 or 8
-bits, group size 32, 64 or 128, floating ``x``) it runs the kernel below through
-``mx.fast.cuda_kernel``; otherwise it calls ``mx.quantized_matmul`` itself, so CPU and Metal
-results are exactly MLX's.
+bits, group size 32, 64 or 128, floating ``x``) it runs the kernel below; otherwise it calls
+``mx.quantized_matmul`` itself, so CPU and Metal results are exactly MLX's. Two variants fuse
+what follows the product in a decoder layer: a bias vector (Qwen2's q/k/v), and SwiGLU over a
+fused ``[gate; up]`` weight (:func:`qmv_swiglu`) -- one kernel launch instead of two each.
 
 The kernel reads the weights once, bandwidth first:
 
-* a block of ``W`` warps computes ``R`` output rows (``R`` in 1, 2, 4: more rows give each ``x``
-  load more reuse, fewer give small matrices more blocks); its ``32 * W`` threads stride over the
-  row's 16-byte chunks of packed weights (32 4-bit or 16 8-bit values, always inside one
-  quantization group), ``ITERS`` chunks per thread in a fully unrolled loop, so all of a thread's
-  128-bit weight loads are in flight before the first is used;
+* a block of ``W`` warps computes ``R`` output columns (``R`` in 1, 2, 4, 8: more give each
+  ``x`` load more reuse, fewer give small matrices more blocks); its ``32 * W`` threads stride
+  over the row's 16-byte chunks of packed weights (32 4-bit or 16 8-bit values, always inside
+  one quantization group), ``ITERS`` chunks per thread in a fully unrolled loop, so all of a
+  thread's 128-bit weight loads are in flight before the first is used;
 * each 4-bit or 8-bit value becomes an exact float with one byte permute (``0x4B0000qq`` is
   ``2**23 + q``) and one subtraction; per chunk the thread accumulates ``sum(x * q)`` for every
   (row of x, output row) and ``sum(x)`` for every row of x (shared by all output rows), then adds
   ``scale * sum(x * q) + bias * sum(x)``: two FMAs per chunk instead of dequantizing each value;
 * float32 accumulation throughout; warp-shuffle reduction, then across the block's warps through
-  shared memory; the output is rounded once to the output dtype.
+  shared memory; the output is rounded once to the output dtype (the epilogues round where
+  MLX's separate ops would).
 
-The kernels are JIT-compiled by MLX per (dtypes, rows of x, shape, group size, bits, tiling):
-the first call of each shape pays a compile (seconds); a model has a handful of shapes.
-No gradient is defined for the kernel (decode does not need one).
+Each configuration (dtypes, rows of x, shape, group size, bits, tiling, epilogue) is compiled
+once per process to a cubin with NVRTC (:mod:`mlx_zoo.kernels.nvrtc`, ~0.2 s each; a model has
+a handful) and run through ``mx.fast.precompiled_cuda_kernel``, which costs less host time per
+call than ``mx.fast.cuda_kernel`` (that one rebuilds the source string at every call): decode
+on MLX's CUDA backend is bound by host time per op. No gradient is defined for the kernel.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from functools import cache, lru_cache
 
 import mlx.core as mx
+
+from . import nvrtc
 
 MAX_ROWS = 8
 """Largest number of rows of ``x`` (product of its leading dimensions) the kernel takes."""
@@ -43,65 +50,71 @@ BITS = (4, 8)
 GROUP_SIZES = (32, 64, 128)
 FLOAT_TYPES = (mx.bfloat16, mx.float16, mx.float32)
 
-HEADER = r"""
-namespace mlx_zoo_qmv {
-
-// v[0..VPW) = the VPW values of x at p (VPW = 8 or 4), as floats. p is 8*sizeof(T) or
-// 4*sizeof(T) aligned (chunks start at multiples of 16 values, rows at multiples of 32).
-template <int VPW>
-__device__ __forceinline__ void load_x(const __nv_bfloat16* p, float* v) {
-  if constexpr (VPW == 8) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    v[0] = __uint_as_float(u.x << 16); v[1] = __uint_as_float(u.x & 0xffff0000u);
-    v[2] = __uint_as_float(u.y << 16); v[3] = __uint_as_float(u.y & 0xffff0000u);
-    v[4] = __uint_as_float(u.z << 16); v[5] = __uint_as_float(u.z & 0xffff0000u);
-    v[6] = __uint_as_float(u.w << 16); v[7] = __uint_as_float(u.w & 0xffff0000u);
-  } else {
-    uint2 u = *reinterpret_cast<const uint2*>(p);
-    v[0] = __uint_as_float(u.x << 16); v[1] = __uint_as_float(u.x & 0xffff0000u);
-    v[2] = __uint_as_float(u.y << 16); v[3] = __uint_as_float(u.y & 0xffff0000u);
-  }
+SOURCE = r"""
+// Storage types by dtype code: 0 float32, 1 float16, 2 bfloat16 (16-bit values as raw bits, so
+// that no CUDA header is needed).
+typedef unsigned int u32;
+typedef unsigned short u16;
+template <int C> struct Store { typedef u16 type; };
+template <> struct Store<0> { typedef float type; };
+template <int C> __device__ __forceinline__ float to_float(typename Store<C>::type v);
+template <> __device__ __forceinline__ float to_float<0>(float v) { return v; }
+template <> __device__ __forceinline__ float to_float<1>(u16 v) {
+  float f; asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(v)); return f;
+}
+template <> __device__ __forceinline__ float to_float<2>(u16 v) {
+  return __uint_as_float(((u32)v) << 16);
+}
+template <int C> __device__ __forceinline__ typename Store<C>::type from_float(float f);
+template <> __device__ __forceinline__ float from_float<0>(float f) { return f; }
+template <> __device__ __forceinline__ u16 from_float<1>(float f) {
+  u16 h; asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f)); return h;
+}
+template <> __device__ __forceinline__ u16 from_float<2>(float f) {  // round to nearest even
+  u32 u = __float_as_uint(f);
+  if ((u & 0x7fffffffu) > 0x7f800000u) return (u16)((u >> 16) | 0x40u);  // NaN stays NaN
+  u += 0x7fffu + ((u >> 16) & 1u);
+  return (u16)(u >> 16);
+}
+// f rounded to dtype C, back as a float: what an MLX op with an output of dtype C leaves.
+template <int C> __device__ __forceinline__ float rnd(float f) {
+  return to_float<C>(from_float<C>(f));
 }
 
-template <int VPW>
-__device__ __forceinline__ void load_x(const __half* p, float* v) {
-  if constexpr (VPW == 8) {
-    uint4 u = *reinterpret_cast<const uint4*>(p);
-    const unsigned int w4[4] = {u.x, u.y, u.z, u.w};
+// v[0..V) = V consecutive values of x at p (V = 8 or 4) as floats, in 16- or 8-byte loads (the
+// kernel checked that x is 16-byte aligned).
+template <int C, int V>
+__device__ __forceinline__ void load_x(const typename Store<C>::type* p, float* v) {
+  if constexpr (C == 0) {
 #pragma unroll
-    for (int i = 0; i < 4; ++i) {
-      __half2 h = *reinterpret_cast<const __half2*>(&w4[i]);
-      float2 f = __half22float2(h);
-      v[2 * i] = f.x; v[2 * i + 1] = f.y;
+    for (int i = 0; i < V; i += 4) {
+      float4 f = *reinterpret_cast<const float4*>(p + i);
+      v[i] = f.x; v[i + 1] = f.y; v[i + 2] = f.z; v[i + 3] = f.w;
     }
   } else {
-    uint2 u = *reinterpret_cast<const uint2*>(p);
-    const unsigned int w2[2] = {u.x, u.y};
+    u32 u[V / 2];
+    if constexpr (V == 8) {
+      uint4 t = *reinterpret_cast<const uint4*>(p);
+      u[0] = t.x; u[1] = t.y; u[2] = t.z; u[3] = t.w;
+    } else {
+      uint2 t = *reinterpret_cast<const uint2*>(p);
+      u[0] = t.x; u[1] = t.y;
+    }
 #pragma unroll
-    for (int i = 0; i < 2; ++i) {
-      __half2 h = *reinterpret_cast<const __half2*>(&w2[i]);
-      float2 f = __half22float2(h);
-      v[2 * i] = f.x; v[2 * i + 1] = f.y;
+    for (int i = 0; i < V / 2; ++i) {
+      v[2 * i] = to_float<C>((u16)(u[i] & 0xffffu));
+      v[2 * i + 1] = to_float<C>((u16)(u[i] >> 16));
     }
   }
 }
 
-template <int VPW>
-__device__ __forceinline__ void load_x(const float* p, float* v) {
-#pragma unroll
-  for (int i = 0; i < VPW; i += 4) {
-    float4 f = *reinterpret_cast<const float4*>(p + i);
-    v[i] = f.x; v[i + 1] = f.y; v[i + 2] = f.z; v[i + 3] = f.w;
-  }
-}
-
-// The 32 / BITS values of one packed word, least significant bits first, as exact floats:
+// The 32 / B values of one packed word, least significant bits first, as exact floats:
 // byte-permute each value into the low byte of 0x4B000000 (the float 2^23), subtract 2^23.
-template <int BITS>
-__device__ __forceinline__ void unpack(unsigned int w, float* q) {
-  if constexpr (BITS == 4) {
-    const unsigned int lo = w & 0x0f0f0f0fu;         // values 0, 2, 4, 6
-    const unsigned int hi = (w >> 4) & 0x0f0f0f0fu;  // values 1, 3, 5, 7
+template <int B>
+__device__ __forceinline__ void unpack(u32 w, float* q) {
+  if constexpr (B == 4) {
+    const u32 lo = w & 0x0f0f0f0fu;         // values 0, 2, 4, 6
+    const u32 hi = (w >> 4) & 0x0f0f0f0fu;  // values 1, 3, 5, 7
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
       q[2 * k] = __uint_as_float(__byte_perm(lo, 0x4b000000u, 0x7540 + k)) - 8388608.0f;
@@ -115,99 +128,138 @@ __device__ __forceinline__ void unpack(unsigned int w, float* q) {
   }
 }
 
-}  // namespace mlx_zoo_qmv
-"""
+typedef Store<TX>::type XT;
+typedef Store<TS>::type ST;
+typedef Store<TO>::type OT;
+typedef Store<TB>::type BT;
 
-# Inputs: x (M, K) T; w (N, K*BITS/32) uint32; scales, biases (N, K/GS) S. Output: out (M, N) O.
-# Template constants: T, S, O (types); M, N, K, GS, BITS, R (rows per block), W (warps per block).
-SOURCE = r"""
-  constexpr int VPW = 32 / BITS;             // values per packed uint32
+// out[m, col] for the block's R output columns. EPI 1 adds bias[col]; EPI 2 (SwiGLU) reads the
+// fused [gate; up] weight (N rows, N / 2 output columns): silu(x . gate_col) * (x . up_col).
+extern "C" __global__ void KERNEL_NAME(const XT* x, const u32* w, const ST* scales,
+                                       const ST* biases,
+#if EPI == 1
+                                       const BT* bias,
+#endif
+                                       OT* out) {
+  constexpr int VPW = 32 / BITS;             // values per packed word
   constexpr int VPC = 4 * VPW;               // values per 16-byte chunk (inside one group)
   constexpr int CPR = K / VPC;               // chunks per weight row
   constexpr int G = K / GS;                  // groups per row
   constexpr int NT = 32 * W;                 // threads per block
   constexpr int ITERS = (CPR + NT - 1) / NT; // chunks per thread
+  constexpr int NOUT = EPI == 2 ? N / 2 : N; // output columns
+  constexpr int RW = EPI == 2 ? 2 * R : R;   // weight rows per block
   const int tid = threadIdx.x;
-  const int row0 = blockIdx.x * R;
+  const int col0 = blockIdx.x * R;
 
-  const uint4* wrow[R];
-  const S* srow[R];
-  const S* brow[R];
+  const u32* wrow[RW];
+  const ST* srow[RW];
+  const ST* brow[RW];
 #pragma unroll
-  for (int r = 0; r < R; ++r) {
-    // rows past N compute row N-1, not stored
-    const size_t row = (size_t)(row0 + r < N ? row0 + r : N - 1);
-    wrow[r] = reinterpret_cast<const uint4*>(w) + row * CPR;
+  for (int r = 0; r < RW; ++r) {
+    // columns past NOUT compute column NOUT - 1, not stored
+    const int col = col0 + (r % R) < NOUT ? col0 + (r % R) : NOUT - 1;
+    const size_t row = (size_t)col + (r >= R ? NOUT : 0);
+    wrow[r] = w + row * (CPR * 4);
     srow[r] = scales + row * G;
     brow[r] = biases + row * G;
   }
 
-  float acc[M][R];
+  float acc[M][RW];
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int r = 0; r < R; ++r) acc[m][r] = 0.0f;
+    for (int r = 0; r < RW; ++r) acc[m][r] = 0.0f;
 
-  // Chunks in batches of PF: all of a batch's 128-bit weight loads (and its scales and biases)
-  // are issued before any of them is used.
-  constexpr int PF_MAX = R >= 8 ? 2 : (R >= 4 ? 3 : (R == 2 ? 5 : 8));
-  constexpr int PF = ITERS < PF_MAX ? ITERS : PF_MAX;
+  if (((((size_t)x) | ((size_t)w)) & 15) != 0) {
+    // A view starting off a 16-byte boundary (MLX's own buffers never do): word by word, in
+    // loops kept rolled (this path only has to be right, and small).
+#pragma unroll 1
+    for (int r = 0; r < RW; ++r) {
+      float a[M];
 #pragma unroll
-  for (int it0 = 0; it0 < ITERS; it0 += PF) {
-    uint4 q[PF][R];
-    float s[PF][R], b[PF][R];
-#pragma unroll
-    for (int p = 0; p < PF; ++p) {
-      if (it0 + p < ITERS) {
-        const int c0 = tid + (it0 + p) * NT;
-        const int c = c0 < CPR ? c0 : CPR - 1;
-        const int g = (c * VPC) / GS;
-#pragma unroll
-        for (int r = 0; r < R; ++r) {
-          q[p][r] = __ldg(wrow[r] + c);
-          s[p][r] = static_cast<float>(srow[r][g]);
-          b[p][r] = static_cast<float>(brow[r][g]);
-        }
-      }
-    }
-#pragma unroll
-    for (int p = 0; p < PF; ++p) {
-      const int c = tid + (it0 + p) * NT;
-      if (it0 + p < ITERS && ((CPR % NT == 0) || c < CPR)) {
-        float d[M][R];
-        float xs[M];
-#pragma unroll
-        for (int m = 0; m < M; ++m) {
-          xs[m] = 0.0f;
-#pragma unroll
-          for (int r = 0; r < R; ++r) d[m][r] = 0.0f;
-        }
-#pragma unroll
-        for (int j = 0; j < 4; ++j) {
-          float qf[R][VPW];
-#pragma unroll
-          for (int r = 0; r < R; ++r) {
-            const uint4& qq = q[p][r];
-            const unsigned int word = j == 0 ? qq.x : j == 1 ? qq.y : j == 2 ? qq.z : qq.w;
-            ::mlx_zoo_qmv::unpack<BITS>(word, qf[r]);
-          }
-#pragma unroll
-          for (int m = 0; m < M; ++m) {
-            float xv[VPW];
-            ::mlx_zoo_qmv::load_x<VPW>(x + (size_t)m * K + c * VPC + j * VPW, xv);
-#pragma unroll
-            for (int i = 0; i < VPW; ++i) {
-              xs[m] += xv[i];
-#pragma unroll
-              for (int r = 0; r < R; ++r) d[m][r] = fmaf(xv[i], qf[r][i], d[m][r]);
-            }
-          }
-        }
+      for (int m = 0; m < M; ++m) a[m] = 0.0f;
+#pragma unroll 1
+      for (int wd = tid; wd < K / VPW; wd += NT) {
+        float qv[VPW];
+        unpack<BITS>(__ldg(wrow[r] + wd), qv);
+        const int g = (wd * VPW) / GS;
+        const float sc = to_float<TS>(srow[r][g]), bi = to_float<TS>(brow[r][g]);
 #pragma unroll
         for (int m = 0; m < M; ++m)
 #pragma unroll
-          for (int r = 0; r < R; ++r)
-            acc[m][r] = fmaf(s[p][r], d[m][r], fmaf(b[p][r], xs[m], acc[m][r]));
+          for (int i = 0; i < VPW; ++i)
+            a[m] = fmaf(to_float<TX>(x[(size_t)m * K + wd * VPW + i]), fmaf(sc, qv[i], bi), a[m]);
+      }
+#pragma unroll
+      for (int rr = 0; rr < RW; ++rr)
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+          if (rr == r) acc[m][rr] = a[m];
+    }
+  } else {
+    // Chunks in batches of PF: all of a batch's 128-bit weight loads (and its scales and
+    // biases) are issued before any of them is used.
+    constexpr int PF_MAX = RW >= 8 ? 2 : (RW >= 4 ? 3 : (RW == 2 ? 5 : 8));
+    constexpr int PF = ITERS < PF_MAX ? ITERS : PF_MAX;
+#pragma unroll
+    for (int it0 = 0; it0 < ITERS; it0 += PF) {
+      uint4 q[PF][RW];
+      float s[PF][RW], b[PF][RW];
+#pragma unroll
+      for (int p = 0; p < PF; ++p) {
+        if (it0 + p < ITERS) {
+          const int c0 = tid + (it0 + p) * NT;
+          const int c = c0 < CPR ? c0 : CPR - 1;
+          const int g = (c * VPC) / GS;
+#pragma unroll
+          for (int r = 0; r < RW; ++r) {
+            q[p][r] = __ldg(reinterpret_cast<const uint4*>(wrow[r]) + c);
+            s[p][r] = to_float<TS>(srow[r][g]);
+            b[p][r] = to_float<TS>(brow[r][g]);
+          }
+        }
+      }
+#pragma unroll
+      for (int p = 0; p < PF; ++p) {
+        const int c = tid + (it0 + p) * NT;
+        if (it0 + p < ITERS && ((CPR % NT == 0) || c < CPR)) {
+          float d[M][RW];
+          float xs[M];
+#pragma unroll
+          for (int m = 0; m < M; ++m) {
+            xs[m] = 0.0f;
+#pragma unroll
+            for (int r = 0; r < RW; ++r) d[m][r] = 0.0f;
+          }
+#pragma unroll
+          for (int j = 0; j < 4; ++j) {
+            float qf[RW][VPW];
+#pragma unroll
+            for (int r = 0; r < RW; ++r) {
+              const uint4& qq = q[p][r];
+              const u32 word = j == 0 ? qq.x : j == 1 ? qq.y : j == 2 ? qq.z : qq.w;
+              unpack<BITS>(word, qf[r]);
+            }
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+              float xv[VPW];
+              load_x<TX, VPW>(x + (size_t)m * K + c * VPC + j * VPW, xv);
+#pragma unroll
+              for (int i = 0; i < VPW; ++i) {
+                xs[m] += xv[i];
+#pragma unroll
+                for (int r = 0; r < RW; ++r) d[m][r] = fmaf(xv[i], qf[r][i], d[m][r]);
+              }
+            }
+          }
+          // sum(x * (scale * q + bias)) = scale * sum(x * q) + bias * sum(x), per group
+#pragma unroll
+          for (int m = 0; m < M; ++m)
+#pragma unroll
+            for (int r = 0; r < RW; ++r)
+              acc[m][r] = fmaf(s[p][r], d[m][r], fmaf(b[p][r], xs[m], acc[m][r]));
+        }
       }
     }
   }
@@ -216,48 +268,102 @@ SOURCE = r"""
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
-    for (int r = 0; r < R; ++r)
+    for (int r = 0; r < RW; ++r)
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1)
         acc[m][r] += __shfl_xor_sync(0xffffffffu, acc[m][r], off);
 
-  __shared__ float red[W][M * R];
+  __shared__ float red[W][M * RW];
   const int warp = tid >> 5, lane = tid & 31;
   if (lane == 0) {
 #pragma unroll
     for (int m = 0; m < M; ++m)
 #pragma unroll
-      for (int r = 0; r < R; ++r) red[warp][m * R + r] = acc[m][r];
+      for (int r = 0; r < RW; ++r) red[warp][m * RW + r] = acc[m][r];
   }
   __syncthreads();
-  if (tid < M * R) {
-    const int m = tid / R, r = tid % R;
+  for (int t = tid; t < M * R; t += NT) {
+    const int m = t / R, r = t % R, col = col0 + r;
     float v = 0.0f;
-#pragma unroll
-    for (int k = 0; k < W; ++k) v += red[k][tid];
-    if (row0 + r < N) out[(size_t)m * N + row0 + r] = static_cast<O>(v);
+    for (int k = 0; k < W; ++k) v += red[k][m * RW + r];
+#if EPI == 1
+    // as MLX computes it: the product rounded to the output dtype, then the bias added
+    v = rnd<TO>(v) + to_float<TB>(bias[col < NOUT ? col : NOUT - 1]);
+#elif EPI == 2
+    // as MLX's separate ops round it: gate and up, sigmoid(gate), silu = gate * sigmoid(gate),
+    // then silu * up
+    float u = 0.0f;
+    for (int k = 0; k < W; ++k) u += red[k][m * RW + R + r];
+    const float g = rnd<TO>(v);
+    const float sg = rnd<TO>(1.0f / (1.0f + expf(-g)));
+    v = rnd<TO>(g * sg) * rnd<TO>(u);
+#endif
+    if (col < NOUT) out[(size_t)m * NOUT + col] = from_float<TO>(v);
   }
+}
 """
+"""The kernel, in CUDA C++ for NVRTC, needing no header. It is compiled once per configuration
+(:class:`Config`), whose constants (``TX TS TO TB M N K GS BITS R W EPI`` and ``KERNEL_NAME``) are
+defined in front of it, so the compiler sees every loop bound."""
+
+DTYPE_CODES = {mx.float32: 0, mx.float16: 1, mx.bfloat16: 2}
+"""The kernel's codes for its float dtypes (``Store<C>`` in :data:`SOURCE`)."""
+
+EPILOGUES = {"none": 0, "bias": 1, "swiglu": 2}
+"""What the kernel does with each output value: nothing, add a bias vector, or SwiGLU of the
+fused ``[gate; up]`` rows (``EPI`` in :data:`SOURCE`)."""
 
 
-def _strip(code: str) -> str:
-    """The source without comment-only lines and indentation: MLX rebuilds the kernel's source
-    string on every call, so a shorter one costs less host time per launch."""
-    lines = (line.strip() for line in code.splitlines())
-    # (ends with a newline: MLX appends its own code right after the header)
-    return "\n".join(line for line in lines if line and not line.startswith("//")) + "\n"
+@dataclass(frozen=True)
+class Config:
+    """One compiled kernel: dtype codes (:data:`DTYPE_CODES`) of x, scales/biases, output and
+    bias vector; ``m`` rows of x; ``n`` weight rows of ``k`` inputs; quantization; tiling (``r``
+    output columns and ``w`` warps per block); epilogue (:data:`EPILOGUES`)."""
+
+    tx: int
+    ts: int
+    to: int
+    tb: int
+    m: int
+    n: int
+    k: int
+    group_size: int
+    bits: int
+    r: int
+    w: int
+    epilogue: int
+
+    @property
+    def name(self) -> str:
+        """The kernel's symbol: unique per configuration."""
+        return "mlx_zoo_qmv_" + "_".join(str(v) for v in (
+            self.tx, self.ts, self.to, self.tb, self.m, self.n, self.k, self.group_size,
+            self.bits, self.r, self.w, self.epilogue))
+
+    @property
+    def source(self) -> str:
+        """:data:`SOURCE` with this configuration's constants defined in front."""
+        defines = dict(TX=self.tx, TS=self.ts, TO=self.to, TB=self.tb, M=self.m, N=self.n,
+                       K=self.k, GS=self.group_size, BITS=self.bits, R=self.r, W=self.w,
+                       EPI=self.epilogue, KERNEL_NAME=self.name)
+        return "".join(f"#define {k} {v}\n" for k, v in defines.items()) + SOURCE
+
+    @property
+    def outputs(self) -> int:
+        """Output columns: half the weight rows for SwiGLU."""
+        return self.n // 2 if self.epilogue == EPILOGUES["swiglu"] else self.n
 
 
 @lru_cache(maxsize=1)
-def _kernel():
-    return mx.fast.cuda_kernel(
-        name="mlx_zoo_qmv",
-        input_names=["x", "w", "scales", "biases"],
-        output_names=["out"],
-        source=_strip(SOURCE),
-        header=_strip(HEADER),
-        ensure_row_contiguous=True,
-    )
+def architecture() -> str:
+    """The CUDA device's architecture as NVRTC names it (``sm_90``), from MLX's device info."""
+    return str(mx.device_info().get("architecture", ""))
+
+
+@lru_cache(maxsize=512)
+def binary(config: Config) -> bytes:
+    """The cubin of ``config``'s kernel for this device (compiled once per process)."""
+    return nvrtc.compile_cubin(config.source, config.name, architecture())
 
 
 SMS = 132
@@ -323,38 +429,84 @@ def supported(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | Non
     return 1 <= rows <= MAX_ROWS and n >= 1
 
 
+def fuses_bias(x: mx.array, scales: mx.array, bias: mx.array | None) -> bool:
+    """Whether the kernel can add ``bias`` itself: a vector of the output's dtype (else the
+    sum would promote, and the caller adds it as MLX does)."""
+    return (bias is not None and bias.ndim == 1 and bias.dtype in FLOAT_TYPES
+            and bias.dtype == _out_dtype(x.dtype, scales.dtype))
+
+
 _LAUNCH: dict[tuple, tuple] = {}
 
 
 def _launch(key: tuple, rows_per_block: int | None, warps: int | None) -> tuple:
-    x_dtype, s_dtype, lead, n, k, group_size, bits = key
-    m = math.prod(lead)
+    x_dtype, s_dtype, b_dtype, lead, n, k, group_size, bits, epilogue = key
+    swiglu = epilogue == EPILOGUES["swiglu"]
     r, wp = tiling(n, k, bits)
+    if swiglu:  # each output column reads two weight rows
+        r = max(1, r // 2)
     r, wp = rows_per_block or r, warps or wp
     out_dtype = _out_dtype(x_dtype, s_dtype)
-    template = [("T", x_dtype), ("S", s_dtype), ("O", out_dtype), ("M", m), ("N", n), ("K", k),
-                ("GS", group_size), ("BITS", bits), ("R", r), ("W", wp)]
-    return template, (-(-n // r) * 32 * wp, 1, 1), (32 * wp, 1, 1), [(*lead, n)], [out_dtype]
+    config = Config(DTYPE_CODES[x_dtype], DTYPE_CODES[s_dtype], DTYPE_CODES[out_dtype],
+                    DTYPE_CODES[b_dtype or out_dtype], math.prod(lead), n, k, group_size, bits,
+                    r, wp, epilogue)
+    grid = (-(-config.outputs // r) * 32 * wp, 1, 1)  # in threads, as MLX takes it
+    return (binary(config), config.name, grid, (32 * wp, 1, 1), [(*lead, config.outputs)],
+            [out_dtype])
 
 
-def qmv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int,
-        bits: int, *, rows_per_block: int | None = None, warps: int | None = None) -> mx.array:
-    """The kernel itself (CUDA only; :func:`supported` must hold). ``x @ dequantize(w).T``.
-
-    ``x`` goes in with its own shape and the output is made in its final shape: the kernel reads
-    and writes flat row-major buffers, so no reshape ops are added (each op costs host time per
-    token, which is what bounds decode on MLX's CUDA backend)."""
-    key = (x.dtype, scales.dtype, x.shape[:-1], w.shape[0], x.shape[-1], group_size, bits)
+def _run(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, bias: mx.array | None,
+         group_size: int, bits: int, epilogue: int, rows_per_block: int | None,
+         warps: int | None) -> mx.array:
+    key = (x.dtype, scales.dtype, None if bias is None else bias.dtype, x.shape[:-1],
+           w.shape[0], x.shape[-1], group_size, bits, epilogue)
     if rows_per_block or warps:
         launch = _launch(key, rows_per_block, warps)
     else:
         launch = _LAUNCH.get(key)
         if launch is None:
             launch = _LAUNCH[key] = _launch(key, None, None)
-    template, grid, threads, out_shapes, out_dtypes = launch
-    (out,) = _kernel()(inputs=[x, w, scales, biases], template=template, grid=grid,
-                       threadgroup=threads, output_shapes=out_shapes, output_dtypes=out_dtypes)
+    cubin, name, grid, threads, out_shapes, out_dtypes = launch
+    inputs = [x, w, scales, biases] if bias is None else [x, w, scales, biases, bias]
+    (out,) = mx.fast.precompiled_cuda_kernel(
+        name=name, compiled_source=cubin, inputs=inputs, output_shapes=out_shapes,
+        output_dtypes=out_dtypes, scalars=[], grid=grid, threadgroup=threads,
+        ensure_row_contiguous=True)
     return out
+
+
+def qmv(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int,
+        bits: int, *, bias: mx.array | None = None, rows_per_block: int | None = None,
+        warps: int | None = None) -> mx.array:
+    """The kernel itself (CUDA only; :func:`supported` must hold, and :func:`fuses_bias` for a
+    ``bias``): ``x @ dequantize(w).T (+ bias)``.
+
+    ``x`` goes in with its own shape and the output is made in its final shape: the kernel reads
+    and writes flat row-major buffers, so no reshape ops are added (each op costs host time per
+    token, which is what bounds decode on MLX's CUDA backend)."""
+    epilogue = EPILOGUES["none" if bias is None else "bias"]
+    return _run(x, w, scales, biases, bias, group_size, bits, epilogue, rows_per_block, warps)
+
+
+def qmv_swiglu(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array, group_size: int,
+               bits: int, *, rows_per_block: int | None = None,
+               warps: int | None = None) -> mx.array:
+    """``silu(gate) * up`` from the fused ``[gate; up]`` quantized weight (``w`` has ``2 * H``
+    rows, gate's first) in one kernel (CUDA only; :func:`supported` must hold and the row count
+    be even): the product and the SwiGLU after it in one launch instead of two, and the
+    ``2 * H`` products never written out. Rounded as MLX's separate ops round."""
+    return _run(x, w, scales, biases, None, group_size, bits, EPILOGUES["swiglu"],
+                rows_per_block, warps)
+
+
+@lru_cache(maxsize=1)
+def _compiler_ready() -> bool:
+    return nvrtc.available() and bool(architecture())
+
+
+def ready() -> bool:
+    """Whether the kernels run here: a CUDA default device, and NVRTC to compile them."""
+    return on_cuda() and _compiler_ready()
 
 
 def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None = None,
@@ -363,7 +515,7 @@ def quantized_matmul(x: mx.array, w: mx.array, scales: mx.array, biases: mx.arra
     """``mx.quantized_matmul`` with the CUDA matvec kernel where it applies: on a CUDA default
     device for at most :data:`MAX_ROWS` rows of ``x`` (affine, 4/8 bits, group 32/64/128,
     ``transpose=True``); elsewhere, MLX's own function, unchanged."""
-    if on_cuda() and supported(x, w, scales, biases, group_size, bits, transpose, mode):
+    if ready() and supported(x, w, scales, biases, group_size, bits, transpose, mode):
         return qmv(x, w, scales, biases, group_size, bits)
     return mx.quantized_matmul(x, w, scales=scales, biases=biases, transpose=transpose,
                                group_size=group_size, bits=bits, mode=mode)
