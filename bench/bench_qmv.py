@@ -91,7 +91,7 @@ def matvec(rows: list[int], quants: list[tuple[int, int]], records: list) -> Non
                     x, *c, transpose=True, group_size=g, bits=b) for c in s])
                 ours, theirs = ours / len(sets), theirs / len(sets)
                 rec = {"shape": name, "n": n, "k": k, "m": m, "bits": bits, "group_size": gs,
-                       "bytes": nbytes, "copies": len(sets), "tiling": cuda_qmv.tiling(n, k, bits),
+                       "bytes": nbytes, "copies": len(sets),
                        "ours_us": ours * 1e6, "mlx_us": theirs * 1e6,
                        "ours_gbs": nbytes / ours / 1e9, "mlx_gbs": nbytes / theirs / 1e9}
                 records.append(rec)
@@ -110,42 +110,6 @@ def matvec(rows: list[int], quants: list[tuple[int, int]], records: list) -> Non
                       f"x @ W.T {t * 1e6:8.1f} us {dense.nbytes / t / 1e9:7.0f} GB/s", flush=True)
                 del sets
         del dense
-        mx.clear_cache()
-
-
-SWEEP_SHAPES = [("7B gate_up (fused)", 37888, 3584),
-                ("7B down", 3584, 18944), ("7B lm_head", 152064, 3584)]
-
-
-def sweep(records: list, apply: bool) -> None:
-    """Rows per block x warps per block for the big 4-bit (group 64) shapes; with ``apply``, the
-    fastest goes into ``cuda_qmv.TILING`` (used by the end-to-end runs after it)."""
-    for name, n, k in SWEEP_SHAPES:
-        dense = (mx.random.normal((n, k)) * 0.02).astype(mx.bfloat16)
-        x = (mx.random.normal((1, k)) + 0.1).astype(mx.bfloat16)
-        q = list(mx.quantize(dense, group_size=64, bits=4))
-        del dense
-        nbytes = sum(a.nbytes for a in q)
-        sets = copies_of(q, nbytes)
-        default = cuda_qmv.tiling(n, k, 4)
-        best = None
-        for r in (2, 4, 8):
-            for w in (1, 2, 4, 8):
-                if math.ceil(k * 4 / 128 / (32 * w)) > 16:  # too many chunks per thread
-                    continue
-                t = median_time(lambda x=x, s=sets, r=r, w=w: [
-                    cuda_qmv.qmv(x, *c, 64, 4, rows_per_block=r, warps=w) for c in s],
-                    repeat=5) / len(sets)
-                records.append({"shape": name, "n": n, "k": k, "R": r, "W": w, "us": t * 1e6,
-                                "gbs": nbytes / t / 1e9})
-                print(f"  {name:22s} R={r} W={w} {t * 1e6:8.1f} us {nbytes / t / 1e9:7.0f} GB/s"
-                      f"{'  (default)' if (r, w) == default else ''}", flush=True)
-                if best is None or t < best[0]:
-                    best = (t, r, w)
-        print(f"  {name:22s} best R={best[1]} W={best[2]}", flush=True)
-        if apply:
-            cuda_qmv.TILING[(n, k, 4)] = (best[1], best[2])
-        del sets, q
         mx.clear_cache()
 
 
@@ -284,7 +248,6 @@ def main() -> None:
     p.add_argument("--quants", default="4:64,4:128,8:64", help="bits:group_size list")
     p.add_argument("--no-matvec", action="store_true")
     p.add_argument("--profile", action="store_true")
-    p.add_argument("--sweep", action="store_true", help="tiling sweep; the best is applied")
     p.add_argument("--e2e", action="store_true")
     p.add_argument("--prompt-tokens", type=int, default=512)
     p.add_argument("--gen-tokens", type=int, default=128)
@@ -302,10 +265,6 @@ def main() -> None:
     print(f"copy ceiling (a * 2, 1 GiB float32, read + write): {out['ceiling_gbs']:.0f} GB/s")
     if args.profile:
         out["profile"] = profile()
-    if args.sweep:
-        out["sweep"] = []
-        sweep(out["sweep"], apply=True)
-        out["tiling_applied"] = {str(k): v for k, v in cuda_qmv.TILING.items()}
     if not args.no_matvec:
         out["matvec"] = []
         quants = [tuple(int(v) for v in q.split(":")) for q in args.quants.split(",")]

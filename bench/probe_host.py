@@ -59,12 +59,31 @@ GROUP, BITS = 64, 4  # the quantization probed: mlx-lm's default 4-bit, group 64
 
 # -- kernel: host cost per product ----
 
+NOOP = 'extern "C" __global__ void mlx_zoo_noop(const unsigned short* x, unsigned short* out) {}'
+
+
+def noop(x):
+    """A precompiled kernel that does nothing (the smallest cubin): the floor of host cost."""
+    from mlx_zoo.kernels.nvrtc import compile_cubin
+
+    cubin = compile_cubin(NOOP, "mlx_zoo_noop", cuda_qmv.architecture())
+    return mx.fast.precompiled_cuda_kernel(
+        name="mlx_zoo_noop", compiled_source=cubin, inputs=[x], output_shapes=[(1,)],
+        output_dtypes=[x.dtype], scalars=[], grid=(32, 1, 1), threadgroup=(32, 1, 1))[0]
+
+
+@mx.compile
+def compiled_qmv(x, w, s, b):
+    return cuda_qmv.qmv(x, w, s, b, GROUP, BITS)
+
 
 def kernel(records: dict, n: int = 400) -> None:
     variants = {
         "mlx quantized_matmul": lambda x, q: mx.quantized_matmul(
             x, *q, transpose=True, group_size=GROUP, bits=BITS),
         "zoo precompiled (NVRTC)": lambda x, q: cuda_qmv.qmv(x, *q, GROUP, BITS),
+        "precompiled no-op kernel": lambda x, q: noop(x),
+        "zoo precompiled, in mx.compile": lambda x, q: compiled_qmv(x, *q),
         "mlx x @ W.T (bf16)": None,
     }
     for name, out_dims, in_dims in (("0.5B q/o", 896, 896), ("7B q/o", 3584, 3584)):

@@ -25,13 +25,12 @@ from ..layers import SwiGLU
 from .cuda_qmv import (
     MAX_ROWS,
     cuda_available,
-    fuses_bias,
     on_cuda,
-    qmv,
-    qmv_swiglu,
     quantized_matmul,
     ready,
     supported,
+    try_qmv,
+    try_qmv_swiglu,
 )
 
 __all__ = ["FastQuantizedLinear", "FastSwiGLU", "MAX_ROWS", "cuda_available", "on_cuda",
@@ -45,41 +44,35 @@ def _affine(layer: nn.Module) -> bool:
 
 class FastQuantizedLinear(nn.QuantizedLinear):
     """An ``nn.QuantizedLinear`` whose product goes through the CUDA matvec kernel where it
-    applies (its bias added by the kernel when it has the output's dtype).
+    applies (:func:`~mlx_zoo.kernels.cuda_qmv.try_qmv`; its bias added by the kernel when it
+    has the output's dtype).
 
     Same arrays, names and settings as the layer it replaces (the class of an existing layer is
     switched in place: no arrays are copied), so ``isinstance`` checks, ``parameters()``,
-    saving and loading see an ``nn.QuantizedLinear``. Non-affine modes, other devices and
+    saving and loading see an ``nn.QuantizedLinear``. Other modes, other devices and
     prefill-sized inputs take MLX's path."""
 
     def __call__(self, x: mx.array) -> mx.array:
-        w, scales, biases = self["weight"], self["scales"], self.get("biases")
-        if not (self.mode == "affine" and ready()
-                and supported(x, w, scales, biases, self.group_size, self.bits)):
-            return super().__call__(x)
-        bias = self.get("bias")
-        if bias is not None and fuses_bias(x, scales, bias):
-            return qmv(x, w, scales, biases, self.group_size, self.bits, bias=bias)
-        y = qmv(x, w, scales, biases, self.group_size, self.bits)
-        return y if bias is None else y + bias
+        y = try_qmv(x, self["weight"], self["scales"], self.get("biases"), self.group_size,
+                    self.bits, self.mode, self.get("bias"))
+        return super().__call__(x) if y is None else y
 
 
 class FastSwiGLU(SwiGLU):
     """A :class:`~mlx_zoo.layers.SwiGLU` whose fused, quantized ``gate_up_proj`` and the SwiGLU
-    after it run as one CUDA kernel (:func:`~mlx_zoo.kernels.cuda_qmv.qmv_swiglu`) where it
+    after it run as one CUDA kernel (:func:`~mlx_zoo.kernels.cuda_qmv.try_qmv_swiglu`) where it
     applies; elsewhere exactly :class:`SwiGLU` (switched in place, as
     :class:`FastQuantizedLinear`)."""
 
     def __call__(self, x: mx.array) -> mx.array:
         fused = self.get("gate_up_proj")
-        if isinstance(fused, FusedLinear) and ready():
+        if isinstance(fused, FusedLinear) and fused.parts.sizes[0] == fused.parts.sizes[-1]:
             lin = fused.linear
-            if (_affine(lin) and "bias" not in lin and fused.parts.sizes[0] == fused.parts.sizes[1]
-                    and supported(x, lin["weight"], lin["scales"], lin["biases"],
-                                  lin.group_size, lin.bits)):
-                hidden = qmv_swiglu(x, lin["weight"], lin["scales"], lin["biases"],
-                                    lin.group_size, lin.bits)
-                return self.down_proj(hidden)
+            if _affine(lin) and "bias" not in lin:
+                hidden = try_qmv_swiglu(x, lin["weight"], lin["scales"], lin["biases"],
+                                        lin.group_size, lin.bits, lin.mode)
+                if hidden is not None:
+                    return self.down_proj(hidden)
         return super().__call__(x)
 
 
