@@ -224,10 +224,10 @@ AUTO = "auto"
 
 FAST_KERNELS_ENV = "MLX_ZOO_FAST_KERNELS"
 """``1``: on a CUDA GPU, quantized layers run batch-1 matvecs through mlx-zoo's own kernel
-(:mod:`mlx_zoo.kernels`, 2.3-2.8x MLX's on 7B shapes in isolation). Off by default: each call
-costs more host time than MLX's built-in, and MLX's CUDA decode is host-bound, so a whole 7B
-4-bit decode measured slower with it (docs/benchmarks.md, "CUDA quantized matvec"). No effect
-on other devices."""
+(:mod:`mlx_zoo.kernels`: 2.3-2.8x MLX's kernel time on 7B shapes; fused bias and SwiGLU). Off
+by default: each custom kernel costs about twice the host time of a built-in op, and MLX's CUDA
+decode is bound by host time per op, so whole-model decode measured no faster with it
+(docs/benchmarks.md, "Precompiled kernels"). No effect on other devices."""
 
 MEMORY_FRACTION = 0.6
 """Share of available memory that dense float32 weights may take for the "auto" load policy:

@@ -4,15 +4,19 @@
   batch-1 / small-batch decode on CUDA (:mod:`mlx_zoo.kernels.cuda_qmv`); MLX's own function
   everywhere else, so CPU and Metal results are unchanged.
 * :func:`use_fast_kernels` -- on CUDA, routes a model's affine ``nn.QuantizedLinear`` layers
-  through it; elsewhere it does nothing.
+  through it (a bias vector added in the kernel) and each fused-and-quantized SwiGLU MLP's
+  gate/up product and SwiGLU through one kernel; elsewhere it does nothing.
 
     model, config = mlx_zoo.load(path)
     mlx_zoo.kernels.use_fast_kernels(model)   # 0 (no change) off CUDA
 
-Measured on an H200 (docs/benchmarks.md, "CUDA quantized matvec"): the kernel is 2.3-2.8x faster
-than MLX's on the big Qwen2-7B matrices, but a ``mx.fast.cuda_kernel`` op costs about twice the
-host time of a built-in one and MLX's CUDA decode is host-bound, so whole-model decode was slower
-with it (143-157 vs 175-178 tok/s). Hence opt-in, not part of ``mlx_zoo.load``.
+Measured on an H200 (docs/benchmarks.md, "CUDA quantized matvec" and "Precompiled kernels"):
+the kernel is 2.3-2.8x faster than MLX's on the big Qwen2-7B matrices, but each custom kernel
+costs about twice the host time of a built-in op (a no-op precompiled kernel: 4.4-5.1 us of
+Python per call against 2.4 us for MLX's quantized matmul), and MLX's CUDA decode is bound by
+host time per op, so whole-model decode is not faster with it (Qwen2-7B 4-bit 127-199 tok/s
+against 179-181 without). Hence opt-in (``MLX_ZOO_FAST_KERNELS=1``), not part of
+``mlx_zoo.load``'s defaults.
 """
 
 from __future__ import annotations

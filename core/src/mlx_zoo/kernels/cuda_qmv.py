@@ -11,26 +11,30 @@ bits, group size 32, 64 or 128, floating ``x``) it runs the kernel below; otherw
 what follows the product in a decoder layer: a bias vector (Qwen2's q/k/v), and SwiGLU over a
 fused ``[gate; up]`` weight (:func:`qmv_swiglu`) -- one kernel launch instead of two each.
 
-The kernel is written for host time first, then bandwidth: decode on MLX's CUDA backend is bound
-by the host time each op costs (docs/benchmarks.md, "Host overhead per decode token on CUDA"), and
-MLX copies a precompiled kernel's binary and hashes it at every call, so that cost grows with the
-binary's size. So its loops stay rolled (a cubin of ~8-12 KB; a fully unrolled version was
-19-25 KB and cost 12 us of Python per call on 7B shapes against 2 us for MLX's own matvec):
+The kernel reads the weights once, bandwidth first (2.3-2.8x MLX's kernel time on Qwen2-7B
+shapes, docs/benchmarks.md "CUDA quantized matvec"):
 
-* one warp per output column (for SwiGLU: the gate row and the up row together), ``W`` warps per
-  block; the 32 lanes stride over the row's 16-byte chunks of packed weights (32 4-bit or 16
-  8-bit values, always inside one quantization group);
+* a block of ``W`` warps computes ``R`` output columns (``R`` in 1, 2, 4, 8: more give each
+  ``x`` load more reuse, fewer give small matrices more blocks); its ``32 * W`` threads stride
+  over the rows' 16-byte chunks of packed weights (32 4-bit or 16 8-bit values, always inside
+  one quantization group), ``ITERS`` chunks per thread in a fully unrolled loop, so all of a
+  thread's 128-bit weight loads are in flight before the first is used;
 * each 4-bit or 8-bit value becomes an exact float with one byte permute (``0x4B0000qq`` is
-  ``2**23 + q``) and one subtraction; per chunk a lane accumulates ``sum(x * q)`` for every row
-  of x and ``sum(x)``, then adds ``scale * sum(x * q) + bias * sum(x)``: two FMAs per chunk
-  instead of dequantizing each value;
-* float32 accumulation; a warp-shuffle reduction; the output rounded once to the output dtype
-  (the epilogues round where MLX's separate ops would).
+  ``2**23 + q``) and one subtraction; per chunk the thread accumulates ``sum(x * q)`` for every
+  (row of x, output row) and ``sum(x)`` for every row of x (shared by all output rows), then adds
+  ``scale * sum(x * q) + bias * sum(x)``: two FMAs per chunk instead of dequantizing each value;
+* float32 accumulation; warp-shuffle reduction, then across the block's warps through shared
+  memory; the output rounded once to the output dtype (the epilogues round where MLX's separate
+  ops would). A view that starts off a 16-byte boundary takes a plain word-by-word loop.
 
-Each configuration (dtypes, rows of x, shape, group size, bits, epilogue) is compiled once per
-process to a cubin with NVRTC (:mod:`mlx_zoo.kernels.nvrtc`, ~0.2 s each; a model has a handful)
-and run through ``mx.fast.precompiled_cuda_kernel``: ``mx.fast.cuda_kernel`` rebuilds the whole
-source string at every call. No gradient is defined for the kernel.
+Each configuration (dtypes, rows of x, shape, group size, bits, tiling, epilogue) is compiled
+once per process to a cubin with NVRTC (:mod:`mlx_zoo.kernels.nvrtc`, ~0.2 s each; a model has
+a handful) and run through ``mx.fast.precompiled_cuda_kernel`` (``mx.fast.cuda_kernel``
+rebuilds the whole source string at every call). Host time per call is still what limits it:
+measured on an H200, even a no-op precompiled kernel costs 4.4-5.1 us of Python per call
+against 2.4 us for MLX's own quantized matmul (MLX copies the binary into each op and hashes
+it at evaluation), and decode on MLX's CUDA backend is bound by host time per op
+(docs/benchmarks.md, "Precompiled kernels"). No gradient is defined for the kernel.
 """
 
 from __future__ import annotations
@@ -82,12 +86,31 @@ template <int C> __device__ __forceinline__ float rnd(float f) {
   return to_float<C>(from_float<C>(f));
 }
 
-// v[0..V) = V consecutive values of x at p as floats. Value by value: x is small and read
-// from cache, and a load per value works at any alignment (a view may start anywhere).
+// v[0..V) = V consecutive values of x at p (V = 8 or 4) as floats, in 16- or 8-byte loads (the
+// kernel checked that x is 16-byte aligned).
 template <int C, int V>
 __device__ __forceinline__ void load_x(const typename Store<C>::type* p, float* v) {
+  if constexpr (C == 0) {
 #pragma unroll
-  for (int i = 0; i < V; ++i) v[i] = to_float<C>(p[i]);
+    for (int i = 0; i < V; i += 4) {
+      float4 f = *reinterpret_cast<const float4*>(p + i);
+      v[i] = f.x; v[i + 1] = f.y; v[i + 2] = f.z; v[i + 3] = f.w;
+    }
+  } else {
+    u32 u[V / 2];
+    if constexpr (V == 8) {
+      uint4 t = *reinterpret_cast<const uint4*>(p);
+      u[0] = t.x; u[1] = t.y; u[2] = t.z; u[3] = t.w;
+    } else {
+      uint2 t = *reinterpret_cast<const uint2*>(p);
+      u[0] = t.x; u[1] = t.y;
+    }
+#pragma unroll
+    for (int i = 0; i < V / 2; ++i) {
+      v[2 * i] = to_float<C>((u16)(u[i] & 0xffffu));
+      v[2 * i + 1] = to_float<C>((u16)(u[i] >> 16));
+    }
+  }
 }
 
 // The 32 / B values of one packed word, least significant bits first, as exact floats:
@@ -115,10 +138,8 @@ typedef Store<TS>::type ST;
 typedef Store<TO>::type OT;
 typedef Store<TB>::type BT;
 
-// One warp per output column: its 32 lanes stride over the weight row's 16-byte chunks (for
-// SwiGLU, over the gate row and the up row together), then reduce with shuffles; lane 0 writes
-// the M outputs. The loops stay rolled: the binary stays small, and MLX copies and hashes it at
-// every call (host time, which bounds decode, grows with its size).
+// out[m, col] for the block's R output columns. EPI 1 adds bias[col]; EPI 2 (SwiGLU) reads the
+// fused [gate; up] weight (N rows, N / 2 output columns): silu(x . gate_col) * (x . up_col).
 extern "C" __global__ void KERNEL_NAME(const XT* x, const u32* w, const ST* scales,
                                        const ST* biases,
 #if EPI == 1
@@ -129,12 +150,25 @@ extern "C" __global__ void KERNEL_NAME(const XT* x, const u32* w, const ST* scal
   constexpr int VPC = 4 * VPW;               // values per 16-byte chunk (inside one group)
   constexpr int CPR = K / VPC;               // chunks per weight row
   constexpr int G = K / GS;                  // groups per row
+  constexpr int NT = 32 * W;                 // threads per block
+  constexpr int ITERS = (CPR + NT - 1) / NT; // chunks per thread
   constexpr int NOUT = EPI == 2 ? N / 2 : N; // output columns
-  constexpr int RW = EPI == 2 ? 2 : 1;       // weight rows per column: gate and up for SwiGLU
-  const int lane = threadIdx.x & 31;
-  const int col = blockIdx.x * W + (threadIdx.x >> 5);
-  if (col >= NOUT) return;  // the whole warp: nothing below synchronises the block
-  const bool w_aligned = (((size_t)w) & 15) == 0;  // else a view: word by word
+  constexpr int RW = EPI == 2 ? 2 * R : R;   // weight rows per block
+  const int tid = threadIdx.x;
+  const int col0 = blockIdx.x * R;
+
+  const u32* wrow[RW];
+  const ST* srow[RW];
+  const ST* brow[RW];
+#pragma unroll
+  for (int r = 0; r < RW; ++r) {
+    // columns past NOUT compute column NOUT - 1, not stored
+    const int col = col0 + (r % R) < NOUT ? col0 + (r % R) : NOUT - 1;
+    const size_t row = (size_t)col + (r >= R ? NOUT : 0);
+    wrow[r] = w + row * (CPR * 4);
+    srow[r] = scales + row * G;
+    brow[r] = biases + row * G;
+  }
 
   float acc[M][RW];
 #pragma unroll
@@ -142,53 +176,100 @@ extern "C" __global__ void KERNEL_NAME(const XT* x, const u32* w, const ST* scal
 #pragma unroll
     for (int r = 0; r < RW; ++r) acc[m][r] = 0.0f;
 
+  if (((((size_t)x) | ((size_t)w)) & 15) != 0) {
+    // A view starting off a 16-byte boundary (MLX's own buffers never do): word by word, in
+    // loops kept rolled (this path only has to be right, and small).
 #pragma unroll 1
-  for (int c = lane; c < CPR; c += 32) {
-    const int g = (c * VPC) / GS;
-    uint4 q[RW];
-    float s[RW], b[RW];
-#pragma unroll
     for (int r = 0; r < RW; ++r) {
-      const size_t row = (size_t)col + r * NOUT;
-      const u32* p = w + (row * CPR + c) * 4;
-      q[r] = w_aligned ? __ldg(reinterpret_cast<const uint4*>(p))
-                       : make_uint4(__ldg(p), __ldg(p + 1), __ldg(p + 2), __ldg(p + 3));
-      s[r] = to_float<TS>(scales[row * G + g]);
-      b[r] = to_float<TS>(biases[row * G + g]);
+      float a[M];
+#pragma unroll
+      for (int m = 0; m < M; ++m) a[m] = 0.0f;
+#pragma unroll 1
+      for (int wd = tid; wd < K / VPW; wd += NT) {
+        float qv[VPW];
+        unpack<BITS>(__ldg(wrow[r] + wd), qv);
+        const int g = (wd * VPW) / GS;
+        const float sc = to_float<TS>(srow[r][g]), bi = to_float<TS>(brow[r][g]);
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+#pragma unroll
+          for (int i = 0; i < VPW; ++i)
+            a[m] = fmaf(to_float<TX>(x[(size_t)m * K + wd * VPW + i]), fmaf(sc, qv[i], bi), a[m]);
+      }
+#pragma unroll
+      for (int rr = 0; rr < RW; ++rr)
+#pragma unroll
+        for (int m = 0; m < M; ++m)
+          if (rr == r) acc[m][rr] = a[m];
     }
-    float d[M][RW], xs[M];
+  } else {
+    // Chunks in batches of PF: all of a batch's 128-bit weight loads (and its scales and
+    // biases) are issued before any of them is used.
+    constexpr int PF_MAX = RW >= 8 ? 2 : (RW >= 4 ? 3 : (RW == 2 ? 5 : 8));
+    constexpr int PF = ITERS < PF_MAX ? ITERS : PF_MAX;
 #pragma unroll
-    for (int m = 0; m < M; ++m) {
-      xs[m] = 0.0f;
+    for (int it0 = 0; it0 < ITERS; it0 += PF) {
+      uint4 q[PF][RW];
+      float s[PF][RW], b[PF][RW];
 #pragma unroll
-      for (int r = 0; r < RW; ++r) d[m][r] = 0.0f;
-    }
+      for (int p = 0; p < PF; ++p) {
+        if (it0 + p < ITERS) {
+          const int c0 = tid + (it0 + p) * NT;
+          const int c = c0 < CPR ? c0 : CPR - 1;
+          const int g = (c * VPC) / GS;
 #pragma unroll
-    for (int j = 0; j < 4; ++j) {
-      float qf[RW][VPW];
+          for (int r = 0; r < RW; ++r) {
+            q[p][r] = __ldg(reinterpret_cast<const uint4*>(wrow[r]) + c);
+            s[p][r] = to_float<TS>(srow[r][g]);
+            b[p][r] = to_float<TS>(brow[r][g]);
+          }
+        }
+      }
 #pragma unroll
-      for (int r = 0; r < RW; ++r)
-        unpack<BITS>(j == 0 ? q[r].x : j == 1 ? q[r].y : j == 2 ? q[r].z : q[r].w, qf[r]);
+      for (int p = 0; p < PF; ++p) {
+        const int c = tid + (it0 + p) * NT;
+        if (it0 + p < ITERS && ((CPR % NT == 0) || c < CPR)) {
+          float d[M][RW];
+          float xs[M];
 #pragma unroll
-      for (int m = 0; m < M; ++m) {
-        float xv[VPW];
-        load_x<TX, VPW>(x + (size_t)m * K + c * VPC + j * VPW, xv);
+          for (int m = 0; m < M; ++m) {
+            xs[m] = 0.0f;
 #pragma unroll
-        for (int i = 0; i < VPW; ++i) {
-          xs[m] += xv[i];
+            for (int r = 0; r < RW; ++r) d[m][r] = 0.0f;
+          }
 #pragma unroll
-          for (int r = 0; r < RW; ++r) d[m][r] = fmaf(xv[i], qf[r][i], d[m][r]);
+          for (int j = 0; j < 4; ++j) {
+            float qf[RW][VPW];
+#pragma unroll
+            for (int r = 0; r < RW; ++r) {
+              const uint4& qq = q[p][r];
+              const u32 word = j == 0 ? qq.x : j == 1 ? qq.y : j == 2 ? qq.z : qq.w;
+              unpack<BITS>(word, qf[r]);
+            }
+#pragma unroll
+            for (int m = 0; m < M; ++m) {
+              float xv[VPW];
+              load_x<TX, VPW>(x + (size_t)m * K + c * VPC + j * VPW, xv);
+#pragma unroll
+              for (int i = 0; i < VPW; ++i) {
+                xs[m] += xv[i];
+#pragma unroll
+                for (int r = 0; r < RW; ++r) d[m][r] = fmaf(xv[i], qf[r][i], d[m][r]);
+              }
+            }
+          }
+          // sum(x * (scale * q + bias)) = scale * sum(x * q) + bias * sum(x), per group
+#pragma unroll
+          for (int m = 0; m < M; ++m)
+#pragma unroll
+            for (int r = 0; r < RW; ++r)
+              acc[m][r] = fmaf(s[p][r], d[m][r], fmaf(b[p][r], xs[m], acc[m][r]));
         }
       }
     }
-    // sum(x * (scale * q + bias)) = scale * sum(x * q) + bias * sum(x), per group
-#pragma unroll
-    for (int m = 0; m < M; ++m)
-#pragma unroll
-      for (int r = 0; r < RW; ++r)
-        acc[m][r] = fmaf(s[r], d[m][r], fmaf(b[r], xs[m], acc[m][r]));
   }
 
+  // Reduce over the warp (shuffles), then over the block's warps (shared memory).
 #pragma unroll
   for (int m = 0; m < M; ++m)
 #pragma unroll
@@ -196,21 +277,33 @@ extern "C" __global__ void KERNEL_NAME(const XT* x, const u32* w, const ST* scal
 #pragma unroll
       for (int off = 16; off > 0; off >>= 1)
         acc[m][r] += __shfl_xor_sync(0xffffffffu, acc[m][r], off);
-  if (lane != 0) return;
-#pragma unroll 1
-  for (int m = 0; m < M; ++m) {
-    float v = acc[m][0];
+
+  __shared__ float red[W][M * RW];
+  const int warp = tid >> 5, lane = tid & 31;
+  if (lane == 0) {
+#pragma unroll
+    for (int m = 0; m < M; ++m)
+#pragma unroll
+      for (int r = 0; r < RW; ++r) red[warp][m * RW + r] = acc[m][r];
+  }
+  __syncthreads();
+  for (int t = tid; t < M * R; t += NT) {
+    const int m = t / R, r = t % R, col = col0 + r;
+    float v = 0.0f;
+    for (int k = 0; k < W; ++k) v += red[k][m * RW + r];
 #if EPI == 1
     // as MLX computes it: the product rounded to the output dtype, then the bias added
-    v = rnd<TO>(v) + to_float<TB>(bias[col]);
+    v = rnd<TO>(v) + to_float<TB>(bias[col < NOUT ? col : NOUT - 1]);
 #elif EPI == 2
     // as MLX's separate ops round it: gate and up, sigmoid(gate), silu = gate * sigmoid(gate),
     // then silu * up
+    float u = 0.0f;
+    for (int k = 0; k < W; ++k) u += red[k][m * RW + R + r];
     const float g = rnd<TO>(v);
     const float sg = rnd<TO>(1.0f / (1.0f + expf(-g)));
-    v = rnd<TO>(g * sg) * rnd<TO>(acc[m][RW - 1]);
+    v = rnd<TO>(g * sg) * rnd<TO>(u);
 #endif
-    out[(size_t)m * NOUT + col] = from_float<TO>(v);
+    if (col < NOUT) out[(size_t)m * NOUT + col] = from_float<TO>(v);
   }
 }
 """
@@ -297,10 +390,28 @@ def _out_dtype(x_dtype: mx.Dtype, s_dtype: mx.Dtype) -> mx.Dtype:
     return (mx.zeros((1,), x_dtype) + mx.zeros((1,), s_dtype)).dtype
 
 
-WARPS = 4
-"""Warps (output columns) per block. One warp per column keeps the kernel small; 4 per block
-gives the scheduler blocks of 128 threads, enough of them for every projection of a 0.5B
-model (896 columns: 224 blocks)."""
+SMS = 132
+"""Multiprocessors assumed when sizing the grid (H100/H200 SXM; MLX's device_info on CUDA does not
+report the count). Only the rows-per-block choice of small matrices depends on it."""
+
+
+TILING: dict[tuple[int, int, int], tuple[int, int]] = {}
+"""Overrides of :func:`tiling`: ``{(n, k, bits): (rows per block, warps per block)}``."""
+
+
+def tiling(n: int, k: int, bits: int) -> tuple[int, int]:
+    """(R, W): output rows per block, warps per block, for an ``n`` x ``k`` weight."""
+    if (n, k, bits) in TILING:
+        return TILING[(n, k, bits)]
+    cpr = k * bits // 128
+    # Swept on an H200 (bench/bench_qmv.py --sweep): 4 warps per block beat 2 and 8 (Qwen2-7B
+    # down: 34.6 us vs 45.2 with 8), and 8 rows per block the widest matrices (lm_head: 173 us
+    # vs 211 with 4 rows, 2 warps) as long as that leaves plenty of blocks.
+    warps = min(4, max(1, math.ceil(cpr / 32)))
+    rows = 8 if math.ceil(n / 8) >= 8 * SMS else 4
+    while rows > 1 and math.ceil(n / rows) < 2 * SMS:  # at least two blocks per multiprocessor
+        rows //= 2
+    return rows, warps
 
 
 def supported(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None,
@@ -350,12 +461,15 @@ def _plan(x: mx.array, w: mx.array, scales: mx.array, biases: mx.array | None,
             and (epilogue != EPILOGUES["bias"] or fuses_bias(x, scales, bias))
             and (epilogue != EPILOGUES["swiglu"] or w.shape[0] % 2 == 0)):
         out_dtype = _out_dtype(x.dtype, scales.dtype)
+        rows, warps = tiling(w.shape[0], x.shape[-1], bits)
+        if epilogue == EPILOGUES["swiglu"]:  # each output column reads two weight rows
+            rows = max(1, rows // 2)
         config = Config(DTYPE_CODES[x.dtype], DTYPE_CODES[scales.dtype], DTYPE_CODES[out_dtype],
                         DTYPE_CODES[out_dtype if bias is None else bias.dtype],
-                        math.prod(x.shape[:-1]), w.shape[0], x.shape[-1], group_size, bits, 1,
-                        WARPS, epilogue)
-        grid = (-(-config.outputs // WARPS) * 32 * WARPS, 1, 1)  # in threads, as MLX takes it
-        plan = (binary(config), config.name, grid, (32 * WARPS, 1, 1),
+                        math.prod(x.shape[:-1]), w.shape[0], x.shape[-1], group_size, bits, rows,
+                        warps, epilogue)
+        grid = (-(-config.outputs // rows) * 32 * warps, 1, 1)  # in threads, as MLX takes it
+        plan = (binary(config), config.name, grid, (32 * warps, 1, 1),
                 [(*x.shape[:-1], config.outputs)], [out_dtype])
     _PLANS[key] = plan
     return plan
