@@ -12,8 +12,8 @@
 
 Measured on an H200 (docs/benchmarks.md, "CUDA quantized matvec" and "Precompiled kernels"):
 the kernel is 2.3-2.8x faster than MLX's on the big Qwen2-7B matrices, but each custom kernel
-costs about twice the host time of a built-in op (a no-op precompiled kernel: 4.4-5.1 us of
-Python per call against 2.4 us for MLX's quantized matmul), and MLX's CUDA decode is bound by
+costs about twice the host time of a built-in op (a no-op precompiled kernel: 4.4-5.2 us of
+Python per call against 2.0-2.4 us for MLX's quantized matmul), and MLX's CUDA decode is bound by
 host time per op, so whole-model decode is not faster with it (Qwen2-7B 4-bit 127-199 tok/s
 against 179-181 without). Hence opt-in (``MLX_ZOO_FAST_KERNELS=1``), not part of
 ``mlx_zoo.load``'s defaults.

@@ -31,8 +31,8 @@ Each configuration (dtypes, rows of x, shape, group size, bits, tiling, epilogue
 once per process to a cubin with NVRTC (:mod:`mlx_zoo.kernels.nvrtc`, ~0.2 s each; a model has
 a handful) and run through ``mx.fast.precompiled_cuda_kernel`` (``mx.fast.cuda_kernel``
 rebuilds the whole source string at every call). Host time per call is still what limits it:
-measured on an H200, even a no-op precompiled kernel costs 4.4-5.1 us of Python per call
-against 2.4 us for MLX's own quantized matmul (MLX copies the binary into each op and hashes
+measured on an H200, even a no-op precompiled kernel costs 4.4-5.2 us of Python per call
+against 2.0-2.4 us for MLX's own quantized matmul (MLX copies the binary into each op and hashes
 it at evaluation), and decode on MLX's CUDA backend is bound by host time per op
 (docs/benchmarks.md, "Precompiled kernels"). No gradient is defined for the kernel.
 """
@@ -365,9 +365,9 @@ def architecture() -> str:
     return str(mx.device_info().get("architecture", ""))
 
 
-@lru_cache(maxsize=512)
 def binary(config: Config) -> bytes:
-    """The cubin of ``config``'s kernel for this device (compiled once per process)."""
+    """The cubin of ``config``'s kernel for this device (compiled once per process: NVRTC's
+    results are cached by :func:`~mlx_zoo.kernels.nvrtc.compile_cubin`)."""
     return compile_cubin(config.source, config.name, architecture())
 
 
@@ -395,14 +395,8 @@ SMS = 132
 report the count). Only the rows-per-block choice of small matrices depends on it."""
 
 
-TILING: dict[tuple[int, int, int], tuple[int, int]] = {}
-"""Overrides of :func:`tiling`: ``{(n, k, bits): (rows per block, warps per block)}``."""
-
-
 def tiling(n: int, k: int, bits: int) -> tuple[int, int]:
     """(R, W): output rows per block, warps per block, for an ``n`` x ``k`` weight."""
-    if (n, k, bits) in TILING:
-        return TILING[(n, k, bits)]
     cpr = k * bits // 128
     # Swept on an H200 (bench/bench_qmv.py --sweep): 4 warps per block beat 2 and 8 (Qwen2-7B
     # down: 34.6 us vs 45.2 with 8), and 8 rows per block the widest matrices (lm_head: 173 us

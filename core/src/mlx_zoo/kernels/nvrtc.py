@@ -116,6 +116,7 @@ def compile_cubin(source: str, name: str, arch: str) -> bytes:
         return _compile(source, name, arch)
 
 
+# a model needs a few dozen kernel configurations at most (its shapes x rows of x x epilogues)
 @lru_cache(maxsize=256)
 def _compile(source: str, name: str, arch: str) -> bytes:
     lib = library()
