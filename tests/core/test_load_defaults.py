@@ -101,9 +101,10 @@ def test_float32_only_where_the_fast_blas_serves(bf16_qwen2):
         assert status[0] == "mlx.core.float32"
     else:
         assert status[0] == "mlx.core.bfloat16"
-    # Too late (mlx.core first) or opted out: MLX's reference BLAS, so the stored dtype.
+    # Too late (mlx.core first, without the installed core's start-up hook) or opted out: MLX's
+    # reference BLAS, so the stored dtype.
     stored = ["mlx.core.bfloat16", "False"]
-    assert default_dtype(bf16_qwen2, "import mlx.core; ") == stored
+    assert default_dtype(bf16_qwen2, "import mlx.core; ", MLX_ZOO_BLAS_HOOK="0") == stored
     assert default_dtype(bf16_qwen2, **{blas.BLAS_ENV: "reference"}) == stored
 
 

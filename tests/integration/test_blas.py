@@ -157,12 +157,18 @@ def test_gemv_shim_computes_every_layout(library):
                    env={**os.environ, blas.BLAS_ENV: library})
 
 
+NO_HOOK = {"MLX_ZOO_BLAS_HOOK": "0"}
+"""The installed core's start-up hook (tests/integration/test_blas_hook.py) off: without it the
+import order matters (editable installs have no hook; a wheel install has)."""
+
+
 @needs_fast_blas
 def test_too_late_after_mlx_and_says_so():
     # The order matters: once mlx.core is loaded its symbols are bound to the reference BLAS.
     code = "import mlx.core; import mlx_zoo; print(mlx_zoo.blas.blas_status().reason); "
-    assert is_reference_blas(sgemm_binding(code + MATMUL))
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert is_reference_blas(sgemm_binding(code + MATMUL, **NO_HOOK))
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, **NO_HOOK})
     assert "imported before mlx_zoo" in out.stdout
 
 
@@ -259,7 +265,8 @@ def test_late_import_warns_once_with_the_fix():
     code = ("import warnings; warnings.simplefilter('always'); import mlx.core; import mlx_zoo; "
             "import mlx_qwen2; mlx_zoo.blas.preload_fast_blas(); mlx_zoo.blas.blas_status()")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60,
-                         env={k: v for k, v in os.environ.items() if k != blas.BLAS_ENV})
+                         env={**{k: v for k, v in os.environ.items() if k != blas.BLAS_ENV},
+                              **NO_HOOK})
     assert out.returncode == 0, out.stderr
     assert out.stderr.count("RuntimeWarning") == 1, out.stderr
     assert "import mlx_zoo before mlx.core, or start Python with LD_PRELOAD=" in out.stderr

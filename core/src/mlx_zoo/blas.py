@@ -38,12 +38,17 @@ nothing is opened, compiled or written. ``MLX_ZOO_BLAS_SHIM=0`` skips the shim (
 OpenBLAS exporting the plain ``cblas_sgemm`` still serves; the renamed pip wheel then cannot,
 and nothing is compiled). ``MLX_ZOO_BLAS=/path/libopenblas.so.0`` picks a library.
 
-**Import order.** A program that imports ``mlx.core`` before ``mlx_zoo`` is too late: MLX is bound
-to the reference BLAS for the life of the process. ``import mlx_zoo`` then warns once
-(:data:`LATE_IMPORT_WARNING`) with the fix -- import mlx_zoo first, or start the interpreter with
-``LD_PRELOAD`` of an OpenBLAS exporting ``cblas_sgemm`` -- and ``mlx_zoo.load``'s ``"auto"``
-settings keep the checkpoint's dtype (float32 through the reference BLAS is slower than MLX's
-half-precision kernels for prefill).
+**Import order.** MLX binds its BLAS when ``mlx.core`` is imported, for the life of the process.
+An installed core (from its wheel) runs this module then too, whatever the program imports
+first: ``mlx_zoo_blas.pth`` installs a start-up hook (the top-level ``_mlx_zoo_blas_hook``) that
+loads this module alone -- not the ``mlx_zoo`` package -- just before ``mlx.core`` is imported,
+and a later ``import mlx_zoo`` uses it. A process that never imports ``mlx.core`` runs nothing of
+it. ``MLX_ZOO_BLAS_HOOK=0`` switches the hook off, editable installs and ``python -S`` lack it;
+a program that imports ``mlx.core`` before ``mlx_zoo`` there is too late: ``import mlx_zoo``
+then warns once (:data:`LATE_IMPORT_WARNING`) with the fix -- import mlx_zoo first, or start the
+interpreter with ``LD_PRELOAD`` of an OpenBLAS exporting ``cblas_sgemm`` -- and
+``mlx_zoo.load``'s ``"auto"`` settings keep the checkpoint's dtype (float32 through the
+reference BLAS is slower than MLX's half-precision kernels for prefill).
 """
 
 from __future__ import annotations
@@ -139,7 +144,9 @@ def cuda_backend() -> str | None:
 LATE_IMPORT_WARNING = (
     "mlx.core was imported before mlx_zoo, so MLX keeps its slow reference BLAS on this Linux "
     "CPU (float32 matmuls ~40x slower; mlx_zoo.load keeps the checkpoint's dtype). Fix: import "
-    "mlx_zoo before mlx.core, or start Python with LD_PRELOAD={library}")
+    "mlx_zoo before mlx.core, or start Python with LD_PRELOAD={library}, or install mlx-zoo "
+    "from its wheel (not editable) and leave MLX_ZOO_BLAS_HOOK unset: its start-up hook "
+    "serves any import order")
 """Warned once, at ``import mlx_zoo``, where the fast path would have served but came too late."""
 
 _LD_PRELOAD_HINT = "/usr/lib/x86_64-linux-gnu/libopenblas.so.0 (apt install libopenblas0-pthread)"
@@ -255,6 +262,12 @@ def preload_fast_blas() -> BlasStatus:
     return _status
 
 
+def _by_whom() -> str:
+    """Who preloads: ``import mlx_zoo`` (the package is being imported), else the start-up hook
+    (``_mlx_zoo_blas_hook`` loads this module alone, as ``mlx.core`` is about to be imported)."""
+    return "" if "mlx_zoo" in sys.modules else " by the start-up hook (mlx_zoo_blas.pth)"
+
+
 def _preload() -> BlasStatus:
     if not _is_linux_cpu_wheel():
         return BlasStatus(None, f"not Linux ({sys.platform}): MLX uses the platform's BLAS")
@@ -270,8 +283,9 @@ def _preload() -> BlasStatus:
         return BlasStatus(preloaded, "LD_PRELOAD")
     candidates = find_fast_blas()
     if "mlx.core" in sys.modules:
-        return BlasStatus(None, "mlx.core was imported before mlx_zoo: its BLAS is bound "
-                          "already (import mlx_zoo first, or set LD_PRELOAD)",
+        return BlasStatus(None, "mlx.core was imported before mlx_zoo, without the start-up "
+                          "hook (MLX_ZOO_BLAS_HOOK=0, an editable install or python -S): its "
+                          "BLAS is bound already (import mlx_zoo first, or set LD_PRELOAD)",
                           too_late=bool(candidates))
     if not candidates:
         return BlasStatus(None, f"no OpenBLAS found (install scipy-openblas32, a dependency of "
@@ -294,10 +308,10 @@ def _preload() -> BlasStatus:
                 failures.append(f"{path}: exports {prefix}{SYMBOL}, not {SYMBOL}, so MLX "
                                 f"reaches it only through the gemv shim, and {why_not}")
                 continue
-            return BlasStatus(path, f"preloaded before mlx.core through the gemv shim "
-                              f"({prefix}{SYMBOL})", shim)
+            return BlasStatus(path, f"preloaded before mlx.core{_by_whom()} through the gemv "
+                              f"shim ({prefix}{SYMBOL})", shim)
         ctypes.CDLL(path, mode=ctypes.RTLD_GLOBAL)  # every other BLAS/LAPACK symbol
-        reason = "preloaded before mlx.core" + (f"; {why_not}" if why_not else "")
+        reason = f"preloaded before mlx.core{_by_whom()}" + (f"; {why_not}" if why_not else "")
         return BlasStatus(path, reason, shim)
     return BlasStatus(None, "kept the reference BLAS: " + "; ".join(failures))
 
