@@ -223,10 +223,11 @@ def test_generic_detokenizer_moves_its_window(demo):
 def test_chat_template_and_eos_ids(demo):
     _, tokenizer = demo
     assert tokenizer.has_chat_template
-    text = tokenizer.apply_chat_template(QUESTION)
+    text = tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=False)
     assert text.endswith("<|im_start|>assistant\n")
     ids = tokenizer.encode_chat(QUESTION)
     assert tokenizer.decode(ids) == text
+    assert tokenizer.apply_chat_template(QUESTION, add_generation_prompt=True) == ids
     eos = {tokenizer.hf.convert_tokens_to_ids(t) for t in ("<|im_end|>", "<|endoftext|>")}
     assert eos <= tokenizer.eos_token_ids
 

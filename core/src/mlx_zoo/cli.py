@@ -242,10 +242,11 @@ def cmd_generate(args: argparse.Namespace) -> int:
     model, tokenizer = _load_for_generation(args)
     use_template = tokenizer.has_chat_template if args.chat_template is None else args.chat_template
     if use_template:
-        tokens = tokenizer.encode_chat(_messages(args.system, [{"role": "user",
-                                                               "content": prompt}]))
-    else:
-        tokens = tokenizer.encode(prompt)
+        tokens = tokenizer.apply_chat_template(
+            _messages(args.system, [{"role": "user", "content": prompt}]),
+            add_generation_prompt=True)
+    else:  # plain text: the BOS is added unless the text starts with it
+        tokens = tokenizer.encode_prompt(prompt)
     _check_context(model, len(tokens), args)
     last = None
     with warnings.catch_warnings():
@@ -295,7 +296,8 @@ def cmd_chat(args: argparse.Namespace) -> int:
         if not message:
             continue
         turns.append({"role": "user", "content": message})
-        tokens = tokenizer.encode_chat(_messages(args.system, turns))
+        tokens = tokenizer.apply_chat_template(_messages(args.system, turns),
+                                               add_generation_prompt=True)
         cache, start = reuse_prompt_cache(model, cache, cached_tokens, tokens)
         reply, generated = [], []
         for response in stream_generate(model, tokenizer, tokens[start:], prompt_cache=cache,

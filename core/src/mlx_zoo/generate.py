@@ -44,6 +44,7 @@ from .sample import (
     make_logits_processors,
     make_sampler,
 )
+from .tokenizer import encode_prompt
 
 DEFAULT_MAX_TOKENS = 256
 DEFAULT_PREFILL_STEP_SIZE = 2048
@@ -457,9 +458,11 @@ class _StopStrings:
 
 def _encode_prompt(tokenizer: Any, prompt: str | Sequence[int] | mx.array,
                    vocab_size: int | None) -> mx.array:
-    """Text through the tokenizer, or token ids: checked ids in ``[0, vocab_size)``."""
+    """Text through the tokenizer (special tokens added, but no second BOS when the text
+    already starts with one: :func:`mlx_zoo.tokenizer.encode_prompt`), or token ids: checked
+    ids in ``[0, vocab_size)``."""
     if isinstance(prompt, str):
-        return _as_prompt_array(tokenizer.encode(prompt), vocab_size)
+        return _as_prompt_array(encode_prompt(tokenizer, prompt), vocab_size)
     return _as_prompt_array(prompt, vocab_size)
 
 
@@ -477,8 +480,9 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
                     kv_group_size: int | None = DEFAULT_KV_GROUP_SIZE,
                     quantized_kv_start: int = 0,
                     ) -> Iterator[GenerationResponse]:
-    """Generate text after ``prompt`` (a string, tokenised with the tokenizer's special tokens,
-    or token ids), one :class:`GenerationResponse` per token.
+    """Generate text after ``prompt`` (a string, tokenised with the tokenizer's special tokens
+    -- but a text that already starts with the BOS token, as a rendered chat template does, gets
+    no second one -- or token ids), one :class:`GenerationResponse` per token.
 
     Sampling is greedy when ``temp == 0``; otherwise ``top_p``, ``top_k``, ``min_p`` restrict it
     (see :mod:`mlx_zoo.sample`); ``seed`` seeds MLX's random state first. ``sampler`` and

@@ -180,6 +180,16 @@ class Tokenizer:
     def has_chat_template(self) -> bool:
         return bool(getattr(self.hf, "chat_template", None))
 
+    @property
+    def bos_token(self) -> str | None:
+        """The beginning-of-sequence token's text (``"<|begin_of_text|>"``), None without one
+        (Qwen)."""
+        return getattr(self.hf, "bos_token", None)
+
+    @property
+    def bos_token_id(self) -> int | None:
+        return getattr(self.hf, "bos_token_id", None)
+
     def encode(self, text: str, add_special_tokens: bool = True) -> list[int]:
         """Token ids of ``text``; :class:`GenerationArgumentError` for what is not a string of
         valid Unicode (a lone surrogate such as ``"\\ud800"`` -- what invalid UTF-8 bytes on a
@@ -187,27 +197,55 @@ class Tokenizer:
         check_text(text)
         return list(self.hf.encode(text, add_special_tokens=add_special_tokens))
 
+    def encode_prompt(self, text: str) -> list[int]:
+        """Token ids of a text prompt to generate from: :meth:`encode` with the special tokens,
+        except that a text already starting with the BOS token (a rendered chat template writes
+        its own) does not get a second one (:func:`without_double_bos`)."""
+        return without_double_bos(self.encode(text), text, self.bos_token, self.bos_token_id)
+
     def decode(self, ids: Iterable[int]) -> str:
         return self.hf.decode(list(ids))
 
-    def apply_chat_template(self, messages: list[dict[str, str]],
-                            add_generation_prompt: bool = True,
-                            template_kwargs: dict[str, Any] | None = None) -> str:
-        """The conversation rendered by the checkpoint's chat template (a string; encode it with
-        ``add_special_tokens=False``, the template writes its own BOS); ``template_kwargs`` are
-        extra template variables (Qwen3's ``enable_thinking``)."""
-        if not self.has_chat_template:
+    def apply_chat_template(self, conversation: list[dict[str, Any]] | list[list[dict[str, Any]]],
+                            tools: list[dict[str, Any]] | None = None,
+                            documents: list[dict[str, str]] | None = None,
+                            chat_template: str | None = None,
+                            add_generation_prompt: bool = False,
+                            continue_final_message: bool | str = False,
+                            tokenize: bool = True, return_dict: bool = False,
+                            **kwargs: Any) -> Any:
+        """The conversation rendered by the checkpoint's chat template, as transformers'
+        ``apply_chat_template`` with the same arguments renders it (it does the rendering).
+
+        ``tokenize=True`` (the default) returns the token ids (a ``list[int]``; the template
+        writes its own BOS, none is added), ``tokenize=False`` the text. ``return_dict=True``
+        returns transformers' ``BatchEncoding`` (``input_ids``, ``attention_mask``) instead of
+        the ids; it defaults to False, as in mlx-lm (transformers 5 defaults to True).
+        ``tools``, ``documents``, ``add_generation_prompt``, ``continue_final_message`` and every
+        other keyword (template variables such as Qwen3's ``enable_thinking``; transformers'
+        ``tokenizer_kwargs``, ``return_tensors``, ...) go to transformers. A list of
+        conversations renders each (a list of results).
+
+        Raises :class:`GenerationArgumentError` for an empty conversation, message text that is
+        not valid Unicode, or ``add_generation_prompt`` with ``continue_final_message``;
+        :class:`TokenizerError` when there is no chat template or rendering fails (the template
+        is the checkpoint's code).
+        """
+        if chat_template is None and not self.has_chat_template:
             raise TokenizerError("this tokenizer has no chat template (no 'chat_template' in "
                                  "tokenizer_config.json or chat_template.jinja): pass the prompt "
                                  "as plain text (--no-chat-template)")
-        for message in messages:
-            content = message.get("content") if isinstance(message, dict) else None
-            if isinstance(content, str):
-                check_text(content, f"the {message.get('role', 'message')!s} message")
+        _check_conversation(conversation)
+        if continue_final_message and add_generation_prompt:
+            raise GenerationArgumentError(
+                "apply_chat_template: continue_final_message and add_generation_prompt exclude "
+                "each other (continue the last message, or start the assistant's)")
         try:
-            text = self.hf.apply_chat_template(messages, tokenize=False,
-                                               add_generation_prompt=add_generation_prompt,
-                                               **(template_kwargs or {}))
+            out = self.hf.apply_chat_template(
+                conversation, tools=tools, documents=documents, chat_template=chat_template,
+                add_generation_prompt=add_generation_prompt,
+                continue_final_message=continue_final_message, tokenize=tokenize,
+                return_dict=return_dict, **kwargs)
         except ImportError as e:  # transformers renders templates with jinja2, an optional dep
             raise TokenizerError(f"rendering the chat template needs jinja2 ({e}): pip install "
                                  "'mlx-zoo[generate]'") from e
@@ -215,12 +253,10 @@ class Tokenizer:
             # The template is code from the checkpoint: jinja2's TemplateError family
             # (UndefinedError, TemplateSyntaxError, its raise_exception()), or any Python error
             # it trips over (TypeError, KeyError, ...). Either way the checkpoint is at fault.
-            raise TokenizerError(f"{self.chat_template_source}, key 'chat_template': rendering "
-                                 f"failed ({type(e).__name__}: {e})") from e
-        if not isinstance(text, str):
-            raise TokenizerError(f"{self.chat_template_source}, key 'chat_template': rendered "
-                                 f"a {type(text).__name__}, expected a string")
-        return text
+            source = "the chat_template argument" if chat_template is not None else (
+                f"{self.chat_template_source}, key 'chat_template'")
+            raise TokenizerError(f"{source}: rendering failed ({type(e).__name__}: {e})") from e
+        return _checked_render(out, tokenize, return_dict, self.chat_template_source)
 
     @property
     def chat_template_source(self) -> str:
@@ -232,11 +268,13 @@ class Tokenizer:
             return str(self.model_dir / TOKENIZER_CONFIG_FILE)
         return TOKENIZER_CONFIG_FILE
 
-    def encode_chat(self, messages: list[dict[str, str]], add_generation_prompt: bool = True,
-                    template_kwargs: dict[str, Any] | None = None) -> list[int]:
-        text = self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
-                                        template_kwargs=template_kwargs)
-        return self.encode(text, add_special_tokens=False)
+    def encode_chat(self, messages: list[dict[str, Any]], add_generation_prompt: bool = True,
+                    **kwargs: Any) -> list[int]:
+        """The token ids of ``messages`` ready to generate the assistant's reply from:
+        :meth:`apply_chat_template` with ``add_generation_prompt=True`` (``kwargs`` as there:
+        ``tools``, template variables, ...)."""
+        return self.apply_chat_template(messages, add_generation_prompt=add_generation_prompt,
+                                        tokenize=True, return_dict=False, **kwargs)
 
     def detokenizer(self) -> StreamingDetokenizer:
         """A fresh streaming detokenizer for one generation."""
@@ -255,6 +293,73 @@ def check_text(text: Any, what: str = "the prompt") -> None:
         raise GenerationArgumentError(
             f"{what} is not valid Unicode: character {e.start} is U+{ord(text[e.start]):04X}, a "
             "lone surrogate (invalid UTF-8 input?); it cannot be tokenised") from None
+
+
+def without_double_bos(ids: list[int], text: str, bos_token: str | None,
+                       bos_token_id: int | None) -> list[int]:
+    """``ids`` (``text`` encoded with the special tokens) less the BOS the tokenizer added when
+    ``text`` already starts with the BOS token: ``[bos, bos, ...]`` becomes ``[bos, ...]``. A
+    rendered chat template writes its own BOS; a second one conditions the model on a prompt it
+    never saw in training. Tokenizers without a BOS (Qwen) are left alone."""
+    if (bos_token and bos_token_id is not None and text.startswith(bos_token)
+            and ids[:2] == [bos_token_id, bos_token_id]):
+        return ids[1:]
+    return ids
+
+
+def encode_prompt(tokenizer: Any, text: str) -> list[int]:
+    """Token ids of the text prompt ``text`` for generation, with ``tokenizer`` (a
+    :class:`Tokenizer`, or any object with ``encode`` and optionally ``bos_token`` /
+    ``bos_token_id`` attributes): special tokens added, but never a second BOS
+    (:func:`without_double_bos`)."""
+    if isinstance(tokenizer, Tokenizer):
+        return tokenizer.encode_prompt(text)
+    check_text(text)
+    ids = list(tokenizer.encode(text))
+    return without_double_bos(ids, text, getattr(tokenizer, "bos_token", None),
+                              getattr(tokenizer, "bos_token_id", None))
+
+
+def _check_conversation(conversation: Any) -> None:
+    """:class:`GenerationArgumentError` unless ``conversation`` is a non-empty list of message
+    dicts (or a non-empty list of such lists) whose string contents are valid Unicode."""
+    if not isinstance(conversation, (list, tuple)) or not conversation:
+        raise GenerationArgumentError(
+            "apply_chat_template: expected a non-empty list of messages ({'role': ..., "
+            f"'content': ...}}) or a list of such lists, got {conversation!r:.80}")
+    batched = isinstance(conversation[0], (list, tuple))
+    for chat in conversation if batched else [conversation]:
+        if not isinstance(chat, (list, tuple)) or not chat:
+            raise GenerationArgumentError("apply_chat_template: each conversation must be a "
+                                          f"non-empty list of messages, got {chat!r:.80}")
+        for message in chat:
+            if not isinstance(message, dict):
+                raise GenerationArgumentError(
+                    "apply_chat_template: each message must be a dict with 'role' and "
+                    f"'content', got {type(message).__name__}")
+            content = message.get("content")
+            if isinstance(content, str):
+                check_text(content, f"the {message.get('role', 'message')!s} message")
+
+
+def _checked_render(out: Any, tokenize: bool, return_dict: bool, source: str) -> Any:
+    """transformers' ``apply_chat_template`` result in the form asked for: text, a list of ids
+    (lists for a batch), or the ``BatchEncoding`` itself with ``return_dict``."""
+    if tokenize and return_dict:
+        return out
+    if not tokenize:
+        ok = isinstance(out, str) or (isinstance(out, list)
+                                      and all(isinstance(t, str) for t in out))
+        expected = "a string"
+    else:
+        if hasattr(out, "tolist"):  # return_tensors="np" / "mlx"
+            return out
+        ok = isinstance(out, list)
+        expected = "token ids"
+    if not ok:
+        raise TokenizerError(f"{source}, key 'chat_template': rendered a "
+                             f"{type(out).__name__}, expected {expected}")
+    return out
 
 
 def _byte_level_table(tokenizer_json: dict[str, Any] | None, size: int) -> list[bytes] | None:

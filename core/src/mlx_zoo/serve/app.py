@@ -95,7 +95,7 @@ class Server:
         prompts, texts = [], []
         for prompt in P.completion_prompts(body):
             if isinstance(prompt, str):
-                ids = tok.encode(prompt)
+                ids = tok.encode_prompt(prompt)  # no second BOS if the text starts with it
                 if not ids:
                     raise P.APIError("'prompt' is empty", param="prompt", code="invalid_value")
                 texts.append(prompt)
@@ -158,7 +158,8 @@ class Server:
                      template_kwargs: dict[str, Any]) -> list[int]:
         tok = self.engine.tokenizer
         if not tools:
-            return tok.encode_chat(messages, template_kwargs=template_kwargs)
+            return tok.apply_chat_template(messages, add_generation_prompt=True,
+                                           **template_kwargs)
         if not tok.has_chat_template:
             tok.apply_chat_template(messages)  # raises the TokenizerError naming the problem
         try:
