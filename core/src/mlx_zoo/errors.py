@@ -150,6 +150,18 @@ class SafetensorsError(WeightsError):
         super().__init__(f"{where}: {message}")
 
 
+class GGUFError(WeightsError):
+    """A GGUF file (or an Ollama store entry pointing at one) is truncated, malformed, of a tensor
+    type or architecture nothing installed reads, or its metadata contradicts its tensors.
+    ``key`` names the metadata key or tensor, where one is at fault."""
+
+    def __init__(self, path: Path | str, message: str, key: str | None = None):
+        self.path = Path(path)
+        self.key = key
+        where = str(path) + (f", key {key!r}" if key is not None else "")
+        super().__init__(f"{where}: {message}")
+
+
 class WeightMismatchError(WeightsError):
     """The checkpoint's tensors do not match the model's parameters (strict check)."""
 

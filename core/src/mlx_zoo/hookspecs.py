@@ -2,7 +2,7 @@
 
 A plugin is a module (found through the ``mlx_zoo.models`` entry-point group, or passed to
 :func:`mlx_zoo.register`) that implements some of the hooks below with :data:`hookimpl`.
-There are three extension points:
+The extension points:
 
 * **models** -- :func:`register_models` returns the :class:`Architecture` of each model_type the
   plugin serves: its config dataclass and its Model class. The Model follows :class:`Model`;
@@ -14,8 +14,13 @@ There are three extension points:
   ``globals()``).
 * **RoPE** -- :func:`register_rope_variants` adds rotary-embedding variants to the one registry
   keyed by Hugging Face's ``rope_scaling["rope_type"]`` (see :mod:`mlx_zoo.rope`).
+* **GGUF** -- :func:`register_gguf_architectures` maps llama.cpp's architectures, metadata keys
+  and tensor names to the plugin's model_types (:mod:`mlx_zoo.gguf`).
 * **demos** -- :func:`register_demos` names the demo checkpoints the plugin ships (a tiny model
   directory inside its package), loadable as ``demo:NAME`` (:mod:`mlx_zoo.demos`).
+* **bridges** -- :func:`register_model_bridge` returns a :class:`ModelBridge`: model types served
+  through another library, learned at run time, each used only where no native plugin serves it
+  (found through the ``mlx_zoo.bridges`` entry-point group, :data:`BRIDGE_ENTRY_POINT_GROUP`).
 
 What a plugin registers is found whether or not anything imported the plugin before: a name the
 registered plugins do not know is looked up in the installed plugins' hooks, importing only what
@@ -83,6 +88,11 @@ as it stood before plugins declared it."""
 
 ENTRY_POINT_GROUP = "mlx_zoo.models"
 """Entry-point group: entry name = model_type, value = the plugin module holding the hooks."""
+
+BRIDGE_ENTRY_POINT_GROUP = "mlx_zoo.bridges"
+"""Entry-point group of bridge plugins (:func:`register_model_bridge`): entry name = the bridge's
+name, value = the plugin module holding the hooks. A bridge's model types are not in its metadata:
+it is imported when a checkpoint's model_type has no native plugin, or to list what it serves."""
 
 hookspec = pluggy.HookspecMarker(PROJECT_NAME)
 hookimpl = pluggy.HookimplMarker(PROJECT_NAME)
@@ -169,6 +179,27 @@ class Architecture:
     model_class: Callable[..., Model]
 
 
+@dataclass(frozen=True)
+class ModelBridge:
+    """Model types served through another library, learned at run time (what
+    :func:`register_model_bridge` returns).
+
+    A bridge ranks below native plugins: the registry asks it only for a model_type that no
+    enabled native plugin serves, unless ``plugin=`` / ``MLX_ZOO_PREFER`` names the bridge's
+    distribution. ``source`` says what it bridges to (``"mlx-lm 0.32.2"``; shown by
+    ``mlx-zoo list``). ``model_types()`` returns every model_type it claims, each with where it
+    comes from (``{"starcoder2": "mlx_lm.models.starcoder2"}``), cheaply: no model code imported.
+    ``architecture(model_type)`` returns the :class:`Architecture` of one of them, importing what
+    it needs, or raises for a type it cannot serve now (a module that fails to import, a missing
+    optional dependency): the exception's message is the reason ``mlx-zoo list`` shows, and only
+    that type is unavailable.
+    """
+
+    source: str
+    model_types: Callable[[], dict[str, str]]
+    architecture: Callable[[str], Architecture]
+
+
 # -- hook specifications -----------------------------------------------------------------------
 
 
@@ -189,6 +220,15 @@ def register_models() -> list[Architecture]:
 
 
 @hookspec
+def register_model_bridge() -> ModelBridge:
+    """Return the :class:`ModelBridge` of a plugin that serves model types it learns at run time
+    (another library's architectures), at a lower priority than native plugins. Such a plugin
+    declares itself in the ``mlx_zoo.bridges`` entry-point group (:data:`BRIDGE_ENTRY_POINT_GROUP`)
+    instead of naming model types in ``mlx_zoo.models``. Optional; a bridge may implement the
+    other hooks as well (``register_cache_classes`` for the caches its models make)."""
+
+
+@hookspec
 def register_rope_variants() -> dict[str, type]:
     """Return RoPE variants to add to the registry: ``{rope_type: class}``.
 
@@ -203,6 +243,15 @@ def register_demos() -> dict[str, Path]:
     ordinary checkpoint (``config.json``, ``model.safetensors``, tokenizer files) inside the
     plugin's package (declare it as package data), e.g.
     ``{"myarch": Path(__file__).parent / "demo"}``; loaded as ``demo:myarch``."""
+
+
+@hookspec
+def register_gguf_architectures() -> dict[str, Any]:
+    """Return how the GGUF files of this plugin's families load: ``{general.architecture:
+    mlx_zoo.gguf.GGUFArchitecture}``, e.g. ``{"qwen2": GGUFArchitecture("qwen2", "qwen2")}`` --
+    the model_type it loads as, the config.json built from the file's metadata, llama.cpp's
+    tensor names mapped to the checkpoint names the model reads, and the projections whose rows
+    llama.cpp's converter permuted (see :mod:`mlx_zoo.gguf.mapping`). Optional."""
 
 
 @hookspec

@@ -28,11 +28,12 @@ import mlx.nn as nn
 from mlx.utils import tree_map
 
 from . import blas, registry
-from .config import CONFIG_FILE, read_config
+from .config import CONFIG_FILE
 from .demos import DEMO_PREFIX, demo_dir, is_demo_reference
 from .errors import ModelNotFoundError, SaveError
 from .fusion import checkpoint_parameters, fuse_projections
 from .hookspecs import Sanitizes
+from .sources import open_checkpoint
 from .weights import (
     DTYPE_BYTES,
     QUANTIZATION_KEY,
@@ -40,9 +41,7 @@ from .weights import (
     check_config_plausible,
     check_dtypes,
     check_weights,
-    checkpoint_headers,
     dequantize_model,
-    load_safetensors,
     read_safetensors_header,
     save_weights,
     tensor_sources,
@@ -137,34 +136,33 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     if parallel is not None:
         return load_distributed(path_or_repo, parallel, group, revision=revision, dtype=dtype,
                                 lazy=lazy, plugin=plugin, dequantize=dequantize, fuse=fuse)
-    model_dir = resolve_model_dir(path_or_repo, revision)
-    raw = read_config(model_dir)
-    config_path = model_dir / CONFIG_FILE
+    source = open_checkpoint(path_or_repo, revision)  # a model directory or a GGUF file
+    raw, config_path = source.raw, source.path
     arch = registry.resolve(raw["model_type"], plugin=plugin, path=config_path)
     config = arch.config_class.from_dict(raw, config_path)
     quantization = raw.get(QUANTIZATION_KEY)
     if quantization is not None:
         validate_quantization(quantization, config_path)
-    headers = checkpoint_headers(model_dir)  # names, dtypes, shapes: no tensor data yet
+    headers = source.headers()  # names, dtypes, shapes: no tensor data yet
     check_config_plausible(raw, headers, config_path)
+    dtype, dequantize = _resolve_auto(source, quantization, dtype, dequantize)
+    target = None if dtype is None else _as_dtype(dtype)
     model = arch.model_class(config)
 
-    weights = load_safetensors(model_dir, headers)
+    weights = source.read_weights(headers, target)
     if isinstance(model, Sanitizes):
         weights = model.sanitize(weights)
     if quantization:
         apply_quantization(model, quantization, weights, config_path)
-    check_weights(model, weights, model_dir)
-    check_dtypes(model, weights, model_dir, tensor_sources(headers))
-    dtype, dequantize = _resolve_auto(model_dir, quantization, dtype, dequantize)
-    if dtype is not None:
-        target = _as_dtype(dtype)
+    check_weights(model, weights, source.where)
+    check_dtypes(model, weights, source.where, tensor_sources(headers))
+    if target is not None:
         weights = {k: v.astype(target) if mx.issubdtype(v.dtype, mx.floating) else v
                    for k, v in weights.items()}
     model.load_weights(list(weights.items()), strict=False)
     del weights  # the model holds them now: fusing below may then free the parts it replaces
     if quantization and dequantize:
-        dequantize_model(model, None if dtype is None else _as_dtype(dtype))
+        dequantize_model(model, target)
         config.clear_quantization()  # save() now writes it dense
     if fuse:
         _fuse(model, lazy)
@@ -234,15 +232,16 @@ MEMORY_FRACTION = 0.6
 the rest is for the KV cache, activations and the half-precision copy held while converting."""
 
 
-def _resolve_auto(model_dir: Path, quantization: dict | None, dtype, dequantize):
+def _resolve_auto(source: Any, quantization: dict | None, dtype, dequantize):
     """``dtype``/``dequantize`` with ``"auto"`` resolved: dense float32 where
-    :func:`prefers_dense_float32` and the float32 weights fit in memory, else as stored."""
+    :func:`prefers_dense_float32` and the float32 weights fit in memory (``source``: a
+    :mod:`mlx_zoo.sources` checkpoint), else as stored."""
     if dequantize not in (True, False, AUTO):
         raise ValueError(f"dequantize must be True, False or {AUTO!r}, got {dequantize!r}")
     if AUTO not in (dtype, dequantize):
         return dtype, dequantize
     fast = prefers_dense_float32() and fits_in_memory(
-        dense_nbytes(model_dir, (quantization or {}).get("bits")))
+        source.dense_nbytes((quantization or {}).get("bits")))
     if dequantize == AUTO:
         dequantize = bool(quantization) and fast
     if dtype == AUTO:
@@ -396,12 +395,12 @@ def load_distributed(path_or_repo: str | Path, parallel: str, group: Any = None,
     group = group or mx.distributed.init()
     check_parallel(parallel, group.size())
     share_host_cpus(group)  # ranks on one CPU host split its cores (no-op on GPUs)
-    model_dir = resolve_model_dir(path_or_repo, load_options.get("revision"))
-    raw = read_config(model_dir)
-    arch = registry.resolve(raw["model_type"], plugin=load_options.get("plugin"),
-                            path=model_dir / CONFIG_FILE)
-    config = arch.config_class.from_dict(raw, model_dir / CONFIG_FILE)
-    check_parallel(parallel, group.size(), config, model_dir)
+    source = open_checkpoint(path_or_repo, load_options.get("revision"))
+    model_dir = source.where
+    arch = registry.resolve(source.raw["model_type"], plugin=load_options.get("plugin"),
+                            path=source.path)
+    config = arch.config_class.from_dict(source.raw, source.path)
+    check_parallel(parallel, group.size(), config, source.where)
     load_options.pop("lazy", None)
     fuse = load_options.get("fuse", True)
     if parallel == "tensor":

@@ -488,9 +488,11 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
     when the tokenizer files are missing or need custom code, or when the tokenizer has ids the
     model cannot embed (>= config.json's ``vocab_size``, :func:`check_ids_fit_vocab`).
     """
-    from .loading import resolve_model_dir
+    from .sources import is_gguf, resolve_reference
 
-    model_dir = resolve_model_dir(path_or_repo, revision)
+    model_dir = resolve_reference(path_or_repo, revision)
+    if is_gguf(model_dir):  # a GGUF file: vocabulary and template from its metadata
+        return _gguf_tokenizer(model_dir, eos_token_ids)
     tokenizer_config = _read_json(model_dir / TOKENIZER_CONFIG_FILE)
     _check_no_custom_code(model_dir, tokenizer_config)
     tokenizer_json = _read_json(model_dir / TOKENIZER_FILE)
@@ -505,3 +507,18 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
         check_ids_fit_vocab(model_dir, tokenizer_json, hf, vocab_size)
     ids = read_eos_token_ids(model_dir) | set(eos_token_ids or ())
     return Tokenizer(hf, ids, tokenizer_json, model_dir)
+
+
+def _gguf_tokenizer(path: Path, eos_token_ids: Iterable[int] | None) -> Tokenizer:
+    """The tokenizer of a GGUF file (:mod:`mlx_zoo.gguf.tokenizer`), its vocabulary checked
+    against the model's embedding (``token_embd.weight`` rows)."""
+    from .gguf.reader import read_gguf
+    from .gguf.tokenizer import gguf_tokenizer_parts
+
+    hf, ids, count = gguf_tokenizer_parts(path)
+    embed = read_gguf(path).tensors.get("token_embd.weight")
+    if embed is not None and count > embed.shape[0]:
+        raise TokenizerError(f"{path}, key 'tokenizer.ggml.tokens': {count} tokens, but the "
+                             f"model embeds only {embed.shape[0]} (token_embd.weight)")
+    tokenizer_json = json.loads(hf.backend_tokenizer.to_str())
+    return Tokenizer(hf, ids | set(eos_token_ids or ()), tokenizer_json, path)

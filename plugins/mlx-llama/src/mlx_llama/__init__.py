@@ -21,6 +21,17 @@ def register_models() -> list[Architecture]:
 
 
 @hookimpl
+def register_gguf_architectures() -> dict:
+    """llama.cpp's ``llama`` files (Llama 2/3.x, Mistral 7B, SmolLM, ...: its converter writes
+    Mistral's as ``llama`` too, without the sliding window, which Mistral v0.2+ dropped): the
+    core's decoder defaults with the query/key rows llama.cpp permuted put back, and Llama 3.1's
+    RoPE scaling recovered from ``rope_freqs`` (:mod:`mlx_zoo.gguf.mapping`)."""
+    from mlx_zoo.gguf import LLAMA_PERMUTED, GGUFArchitecture
+
+    return {"llama": GGUFArchitecture("llama", "llama", permuted=LLAMA_PERMUTED)}
+
+
+@hookimpl
 def register_tool_parsers() -> dict:
     """Llama 3.1's JSON tool calls (``{"name", "parameters"}``, :mod:`mlx_llama.tools`) for
     ``mlx-zoo serve``; imported only when asked (the server's dependency)."""

@@ -28,3 +28,12 @@ def register_models() -> list[Architecture]:
 def register_demos() -> dict[str, Path]:
     """The demo checkpoint shipped in this package (``demo:qwen2``)."""
     return {"qwen2": Path(__file__).resolve().parent / "demo"}
+
+
+@hookimpl
+def register_gguf_architectures() -> dict:
+    """llama.cpp's ``qwen2`` files: the core's decoder defaults (:mod:`mlx_zoo.gguf`); the q/k/v
+    biases are ``blk.N.attn_{q,k,v}.bias``, and llama.cpp does not permute Qwen2's rows."""
+    from mlx_zoo.gguf import GGUFArchitecture
+
+    return {"qwen2": GGUFArchitecture("qwen2", "qwen2")}
