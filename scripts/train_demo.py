@@ -61,6 +61,8 @@ DEMOS = {  # where each demo lives: inside the plugin that ships it (its registe
     "qwen2": REPO / "plugins" / "mlx-qwen2" / "src" / "mlx_qwen2" / "demo",
     "hunyuan": REPO / "plugins" / "mlx-hunyuan" / "src" / "mlx_hunyuan" / "demo",
     "llama4": REPO / "plugins" / "mlx-llama4" / "src" / "mlx_llama4" / "demo",
+    "qwen3": REPO / "plugins" / "mlx-qwen3" / "src" / "mlx_qwen3" / "demo",
+    "gemma3": REPO / "plugins" / "mlx-gemma" / "src" / "mlx_gemma" / "demo",
 }
 
 # -- 1. the corpus -----------------------------------------------------------------------------
@@ -218,6 +220,16 @@ CONFIGS: dict[str, dict] = {
                "num_local_experts": 4, "num_experts_per_tok": 1, "interleave_moe_layer_step": 2,
                "no_rope_layer_interval": 2, "attention_chunk_size": 32,
                "attn_temperature_tuning": True, "floor_scale": 8192, "attn_scale": 0.1},
+    # Qwen3: QK-norm, no q/k/v bias (its config's head_dim defaults to 128: given here).
+    "qwen3": {**COMMON, "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+              "head_dim": 32},
+    # Gemma 3's text model: sandwich (1 + weight) RMSNorms, GeGLU, scaled embeddings, QK-norm,
+    # local layers (a 32-position sliding window, RoPE base 10,000) with every 2nd global (Gemma 3
+    # itself: every 6th; RoPE base 1e6).
+    "gemma3": {**COMMON, "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"],
+               "head_dim": 32, "query_pre_attn_scalar": 32, "sliding_window": 32,
+               "layer_types": ["sliding_attention", "full_attention"] * 2,
+               "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0},
 }
 """Demo name -> config.json (before the special token ids are added)."""
 

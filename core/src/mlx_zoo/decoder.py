@@ -2,26 +2,48 @@
 
 Llama, Mistral, Qwen2 and their many relatives are one architecture with switches::
 
-    token ids -> embed_tokens -> N x DecoderLayer -> norm -> lm_head (or the tied embedding)
-    DecoderLayer:  h = x + self_attn(input_layernorm(x))
-                   out = h + mlp(post_attention_layernorm(h))
+    token ids -> embed_tokens [* embed_scale] -> N x DecoderLayer -> norm -> lm_head (or the tied
+    embedding) [-> soft-capped logits]
+    DecoderLayer ("pre" norms):  h = x + self_attn(input_layernorm(x))
+                                 out = h + mlp(post_attention_layernorm(h))
     self_attn:     grouped-query attention, RoPE from the config (:func:`mlx_zoo.get_rope`)
-    mlp:           SwiGLU, down(silu(gate(x)) * up(x))
+    mlp:           SwiGLU, down(silu(gate(x)) * up(x)), or a mixture of experts (:class:`SparseMoE`)
 
-The switches are keyword options of :class:`DecoderLM` (handed down to every layer): biases on
-q/k/v (``qkv_bias``, Qwen2), on the output projection (``o_bias``; Llama's ``attention_bias``
-sets both), on the MLP (``mlp_bias``), an RMSNorm over each query and key head before RoPE
-(``qk_norm``, as Qwen3 and OLMo 2 do), and a sliding attention window (``sliding_window``,
-Mistral: every layer gets a :class:`~mlx_zoo.RotatingKVCache`). Config fields the family shares
-are in :class:`DecoderArgs`; a plugin derives its config from it, redeclaring the defaults its
-``transformers`` config class uses.
+The switches are keyword options of :class:`DecoderLM`, handed down to every layer; ``per_layer``
+(a list of one option dict per layer) overrides them layer by layer -- the per-layer schedules of
+sliding-window or full attention, RoPE or none, dense or MoE. What each option does:
+
+* attention (:class:`Attention`): ``qkv_bias``, ``o_bias`` (Llama's ``attention_bias`` sets
+  both), ``qk_norm`` (an RMSNorm over each query and key head before RoPE: Qwen3, Gemma 3),
+  ``scale`` (of the scores; default ``head_dim ** -0.5``), ``softcap`` (scores soft-capped,
+  Gemma 2), ``rope`` (``True``: from the config; ``False``: none on the layer, SmolLM3; a dict:
+  :func:`~mlx_zoo.get_rope` overrides ``base`` / ``scaling``, Gemma 3's local layers);
+* the block (:class:`DecoderLayer`): ``norm_placement`` -- ``"pre"`` (above), ``"sandwich"``
+  (Gemma 2/3: a norm before *and* after attention and MLP: ``input_layernorm``,
+  ``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``post_feedforward_layernorm``)
+  or ``"post"`` (OLMo 2: only after, ``post_attention_layernorm`` and
+  ``post_feedforward_layernorm``); ``norm_offset`` (1.0: every RMSNorm scales by ``1 + weight``,
+  Gemma; :func:`~mlx_zoo.layers.rms_norm`); ``activation`` (``"silu"`` or ``"gelu_tanh"``);
+  ``mlp_bias``; ``mlp`` (a factory ``mlp(args) -> module`` replacing the dense MLP, e.g. a
+  :class:`SparseMoE`); ``sliding_window`` (the layer sees that many positions and gets a
+  :class:`~mlx_zoo.RotatingKVCache`; Mistral, Gemma's local layers);
+* the stack (:class:`Decoder`): ``embed_scale`` (embeddings times a constant in their dtype:
+  Gemma's ``sqrt(hidden_size)``);
+* the head (:class:`DecoderLM`): ``logit_softcap`` (final logits soft-capped, Gemma 2).
+
+Config fields the family shares are in :class:`DecoderArgs`; a plugin derives its config from
+it, redeclaring the defaults its ``transformers`` config class uses. The per-layer state lives
+on each layer (``layer.sliding_window``), so a pipeline stage cut out of the layer list keeps it.
 
 Parameter names are the Hugging Face ones (``model.layers.0.self_attn.q_proj.weight``, ...), so
-transformers' and mlx-lm's checkpoints load as they are.
+transformers' and mlx-lm's checkpoints load as they are; :func:`stack_experts` turns per-expert
+checkpoint tensors into the stacked ``switch_mlp`` of a :class:`SparseMoE`.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Annotated, Any, ClassVar
 
@@ -30,11 +52,20 @@ import mlx.nn as nn
 
 from .cache import KVCache, RotatingKVCache
 from .config import BaseModelArgs, Divides, PositiveFloat, PositiveInt, RopeScaling
-from .errors import GenerationArgumentError
+from .errors import ConfigError, GenerationArgumentError
 from .fusion import project, unfuse_projections
-from .layers import CausalLM, SwiGLU, attention, mask_for, merge_heads, split_heads
+from .layers import (
+    CausalLM,
+    SwiGLU,
+    SwitchGLU,
+    attention,
+    mask_for,
+    merge_heads,
+    rms_norm,
+    split_heads,
+)
 from .rope import get_rope
-from .sharding import shard_attention, shard_mlp
+from .sharding import shard_attention, shard_experts, shard_mlp
 
 
 @dataclass
@@ -67,31 +98,39 @@ class DecoderArgs(BaseModelArgs):
 
 
 class Attention(nn.Module):
-    """Grouped-query attention with RoPE; optional q/k/v and output biases and q-k RMSNorm."""
+    """Grouped-query attention with RoPE; optional q/k/v and output biases, q/k RMSNorm, and the
+    score hooks of :func:`mlx_zoo.attention` (``scale``, ``softcap``)."""
 
     # q/k/v read the same input: mlx_zoo.fuse_projections may make them one qkv_proj matmul
     fusable_projections: ClassVar[dict[str, tuple[str, ...]]] = {
         "qkv_proj": ("q_proj", "k_proj", "v_proj")}
 
     def __init__(self, args: DecoderArgs, *, qkv_bias: bool = False, o_bias: bool = False,
-                 qk_norm: bool = False):
+                 qk_norm: bool = False, scale: float | None = None,
+                 softcap: float | None = None, rope: bool | dict[str, Any] = True,
+                 norm_offset: float = 0.0):
         super().__init__()
         dim, head_dim = args.hidden_size, args.head_dim
         self.n_heads, self.n_kv_heads = args.num_attention_heads, args.num_key_value_heads
-        self.head_dim, self.scale = head_dim, head_dim**-0.5
+        self.head_dim = head_dim
+        self.scale = head_dim**-0.5 if scale is None else scale
+        self.softcap = softcap
         self.q_proj = nn.Linear(dim, self.n_heads * head_dim, bias=qkv_bias)
         self.k_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * head_dim, dim, bias=o_bias)
-        if qk_norm:  # per head, before RoPE (Qwen3, OLMo 2)
-            self.q_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
-            self.k_norm = nn.RMSNorm(head_dim, eps=args.rms_norm_eps)
-        self.rope = get_rope(head_dim, base=args.rope_theta, scaling=args.rope_scaling,
-                             max_position_embeddings=args.max_position_embeddings)
+        if qk_norm:  # per head, before RoPE (Qwen3, Gemma 3)
+            self.q_norm = rms_norm(head_dim, args.rms_norm_eps, norm_offset)
+            self.k_norm = rms_norm(head_dim, args.rms_norm_eps, norm_offset)
+        if rope is not False:
+            options = {"base": args.rope_theta, "scaling": args.rope_scaling,
+                       **(rope if isinstance(rope, dict) else {})}
+            self.rope = get_rope(head_dim, max_position_embeddings=args.max_position_embeddings,
+                                 **options)
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
         offset = cache.offset if cache is not None else 0
-        if x.shape[1] == 1 and "qkv_proj" in self and "q_norm" not in self:
+        if x.shape[1] == 1 and "qkv_proj" in self and "q_norm" not in self and "rope" in self:
             q, k, v = self._one_position_qkv(x, offset)
         else:
             q, k, v = project(self, "qkv_proj", x)
@@ -100,10 +139,11 @@ class Attention(nn.Module):
             v = split_heads(v, self.n_kv_heads)
             if "q_norm" in self:
                 q, k = self.q_norm(q), self.k_norm(k)
-            q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
+            if "rope" in self:
+                q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
-        out = attention(q, k, v, scale=self.scale, mask=mask, cache=cache)
+        out = attention(q, k, v, scale=self.scale, mask=mask, cache=cache, softcap=self.softcap)
         return self.o_proj(merge_heads(out))
 
     def _one_position_qkv(self, x: mx.array, offset: Any) -> tuple[mx.array, mx.array, mx.array]:
@@ -118,19 +158,47 @@ class Attention(nn.Module):
         return q, k, v
 
 
-class DecoderLayer(nn.Module):
-    """Pre-norm block: attention then a SwiGLU MLP, each after an RMSNorm, each residual."""
+NORM_PLACEMENTS = {
+    "pre": ("input_layernorm", "post_attention_layernorm"),
+    "sandwich": ("input_layernorm", "post_attention_layernorm", "pre_feedforward_layernorm",
+                 "post_feedforward_layernorm"),
+    "post": ("post_attention_layernorm", "post_feedforward_layernorm"),
+}
+"""The RMSNorms of a :class:`DecoderLayer` for each ``norm_placement`` (checkpoint names)."""
 
-    def __init__(self, args: DecoderArgs, *, mlp_bias: bool = False, **attention_options: Any):
+
+class DecoderLayer(nn.Module):
+    """A residual block: attention then an MLP, with RMSNorms where ``norm_placement`` puts them
+    (:data:`NORM_PLACEMENTS`; ``"pre"``: before each, ``"sandwich"``: before and after each,
+    ``"post"``: after each, on the branch before the residual sum). ``mlp`` builds the MLP
+    (default: a gated MLP with ``activation``); ``sliding_window`` is kept on the layer for
+    :class:`Decoder` (its mask and cache)."""
+
+    def __init__(self, args: DecoderArgs, *, mlp_bias: bool = False, activation: str = "silu",
+                 norm_placement: str = "pre", norm_offset: float = 0.0,
+                 mlp: Callable[[DecoderArgs], nn.Module] | None = None,
+                 sliding_window: int | None = None, **attention_options: Any):
         super().__init__()
-        self.self_attn = Attention(args, **attention_options)
-        self.mlp = SwiGLU(args.hidden_size, args.intermediate_size, bias=mlp_bias)
-        self.input_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
-        self.post_attention_layernorm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        if norm_placement not in NORM_PLACEMENTS:
+            raise ValueError(f"norm_placement must be one of {sorted(NORM_PLACEMENTS)}, "
+                             f"got {norm_placement!r}")
+        self.norm_placement, self.sliding_window = norm_placement, sliding_window
+        self.self_attn = Attention(args, norm_offset=norm_offset, **attention_options)
+        self.mlp = (mlp(args) if mlp is not None else
+                    SwiGLU(args.hidden_size, args.intermediate_size, mlp_bias, activation))
+        for name in NORM_PLACEMENTS[norm_placement]:
+            setattr(self, name, rms_norm(args.hidden_size, args.rms_norm_eps, norm_offset))
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
-        h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-        return h + self.mlp(self.post_attention_layernorm(h))
+        if self.norm_placement == "pre":
+            h = x + self.self_attn(self.input_layernorm(x), mask, cache)
+            return h + self.mlp(self.post_attention_layernorm(h))
+        if self.norm_placement == "sandwich":
+            attn = self.self_attn(self.input_layernorm(x), mask, cache)
+            h = x + self.post_attention_layernorm(attn)
+            return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
+        h = x + self.post_attention_layernorm(self.self_attn(x, mask, cache))
+        return h + self.post_feedforward_layernorm(self.mlp(h))
 
 
 def check_cache(cache: Any, layers: int) -> list:
@@ -149,54 +217,79 @@ def check_cache(cache: Any, layers: int) -> list:
 
 
 class Decoder(nn.Module):
-    """The decoder stack: token embedding, :class:`DecoderLayer` s, final RMSNorm; with a
-    ``sliding_window``, attention sees that many positions (with or without a cache)."""
+    """The decoder stack: token embedding (times ``embed_scale``, if given), :class:`DecoderLayer`
+    s, final RMSNorm. ``per_layer`` (one dict per layer) overrides the shared ``options`` layer
+    by layer; a layer with a ``sliding_window`` attends to that many positions (with or without
+    a cache), each distinct window getting its mask once per forward pass."""
 
-    def __init__(self, args: DecoderArgs, *, sliding_window: int | None = None, **options: Any):
+    def __init__(self, args: DecoderArgs, *, sliding_window: int | None = None,
+                 embed_scale: float | None = None,
+                 per_layer: Sequence[dict[str, Any]] | None = None, **options: Any):
         super().__init__()
-        self.sliding_window = sliding_window
+        n = args.num_hidden_layers
+        if per_layer is not None and len(per_layer) != n:
+            raise ValueError(f"per_layer must have one entry per layer ({n}), "
+                             f"got {len(per_layer)}")
+        self.embed_scale = embed_scale
         self.embed_tokens = nn.Embedding(args.vocab_size, args.hidden_size)
-        self.layers = [DecoderLayer(args, **options) for _ in range(args.num_hidden_layers)]
-        self.norm = nn.RMSNorm(args.hidden_size, eps=args.rms_norm_eps)
+        shared = {"sliding_window": sliding_window, **options}
+        self.layers = [DecoderLayer(args, **{**shared, **(per_layer[i] if per_layer else {})})
+                       for i in range(n)]
+        self.norm = rms_norm(args.hidden_size, args.rms_norm_eps,
+                             options.get("norm_offset", 0.0))
+
+    @property
+    def sliding_window(self) -> int | None:
+        """The first layer's window (None: full attention); each layer keeps its own."""
+        return self.layers[0].sliding_window if self.layers else None
 
     def make_cache(self) -> list:
-        """One cache per layer: a window of ``sliding_window`` positions, or all of them."""
-        if self.sliding_window is None:
-            return [KVCache() for _ in self.layers]
-        return [RotatingKVCache(self.sliding_window) for _ in self.layers]
+        """One cache per layer: a window of the layer's ``sliding_window`` positions, or all."""
+        return [KVCache() if layer.sliding_window is None
+                else RotatingKVCache(layer.sliding_window) for layer in self.layers]
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         cache = check_cache(cache, len(self.layers))
         h = self.embed_tokens(inputs)
-        first = cache[0]
-        if first is None and self.sliding_window is not None:  # no cache: still the window
-            first = RotatingKVCache(self.sliding_window)
-        mask = mask_for(first, h.shape[1])
+        # token ids embedded here, not the hidden states of an earlier pipeline stage
+        if self.embed_scale is not None and mx.issubdtype(inputs.dtype, mx.integer):
+            h = h * mx.array(self.embed_scale, h.dtype)
+        masks: dict[int | None, Any] = {}
         for layer, layer_cache in zip(self.layers, cache, strict=True):
-            h = layer(h, mask, layer_cache)
+            window = layer.sliding_window
+            if window not in masks:
+                source = layer_cache
+                if source is None and window is not None:  # no cache: still the window
+                    source = RotatingKVCache(window)
+                masks[window] = mask_for(source, h.shape[1])
+            h = layer(h, masks[window], layer_cache)
         return self.norm(h)
 
 
 class DecoderLM(CausalLM):
     """A :class:`Decoder` and its head (:class:`~mlx_zoo.CausalLM`), with ``sanitize``,
-    ``make_cache`` and ``shard``; a plugin's ``Model`` passes the options that differ.
+    ``make_cache`` and ``shard``; a plugin's ``Model`` passes the options that differ (the
+    module docstring lists them). ``logit_softcap`` soft-caps the final logits:
+    ``cap * tanh(logits / cap)``."""
 
-    ``sliding_window`` (an int, or None for full attention) limits every layer's attention to
-    that many positions and gives it a :class:`~mlx_zoo.RotatingKVCache` of that size; the other
-    options (``qkv_bias``, ``o_bias``, ``qk_norm``, ``mlp_bias``) go to each
-    :class:`DecoderLayer`.
-    """
-
-    def __init__(self, args: DecoderArgs, **options: Any):
+    def __init__(self, args: DecoderArgs, *, logit_softcap: float | None = None,
+                 **options: Any):
         super().__init__(args, Decoder(args, **options))
+        self.logit_softcap = logit_softcap
+
+    def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
+        logits = super().__call__(inputs, cache)
+        cap = getattr(self, "logit_softcap", None)
+        return logits if cap is None else mx.tanh(logits / cap) * cap
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
         """Drop rotary ``inv_freq`` buffers (RoPE is recomputed) and, for tied embeddings, the
-        ``lm_head`` copy some checkpoints still carry."""
+        ``lm_head`` copy some checkpoints still carry; stack per-expert tensors
+        (:func:`stack_experts`)."""
         weights = {k: v for k, v in weights.items() if "rotary_emb.inv_freq" not in k}
         if self.args.tie_word_embeddings:
             weights.pop("lm_head.weight", None)
-        return weights
+        return stack_experts(weights)
 
     def make_cache(self) -> list:
         """The decoder's caches (:meth:`Decoder.make_cache`)."""
@@ -208,9 +301,124 @@ class DecoderLM(CausalLM):
         ("all-to-sharded", each rank computes its own heads / hidden units), o_proj and down_proj
         by input features ("sharded-to-all", results summed across ranks), so each block needs
         one all-reduce after attention and one after the MLP. Head counts shrink accordingly.
-        Fused projections are split first: each part is sharded by its own heads."""
+        Fused projections are split first: each part is sharded by its own heads. An MLP with
+        its own ``shard`` (:class:`SparseMoE`) shards itself."""
         unfuse_projections(self)
         group = group or mx.distributed.init()
         for layer in self.layers:
             shard_attention(layer.self_attn, group)
-            shard_mlp(layer.mlp, group)
+            if hasattr(layer.mlp, "shard"):
+                layer.mlp.shard(group)
+            else:
+                shard_mlp(layer.mlp, group)
+
+
+class SparseMoE(nn.Module):
+    """A mixture of experts in place of the dense MLP (Shazeer et al. 2017,
+    https://arxiv.org/abs/1701.06538; Mixtral, https://arxiv.org/abs/2401.04088): a linear router
+    (``gate``, one logit per expert), softmax over the experts in float32, the ``top_k`` experts
+    of each token (their probabilities renormalised to sum to one when ``norm_topk_prob``), and
+    the weighted sum of their gated MLPs, stacked in one :class:`~mlx_zoo.SwitchGLU`
+    (``switch_mlp``; checkpoints' per-expert tensors are stacked by :func:`stack_experts`).
+    ``shared_width``: a dense gated MLP every token also goes through (``shared_expert``)."""
+
+    def __init__(self, dim: int, hidden: int, num_experts: int, top_k: int, *,
+                 norm_topk_prob: bool = True, shared_width: int | None = None,
+                 activation: str = "silu"):
+        super().__init__()
+        self.top_k, self.norm_topk_prob = top_k, norm_topk_prob
+        self.gate = nn.Linear(dim, num_experts, bias=False)
+        self.switch_mlp = SwitchGLU(dim, hidden, num_experts,
+                                    activation=nn.silu if activation == "silu" else nn.gelu_approx)
+        if shared_width:
+            self.shared_expert = SwiGLU(dim, shared_width, activation=activation)
+        self.sharding_group = None  # set by shard(): sum the ranks' partial outputs
+
+    def shard(self, group: mx.distributed.Group) -> None:
+        """Split every expert's (and the shared expert's) hidden units across ``group``, the
+        router replicated; one all-reduce of the summed output per layer."""
+        shard_experts([self.switch_mlp] + ([self.shared_expert] if "shared_expert" in self
+                                           else []), group)
+        self.sharding_group = group
+
+    def __call__(self, x: mx.array) -> mx.array:
+        probs = mx.softmax(self.gate(x).astype(mx.float32), axis=-1, precise=True)
+        k = self.top_k
+        experts = mx.stop_gradient(mx.argpartition(-probs, kth=k - 1, axis=-1)[..., :k])
+        weights = mx.take_along_axis(probs, experts, axis=-1)
+        if self.norm_topk_prob:
+            weights = weights / weights.sum(axis=-1, keepdims=True)
+        y = (self.switch_mlp(x, experts) * weights[..., None].astype(x.dtype)).sum(axis=-2)
+        if "shared_expert" in self:
+            y = y + self.shared_expert(x)
+        if self.sharding_group is not None:
+            y = mx.distributed.all_sum(y, group=self.sharding_group)
+        return y
+
+
+EXPERT_TENSOR = re.compile(r"^(?P<prefix>.+)\.experts\.(?P<expert>\d+)\.(?P<proj>\w+)\."
+                           r"(?P<part>weight|scales|biases|bias)$")
+"""A per-expert checkpoint tensor: ``{prefix}.experts.{e}.{proj}.{part}``."""
+
+
+def stack_experts(weights: dict[str, mx.array],
+                  names: dict[str, str] | None = None) -> dict[str, mx.array]:
+    """Per-expert checkpoint tensors ``{prefix}.experts.{e}.{proj}.{part}`` (e = 0 .. E-1) ->
+    one stacked ``{prefix}.switch_mlp.{proj}.{part}`` of a :class:`SparseMoE`, ``names``
+    renaming projections (Mixtral's ``{"w1": "gate_proj", "w3": "up_proj", "w2":
+    "down_proj"}``); and transformers' in-memory layout, should a file hold it
+    (``{prefix}.experts.gate_up_proj`` ``(E, 2I, H)``, gate rows first, and
+    ``{prefix}.experts.down_proj``). An incomplete set of experts is left as it is, for the
+    loader's strict check to report."""
+    names = names or {}
+    groups: dict[tuple[str, str, str], dict[int, str]] = {}
+    out = {}
+    for key, value in weights.items():
+        match = EXPERT_TENSOR.match(key)
+        if match:
+            proj = names.get(match["proj"], match["proj"])
+            groups.setdefault((match["prefix"], proj, match["part"]), {})[
+                int(match["expert"])] = key
+        elif key.endswith(".experts.gate_up_proj"):
+            prefix = key.removesuffix(".experts.gate_up_proj")
+            gate, up = mx.split(value, 2, axis=1)
+            out[f"{prefix}.switch_mlp.gate_proj.weight"] = gate
+            out[f"{prefix}.switch_mlp.up_proj.weight"] = up
+        elif key.endswith(".experts.down_proj"):
+            out[key.removesuffix(".experts.down_proj") + ".switch_mlp.down_proj.weight"] = value
+        else:
+            out[key] = value
+    for (prefix, proj, part), by_expert in groups.items():
+        if sorted(by_expert) == list(range(len(by_expert))):
+            out[f"{prefix}.switch_mlp.{proj}.{part}"] = mx.stack(
+                [weights[by_expert[e]] for e in range(len(by_expert))])
+        else:
+            out.update({key: weights[key] for key in by_expert.values()})
+    return out
+
+
+def layer_windows(layer_types: Sequence[str] | None, sliding_window: int | None,
+                  layers: int) -> list[int | None]:
+    """Each layer's attention window from transformers' ``layer_types`` (``"sliding_attention"``:
+    ``sliding_window``; anything else, or no ``layer_types``: None, full attention)."""
+    types = list(layer_types) if layer_types is not None else ["full_attention"] * layers
+    return [sliding_window if kind == "sliding_attention" else None for kind in types]
+
+
+LAYER_TYPES = ("full_attention", "sliding_attention")
+"""The attention kinds of transformers' ``layer_types`` that :func:`layer_windows` reads."""
+
+
+def check_layer_types(layer_types: Sequence[str] | None, layers: int,
+                      path: Any = None) -> None:
+    """Raise :class:`~mlx_zoo.ConfigError` (key ``layer_types``) unless ``layer_types`` is None
+    or names one of :data:`LAYER_TYPES` for each of the ``layers`` layers."""
+    if layer_types is None:
+        return
+    if len(layer_types) != layers:
+        raise ConfigError(path, f"{len(layer_types)} entries; expected one per layer "
+                          f"(num_hidden_layers = {layers})", key="layer_types")
+    for i, kind in enumerate(layer_types):
+        if kind not in LAYER_TYPES:
+            raise ConfigError(path, f"{kind!r}; expected one of {', '.join(LAYER_TYPES)}",
+                              key=f"layer_types[{i}]")

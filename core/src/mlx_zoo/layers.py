@@ -28,35 +28,79 @@ from .fusion import project
 
 
 def attention(queries: mx.array, keys: Any, values: Any, *, scale: float, mask: Mask = None,
-              cache: Any = None) -> mx.array:
+              cache: Any = None, softcap: float | None = None,
+              sinks: mx.array | None = None) -> mx.array:
     """Scaled dot-product attention of ``(B, heads, Lq, D)`` queries over the keys/values
     returned by a cache; grouped-query attention needs no tiling of keys/values.
 
     ``mask`` is ``None``, ``"causal"`` or a boolean array (True = may attend) broadcastable to
     ``(B, heads, Lq, Lk)``. Keys/values from a :class:`~mlx_zoo.cache.QuantizedKVCache` are read
     with quantized matmuls.
+
+    The score hooks, for the families whose attention is not plain softmax(q k^T * scale):
+
+    * ``scale``: the factor on q k^T (``head_dim ** -0.5``, or a family's own, e.g. Gemma's
+      ``query_pre_attn_scalar ** -0.5``);
+    * ``softcap``: scores become ``softcap * tanh(scores / softcap)`` before the mask (Gemma 2's
+      ``attn_logit_softcapping``);
+    * ``sinks``: one learned logit per query head that joins every softmax as an extra column
+      whose value is dropped (attention sinks, gpt-oss): ``(heads,)``.
+
+    Plain attention and sinks run MLX's fused kernel; soft-capping and quantized keys/values
+    compute the scores explicitly (:func:`explicit_attention`), on every cache alike.
     """
-    if isinstance(cache, QuantizedKVCache):
-        return _quantized_attention(queries, keys, values, scale=scale, mask=mask,
-                                    group_size=cache.group_size, bits=cache.bits)
-    return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale, mask=mask)
+    quantized = isinstance(cache, QuantizedKVCache)
+    if softcap is None and not quantized:
+        if sinks is None:  # keep the call as before: MLX's kernel choice depends on its options
+            return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale,
+                                                        mask=mask)
+        return mx.fast.scaled_dot_product_attention(queries, keys, values, scale=scale,
+                                                    mask=mask, sinks=sinks.astype(queries.dtype))
+    return explicit_attention(queries, keys, values, scale=scale, mask=mask, softcap=softcap,
+                              sinks=sinks,
+                              quantized=(cache.group_size, cache.bits) if quantized else None)
 
 
-def _quantized_attention(queries, keys, values, *, scale, mask, group_size, bits) -> mx.array:
+def explicit_attention(queries: mx.array, keys: Any, values: Any, *, scale: float,
+                       mask: Mask = None, softcap: float | None = None,
+                       sinks: mx.array | None = None,
+                       quantized: tuple[int, int] | None = None) -> mx.array:
+    """:func:`attention` with the scores computed as arrays (what the fused kernel cannot do):
+    queries are grouped by key/value head, ``(B, kv_heads, repeats, Lq, D)``, so that keys and
+    values are read once per group; ``quantized = (group_size, bits)`` reads keys/values stored
+    as ``(packed, scales, biases)`` with quantized matmuls. Masks as :func:`attention` takes
+    them (a ``(B, 1 or heads, Lq, Lk)`` array is regrouped alike)."""
     batch, heads, n_q, dim = queries.shape
-    kv_heads = keys[0].shape[1]
+    kv_heads = (keys[0] if quantized else keys).shape[1]
     repeats = heads // kv_heads
     q = (queries * scale).reshape(batch, kv_heads, repeats, n_q, dim)
-    k = tuple(a[:, :, None] for a in keys)
-    v = tuple(a[:, :, None] for a in values)
-    scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits)
+    if quantized:
+        group_size, bits = quantized
+        k = tuple(a[:, :, None] for a in keys)
+        scores = mx.quantized_matmul(q, *k, transpose=True, group_size=group_size, bits=bits)
+    else:
+        scores = q @ keys[:, :, None].swapaxes(-1, -2)
+    if softcap is not None:
+        scores = mx.tanh(scores / softcap) * softcap
+    n_k = scores.shape[-1]
     if isinstance(mask, str):
-        n_k = scores.shape[-1]
         mask = mx.arange(n_k - n_q, n_k)[:, None] >= mx.arange(n_k)[None]
+    elif mask is not None and mask.ndim == 4:
+        mask = (mask.reshape(batch, kv_heads, repeats, n_q, -1) if mask.shape[1] == heads > 1
+                else mx.expand_dims(mask, 2))
     if mask is not None:
         scores = mx.where(mask, scores, mx.finfo(scores.dtype).min)
+    if sinks is not None:
+        sink = sinks.astype(scores.dtype).reshape(1, kv_heads, repeats, 1, 1)
+        scores = mx.concatenate([mx.broadcast_to(sink, (*scores.shape[:-1], 1)), scores], -1)
     weights = mx.softmax(scores, axis=-1, precise=True)
-    out = mx.quantized_matmul(weights, *v, transpose=False, group_size=group_size, bits=bits)
+    if sinks is not None:
+        weights = weights[..., 1:]
+    if quantized:
+        v = tuple(a[:, :, None] for a in values)
+        out = mx.quantized_matmul(weights, *v, transpose=False, group_size=group_size, bits=bits)
+    else:
+        out = weights.astype(values.dtype) @ values[:, :, None]
     return out.reshape(batch, heads, n_q, -1)
 
 
@@ -122,6 +166,9 @@ def merge_heads(x: mx.array) -> mx.array:
 class SwiGLU(nn.Module):
     """The gated MLP of Llama-style models: ``down(silu(gate(x)) * up(x))``
     (Shazeer 2020, "GLU Variants Improve Transformer", https://arxiv.org/abs/2002.05202).
+    ``activation`` names the gate's activation in :data:`GATED_ACTIVATIONS`: ``"silu"``
+    (SwiGLU) or ``"gelu_tanh"`` (GeGLU with the tanh approximation of GELU, Gemma's
+    ``gelu_pytorch_tanh``); a name, so that the layer copies and pickles as plain data.
 
     ``gate_proj`` and ``up_proj`` read the same input: :func:`mlx_zoo.fuse_projections` may
     replace them by one ``gate_up_proj`` (:mod:`mlx_zoo.fusion`)."""
@@ -129,15 +176,19 @@ class SwiGLU(nn.Module):
     fusable_projections: ClassVar[dict[str, tuple[str, ...]]] = {
         "gate_up_proj": ("gate_proj", "up_proj")}
 
-    def __init__(self, dim: int, hidden_dim: int, bias: bool = False):
+    def __init__(self, dim: int, hidden_dim: int, bias: bool = False, activation: str = "silu"):
         super().__init__()
+        if activation not in GATED_ACTIVATIONS:
+            raise ValueError(f"activation must be one of {sorted(GATED_ACTIVATIONS)}, "
+                             f"got {activation!r}")
         self.gate_proj = nn.Linear(dim, hidden_dim, bias=bias)
         self.up_proj = nn.Linear(dim, hidden_dim, bias=bias)
         self.down_proj = nn.Linear(hidden_dim, dim, bias=bias)
+        self.activation = activation
 
     def __call__(self, x: mx.array) -> mx.array:
         gate, up = project(self, "gate_up_proj", x)
-        return self.down_proj(swiglu(gate, up))
+        return self.down_proj(GATED_ACTIVATIONS[getattr(self, "activation", "silu")](gate, up))
 
 
 @partial(mx.compile, shapeless=True)
@@ -146,6 +197,38 @@ def swiglu(gate: mx.array, up: mx.array) -> mx.array:
     is two (``nn.silu`` is itself compiled), with the same per-op rounding, so the same values.
     Decode steps on GPUs cost host time per op, and every SwiGLU MLP runs this once per layer."""
     return nn.silu(gate) * up
+
+
+@partial(mx.compile, shapeless=True)
+def geglu_tanh(gate: mx.array, up: mx.array) -> mx.array:
+    """``gelu_tanh(gate) * up`` in one fused kernel (GeGLU, Gemma's MLPs), where
+    ``gelu_tanh(x) = x/2 * (1 + tanh(sqrt(2/pi) * (x + 0.044715 x^3)))`` (``nn.gelu_approx``)."""
+    return nn.gelu_approx(gate) * up
+
+
+GATED_ACTIVATIONS: dict[str, Callable[[mx.array, mx.array], mx.array]] = {
+    "silu": swiglu, "gelu_tanh": geglu_tanh}
+"""``activation(gate, up)`` of a gated MLP by name (:class:`SwiGLU`'s ``activation``)."""
+
+
+class OffsetRMSNorm(nn.Module):
+    """RMSNorm whose scale is ``offset + weight``: ``x / rms(x) * (offset + weight)``, with the
+    weight stored as a difference from ``offset`` (Gemma's norms, ``offset = 1``: a zero weight is
+    the identity). One fused ``mx.fast.rms_norm``, as :class:`mlx.nn.RMSNorm`."""
+
+    def __init__(self, dims: int, eps: float = 1e-6, offset: float = 1.0):
+        super().__init__()
+        self.weight = mx.zeros((dims,))
+        self.eps, self.offset = eps, offset
+
+    def __call__(self, x: mx.array) -> mx.array:
+        return mx.fast.rms_norm(x, self.offset + self["weight"], self.eps)
+
+
+def rms_norm(dims: int, eps: float, offset: float = 0.0) -> nn.Module:
+    """An RMSNorm over ``dims`` features: :class:`mlx.nn.RMSNorm` (scale = weight) when
+    ``offset`` is 0, else :class:`OffsetRMSNorm` (scale = offset + weight)."""
+    return nn.RMSNorm(dims, eps=eps) if offset == 0 else OffsetRMSNorm(dims, eps, offset)
 
 
 # -- token ids at the model's door ---------------------------------------------------------------

@@ -96,7 +96,7 @@ def use_fast_kernels(model: nn.Module, *, force: bool = False) -> int:
         if type(module) is nn.QuantizedLinear and _affine(module):
             module.__class__ = FastQuantizedLinear
             count += 1
-        elif type(module) is SwiGLU:
+        elif type(module) is SwiGLU and module.activation == "silu":  # the kernel's SiLU
             module.__class__ = FastSwiGLU
             count += 1
     return count

@@ -21,7 +21,8 @@ Helpers (import from here): :func:`relative_error`, :func:`sharpen_weights`,
 :func:`isolated_registry` (a context manager, and a pytest fixture of that name through the
 ``mlx_zoo`` pytest plugin this distribution registers), :func:`transformers_reference`,
 :func:`transformers_model`, :func:`torch_logits`, :func:`sharpen_torch_model` (a torch
-reference written as the checkpoint), :func:`logits`, :func:`incremental_logits`,
+reference written as the checkpoint), :func:`stacked_experts_reference` (a transformers MoE class
+fed a checkpoint whose experts are stacked), :func:`logits`, :func:`incremental_logits`,
 :func:`decode_steps`, and the constants :data:`TOLERANCE`, :data:`TOKENIZER_VOCAB`, :data:`PLAIN`.
 
 Importing this package is cheap (nothing below is imported until used), so the pytest plugin
@@ -43,7 +44,7 @@ _EXPORTS = {
     "write_tiny_tokenizer": "helpers",
     "Reference": "reference", "sharpen_torch_model": "reference", "torch_logits": "reference",
     "transformers_model": "reference",
-    "transformers_reference": "reference",
+    "transformers_reference": "reference", "stacked_experts_reference": "reference",
 }
 
 __all__ = sorted(_EXPORTS)

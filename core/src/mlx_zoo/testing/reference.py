@@ -74,3 +74,29 @@ def sharpen_torch_model(model: Any, *, std: float | None = None, seed: int = 0) 
             parameter.copy_(1.0 + noise * std / 4 if "norm" in name and parameter.ndim == 1
                             else noise * std)
     return model
+
+
+def stacked_experts_reference(class_name: str) -> Reference:
+    """A :data:`Reference` computing logits with transformers' mixture-of-experts
+    ``class_name`` from a checkpoint whose experts are stacked as the core's
+    :class:`~mlx_zoo.decoder.SparseMoE` keeps them
+    (``{prefix}.switch_mlp.{gate,up,down}_proj.weight``, ``(experts, out, in)``): they go
+    into transformers' in-memory layout, ``{prefix}.experts.gate_up_proj`` (each expert's
+    gate rows, then its up rows) and ``{prefix}.experts.down_proj``."""
+    import numpy as np
+
+    def reference(config: dict, weights: Mapping[str, Any], ids: Any):
+        converted = {}
+        for name, value in weights.items():
+            prefix, found, proj = name.partition(".switch_mlp.")
+            if not found:
+                converted[name] = value
+            elif proj == "down_proj.weight":
+                converted[f"{prefix}.experts.down_proj"] = value
+            elif proj == "gate_proj.weight":
+                up = weights[f"{prefix}.switch_mlp.up_proj.weight"]
+                converted[f"{prefix}.experts.gate_up_proj"] = np.concatenate([value, up], axis=1)
+        return torch_logits(transformers_model(class_name, config, converted), ids)
+
+    reference.__name__ = f"transformers.{class_name} (stacked experts)"
+    return reference
