@@ -27,6 +27,7 @@ from .generate import (GenerationResponse, GenerationResult, generate, generate_
                        reuse_prompt_cache, stream_generate)
 from .hookspecs import (SPEC_VERSION, Architecture, MakesCache, Model, PipelineStages,
                         QuantizePredicate, Sanitizes, Shards, hookimpl)
+from .hookspecs import ModelBridge
 from .layers import (CausalLM, SwiGLU, SwitchGLU, SwitchLinear, attention, mask_for,
                      merge_heads, split_heads)
 from .loading import ModelNotFoundError, load, resolve_model_dir, save
@@ -61,4 +62,5 @@ __all__ = [
     "default_periods", "validate_rope_scaling",
     "MakesCache", "QuantizePredicate", "Sanitizes", "Shards",
     "PipelineLM", "PipelineStages",
+    "ModelBridge",
 ]

@@ -15,18 +15,17 @@ from .errors import MlxZooError
 
 
 def cmd_list(args: argparse.Namespace) -> int:
-    """Installed model types -> distribution and version; conflicts and broken plugins marked."""
-    from .registry import list_plugins
+    """Installed model types -> distribution and version; conflicts and broken plugins marked;
+    then what the bridges serve (native or bridged, per model_type)."""
+    from .registry import list_bridged, list_plugins
 
     rows = list_plugins(check=not args.no_check)
-    if not rows:
+    bridged = list_bridged(check=not args.no_check)
+    if not rows and not bridged:
         print("No mlx-zoo plugins installed. Try: pip install mlx-qwen2")
         return 0
-    header = ("MODEL TYPE", "DISTRIBUTION", "VERSION", "MODULE", "STATUS")
-    table = [header] + [(r.model_type, r.distribution, r.version, r.module, r.status) for r in rows]
-    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
-    for row in table:
-        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
+    _print_table(("MODEL TYPE", "DISTRIBUTION", "VERSION", "MODULE", "STATUS"),
+                 [(r.model_type, r.distribution, r.version, r.module, r.status) for r in rows])
     for r in rows:
         if r.error:
             print(f"\n{r.distribution} ({r.model_type}) is broken: {r.error}")
@@ -34,7 +33,40 @@ def cmd_list(args: argparse.Namespace) -> int:
     if conflicts:
         print("\nConflicts: " + ", ".join(conflicts) + " are claimed by several distributions; "
               "choose with MLX_ZOO_PREFER=model_type=distribution.")
+    _print_bridged(bridged)
     return 0
+
+
+def _print_table(header: tuple[str, ...], rows: list[tuple]) -> None:
+    table = [header, *rows]
+    widths = [max(len(str(row[i])) for row in table) for i in range(len(header))]
+    for row in table:
+        print("  ".join(str(v).ljust(w) for v, w in zip(row, widths, strict=False)).rstrip())
+
+
+def _print_bridged(rows: list) -> None:
+    """``mlx-zoo list``'s bridge section (:func:`mlx_zoo.registry.list_bridged`): per bridge,
+    the model types it serves (``bridged``, or ``broken`` with the reason below) and, on one
+    line, those a native plugin serves (the bridge only when picked)."""
+    for name in dict.fromkeys(r.distribution for r in rows):
+        mine = [r for r in rows if r.distribution == name]
+        first = mine[0]
+        via = f" ({first.via})" if first.via else ""
+        print(f"\nBridge {name} {first.version}{via}, below native plugins "
+              f"(--plugin {name} or MLX_ZOO_PREFER=TYPE={name} picks it):")
+        if first.model_type == "*":  # not listed: unchecked, blocked or broken
+            print(f"  {first.status}" + (f": {first.error}" if first.error else
+                                         " (mlx-zoo list without --no-check lists its types)"))
+            continue
+        served = [(r.model_type, r.source, r.status) for r in mine if r.status != "native"]
+        if served:
+            _print_table(("BRIDGED TYPE", "FROM", "STATUS"), served)
+        native = [f"{r.model_type} ({', '.join(r.native)})" for r in mine if r.status == "native"]
+        if native:
+            print("  served natively (the bridge only when picked): " + ", ".join(native))
+        for r in mine:
+            if r.error:
+                print(f"\n{name} ({r.model_type}) is broken: {r.error}")
 
 
 def cmd_info(args: argparse.Namespace) -> int:

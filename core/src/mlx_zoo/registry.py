@@ -14,6 +14,11 @@ Environment variables:
 ``MLX_ZOO_PREFER``
     Resolves conflicts, as ``model_type=distribution`` pairs separated by commas, when several
     installed distributions claim one model_type.
+
+Bridges (the ``mlx_zoo.bridges`` group, :class:`~mlx_zoo.hookspecs.ModelBridge`) serve model
+types they learn at run time, below native plugins: one is imported and asked only when no
+enabled native plugin serves a checkpoint's model_type, or when ``plugin=`` /
+``MLX_ZOO_PREFER`` names it (:func:`resolve`, :func:`list_bridged`).
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import pluggy
 
 from . import hookspecs
 from .errors import PluginConflictError, PluginLoadError, PluginNotFoundError
-from .hookspecs import Architecture
+from .hookspecs import Architecture, ModelBridge
 
 PLUGINS_ENV = "MLX_ZOO_PLUGINS"
 PREFER_ENV = "MLX_ZOO_PREFER"
@@ -108,11 +113,12 @@ def is_enabled(distribution: str) -> bool:
     return name not in blocked and (not allowed or name in allowed)
 
 
-def installed_entries() -> list[PluginEntry]:
-    """Every installed entry point of the ``mlx_zoo.models`` group (metadata only, no import)."""
+def installed_entries(group: str = hookspecs.ENTRY_POINT_GROUP) -> list[PluginEntry]:
+    """Every installed entry point of the ``mlx_zoo.models`` group, or of ``group`` (metadata
+    only, no import)."""
     entries = []
     seen = set()
-    for ep in metadata.entry_points(group=hookspecs.ENTRY_POINT_GROUP):
+    for ep in metadata.entry_points(group=group):
         dist = ep.dist
         name = canonical_name(dist.name) if dist is not None else ep.value
         version = dist.version if dist is not None else "?"
@@ -268,8 +274,10 @@ def resolve(model_type: str, plugin: str | None = None, path: Any = None) -> Arc
     """The :class:`Architecture` serving ``model_type``, importing only the plugin that serves it.
 
     ``plugin`` (a distribution name) picks one when several claim the model_type; so does
-    ``MLX_ZOO_PREFER``. Raises :class:`PluginNotFoundError`, :class:`PluginConflictError` or
-    :class:`PluginLoadError`.
+    ``MLX_ZOO_PREFER``. A native plugin always wins over a bridge: bridges are asked only when
+    no enabled native plugin serves ``model_type``, or when the distribution picked is a
+    bridge (:func:`model_bridges`). Raises :class:`PluginNotFoundError`,
+    :class:`PluginConflictError` or :class:`PluginLoadError`.
     """
     if plugin is None and model_type in _in_process:
         return _in_process[model_type]
@@ -278,6 +286,9 @@ def resolve(model_type: str, plugin: str | None = None, path: Any = None) -> Arc
     if choice is not None:
         entries = [e for e in entries if e.distribution == choice]
     if not entries:
+        bridged = _resolve_bridged(model_type, choice)
+        if bridged is not None:
+            return bridged
         raise _not_found(model_type, path, choice, "plugin=" if plugin else PREFER_ENV)
     if len(entries) > 1:
         raise PluginConflictError(model_type, [e.distribution for e in entries])
@@ -340,6 +351,170 @@ def _architecture_from(entry: PluginEntry) -> Architecture:
 
 
 
+# -- bridges: model types learned at run time, below native plugins ------------------------------
+
+BRIDGE_HOOK = "register_model_bridge"
+
+
+def installed_bridges() -> list[PluginEntry]:
+    """Every installed entry point of the ``mlx_zoo.bridges`` group (metadata only); its
+    ``model_type`` is the entry's name, the bridge's own."""
+    return installed_entries(hookspecs.BRIDGE_ENTRY_POINT_GROUP)
+
+
+def _bridge_of(plugin: Any, label: str) -> ModelBridge:
+    """What ``plugin``'s :func:`~mlx_zoo.hookspecs.register_model_bridge` returns, checked."""
+    impls = _impls(BRIDGE_HOOK, plugin)
+    if not impls:
+        raise PluginLoadError(label, "its bridge entry point", LookupError(
+            f"the module is in the {hookspecs.BRIDGE_ENTRY_POINT_GROUP!r} group but implements "
+            f"no {BRIDGE_HOOK} hook"))
+    try:
+        bridge = impls[0].function()
+    except PROPAGATED:
+        raise
+    except BaseException as e:
+        raise PluginLoadError(label, f"its {BRIDGE_HOOK} hook", e) from e
+    if not isinstance(bridge, ModelBridge):
+        raise PluginLoadError(label, f"its {BRIDGE_HOOK} hook",
+                              TypeError(f"returned {bridge!r}, expected ModelBridge"))
+    return bridge
+
+
+def model_bridges() -> list[tuple[str, ModelBridge | PluginLoadError]]:
+    """``(name, bridge)`` for every enabled installed bridge (imported for the purpose) and every
+    plugin registered in process that implements ``register_model_bridge``; a bridge that fails
+    to import or whose hook raises comes with its :class:`PluginLoadError` instead."""
+    found: list[tuple[str, ModelBridge | PluginLoadError]] = []
+    installed = installed_bridges()
+    for entry in installed:
+        if not is_enabled(entry.distribution):
+            continue
+        try:
+            found.append((entry.distribution,
+                          _bridge_of(import_plugin(entry), entry.distribution)))
+        except PluginLoadError as e:
+            found.append((entry.distribution, e))
+    pm = plugin_manager()
+    names = {e.distribution for e in installed}
+    for impl in getattr(pm.hook, BRIDGE_HOOK).get_hookimpls():
+        name = pm.get_name(impl.plugin) or "?"
+        if name not in names:
+            try:
+                found.append((name, _bridge_of(impl.plugin, name)))
+            except PluginLoadError as e:
+                found.append((name, e))
+    return found
+
+
+def bridged_types(name: str, bridge: ModelBridge) -> dict[str, str]:
+    """``bridge.model_types()``, checked: a dict of model_type -> where it comes from."""
+    try:
+        types = bridge.model_types()
+    except PROPAGATED:
+        raise
+    except BaseException as e:
+        raise PluginLoadError(name, "listing its bridged model types", e) from e
+    if not isinstance(types, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in types.items()):
+        raise PluginLoadError(name, "listing its bridged model types", TypeError(
+            f"model_types() returned {type(types).__name__}, expected a dict of str to str"))
+    return types
+
+
+def bridged_architecture(name: str, bridge: ModelBridge, model_type: str) -> Architecture:
+    """``bridge.architecture(model_type)``; what it raises becomes a :class:`PluginLoadError`
+    naming the bridge and the model_type (only that type is unavailable)."""
+    try:
+        arch = bridge.architecture(model_type)
+    except PROPAGATED:
+        raise
+    except BaseException as e:
+        raise PluginLoadError(name, f"bridging model_type {model_type!r}", e) from e
+    if not isinstance(arch, Architecture) or arch.model_type != model_type:
+        raise PluginLoadError(name, f"bridging model_type {model_type!r}", TypeError(
+            f"architecture() returned {arch!r}, expected an Architecture for {model_type!r}"))
+    return arch
+
+
+def _resolve_bridged(model_type: str, choice: str | None) -> Architecture | None:
+    """The bridged architecture of ``model_type`` (no native plugin serves it, or ``choice``
+    names a bridge); None if no bridge claims it. Two bridges claiming it are a conflict; a
+    broken bridge, when no other claims it, raises its error (it might have served it)."""
+    claims, broken = [], []
+    for name, bridge in model_bridges():
+        if choice is not None and canonical_name(name) != choice:
+            continue
+        try:
+            if isinstance(bridge, PluginLoadError):
+                raise bridge
+            if model_type in bridged_types(name, bridge):
+                claims.append((name, bridge))
+        except PluginLoadError as e:
+            broken.append(e)
+    if len(claims) > 1:
+        raise PluginConflictError(model_type, [name for name, _ in claims])
+    if claims:
+        return bridged_architecture(*claims[0], model_type)
+    if broken:
+        raise broken[0]
+    return None
+
+
+@dataclass(frozen=True)
+class BridgedStatus:
+    """A row of :func:`list_bridged`: one model_type of a bridge, or the bridge itself
+    (``model_type`` ``"*"``) where its types are not listed (unchecked, blocked, broken)."""
+
+    model_type: str
+    distribution: str
+    version: str
+    source: str  # where the type comes from ("mlx_lm.models.starcoder2"), or the bridge's source
+    status: str  # "bridged", "native" (a native plugin serves it), "broken", "blocked", "unchecked"
+    error: str | None = None
+    native: tuple[str, ...] = ()  # the distributions serving it natively
+    via: str = ""  # what the bridge bridges to (ModelBridge.source: "mlx-lm 0.32.2")
+
+
+def list_bridged(check: bool = False) -> list[BridgedStatus]:
+    """What the installed bridges serve. Without ``check``, one ``"unchecked"`` row per bridge
+    (metadata only); with it each bridge is imported and each model_type it claims is marked
+    ``"native"`` (an enabled native plugin serves it: the bridge only on request),
+    ``"bridged"``, or ``"broken"`` with the reason (its architecture could not be built)."""
+    versions = {e.distribution: e.version for e in installed_bridges()}
+    rows = [BridgedStatus("*", e.distribution, e.version, e.module,
+                          "blocked" if not is_enabled(e.distribution) else "unchecked")
+            for e in installed_bridges() if not (check and is_enabled(e.distribution))]
+    if not check:
+        return rows
+    native: dict[str, list[str]] = {}
+    for e in installed_entries():
+        if is_enabled(e.distribution):
+            native.setdefault(e.model_type, []).append(e.distribution)
+    for model_type in _in_process:
+        native.setdefault(model_type, []).append(IN_PROCESS)
+    for name, bridge in model_bridges():
+        version = versions.get(name, "")
+        try:
+            if isinstance(bridge, PluginLoadError):
+                raise bridge
+            types = bridged_types(name, bridge)
+        except PluginLoadError as e:
+            rows.append(BridgedStatus("*", name, version, "", "broken", str(e)))
+            continue
+        for model_type, source in sorted(types.items()):
+            status, error = "native", None
+            if model_type not in native:
+                try:
+                    bridged_architecture(name, bridge, model_type)
+                    status = "bridged"
+                except PluginLoadError as e:
+                    status, error = "broken", str(e)
+            rows.append(BridgedStatus(model_type, name, version, source, status, error,
+                                      tuple(native.get(model_type, ())), bridge.source))
+    return rows
+
+
 # -- contributions by name: RoPE variants, cache classes, demos ----------------------------------
 
 
@@ -367,7 +542,7 @@ def _unimported_plugins(name: str = "", providers: Iterable[str] = ()) -> Iterat
     model_type called ``name``, then the rest."""
     pm = plugin_manager()
     by_dist: dict[str, PluginEntry] = {}
-    for entry in installed_entries():
+    for entry in installed_entries() + installed_bridges():
         if is_enabled(entry.distribution) and pm.get_plugin(entry.distribution) is None:
             by_dist.setdefault(entry.distribution, entry)
     wanted = [canonical_name(p) for p in providers]
