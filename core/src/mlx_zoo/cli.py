@@ -52,7 +52,7 @@ def _print_bridged(rows: list) -> None:
         mine = [r for r in rows if r.distribution == name]
         first = mine[0]
         via = f" ({first.via})" if first.via else ""
-        print(f"\nBridge {name} {first.version}{via}, below native plugins "
+        print(f"\nBridged by {name} {first.version}{via}, below native plugins "
               f"(--plugin {name} or MLX_ZOO_PREFER=TYPE={name} picks it):")
         if first.model_type == "*":  # not listed: unchecked, blocked or broken
             print(f"  {first.status}" + (f": {first.error}" if first.error else
@@ -201,13 +201,13 @@ def _load_parallel(args: argparse.Namespace, parallel: str):
 
     import mlx_zoo
 
-    from .config import read_config
-    from .loading import load_distributed, resolve_model_dir
+    from .loading import load_distributed
     from .pipeline import check_parallel, choose_parallel
+    from .sources import open_checkpoint
 
     group = mx.distributed.init()
     check_parallel("pipeline" if parallel == "auto" else parallel, group.size())
-    layers = read_config(resolve_model_dir(args.model)).get("num_hidden_layers")
+    layers = open_checkpoint(args.model).raw.get("num_hidden_layers")
     parallel = choose_parallel(parallel, layers, group.size())
     model, _ = load_distributed(args.model, parallel, group, plugin=args.plugin, dtype="auto",
                                 dequantize="auto", fuse=True,

@@ -27,16 +27,24 @@ are resident, so converting an N GB checkpoint needs well under N GB (docs/bench
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
+import logging
+import os
+import re
 import shutil
+import signal
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from .errors import MlxZooError
 from .hookspecs import QuantizePredicate
+
+log = logging.getLogger("mlx_zoo.convert")
 
 CONVERSION_DTYPES = ("float16", "bfloat16", "float32")
 """What ``--dtype`` accepts: the floating-point types a checkpoint can be stored in."""
@@ -58,12 +66,16 @@ DEFAULT_MLX_PATH = "mlx_model"
 DEFAULT_SHARD_GB = 5.0  # like transformers' and mlx-lm's shards
 GB = 1024**3
 
-WEIGHT_SUFFIXES = (".safetensors", ".bin", ".pt", ".pth", ".ckpt", ".h5", ".msgpack", ".gguf",
-                   ".onnx", ".npz", ".npy", ".pkl", ".pickle", ".ot")
-"""Files never copied from the source: weights in any format (the converted weights replace
-them) ..."""
+SUPPORT_PATTERNS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model",
+                    "special_tokens_map.json", "added_tokens.json", "vocab.json", "vocab.txt",
+                    "merges.txt", "spiece.model", "*.tiktoken", "generation_config.json",
+                    "chat_template.json", "*.jinja", "preprocessor_config.json",
+                    "processor_config.json")
+"""The files of the source copied into the output (names, or ``fnmatch`` patterns): what
+tokenizers, chat templates and generation read -- not whatever else the folder holds (notes,
+training logs, other formats' weights) ..."""
 CODE_SUFFIXES = (".py", ".pyc", ".so", ".dylib", ".dll", ".sh", ".exe")
-"""... and code, which mlx-zoo never runs and does not pass on."""
+"""... and never code, which mlx-zoo never runs and does not pass on."""
 WRITTEN_FILES = ("config.json", "model.safetensors.index.json", "README.md")
 """Files the conversion writes itself."""
 
@@ -138,6 +150,23 @@ def _check_options(*, dtype, quantize, q_bits, q_group_size, q_mode, quant_predi
                                            and 0 < max_shard_size < float("inf")):
         raise ConvertError(f"{max_shard_size!r} is not a positive number of gigabytes",
                            flag="--max-shard-size")
+
+
+def _check_paths(hf_path: str, mlx_path: Path, revision: str | None) -> None:
+    """Both paths usable as names (a 300-character component is an OS error, not a
+    traceback); ``--revision`` only with a Hub repo id (a local folder has none)."""
+    from .demos import is_demo_reference
+
+    for text, flag in ((hf_path, "--hf-path"), (str(mlx_path), "--mlx-path")):
+        try:
+            is_dir = Path(text).expanduser().is_dir()
+        except (OSError, ValueError) as e:  # ENAMETOOLONG, NUL in the name
+            raise ConvertError(f"cannot be used as a path ({e.__class__.__name__}: "
+                               f"{getattr(e, 'strerror', None) or e})", flag=flag) from None
+        if flag == "--hf-path" and revision is not None and (is_dir
+                                                             or is_demo_reference(text)):
+            raise ConvertError(f"--revision {revision!r} applies to a Hugging Face repo id; "
+                               f"{text} is a local folder", flag="--revision")
 
 
 def _check_target(mlx_path: Path, force: bool) -> None:
@@ -395,18 +424,41 @@ class _progress:
 
 
 def copy_support_files(source: Path, target: Path) -> list[str]:
-    """Copy what the source holds besides weights and code -- tokenizer files, generation
-    config, chat template, vocabularies -- into ``target``; returns the names copied."""
+    """Copy the source's :data:`SUPPORT_PATTERNS` files -- tokenizer files, generation config,
+    chat template, vocabularies -- into ``target``; returns the names copied. A symbolic link
+    is followed only into the source folder itself or, in a Hugging Face cache snapshot, into
+    the repository's own ``blobs/``; any other (``notes.txt -> ~/private``) is skipped with a
+    warning, so that a converted model never carries a file from elsewhere."""
+    import fnmatch
+    import warnings
+
     copied = []
     for item in sorted(source.iterdir()):
         name = item.name
-        lower = name.lower()
-        if (name.startswith(".") or not item.is_file() or name in WRITTEN_FILES
-                or lower.endswith(WEIGHT_SUFFIXES + CODE_SUFFIXES)):
+        if (name.startswith(".") or name in WRITTEN_FILES
+                or name.lower().endswith(CODE_SUFFIXES)
+                or not any(fnmatch.fnmatchcase(name, p) for p in SUPPORT_PATTERNS)
+                or not item.is_file()):
             continue
-        shutil.copyfile(item, target / name)  # follows the HF cache's symlinks
+        if item.is_symlink() and not _link_allowed(source, item):
+            warnings.warn(f"{item}: a link to {item.resolve()}, outside the source folder "
+                          f"and its Hugging Face cache blobs; not copied", stacklevel=2)
+            continue
+        shutil.copyfile(item, target / name)
         copied.append(name)
     return copied
+
+
+def _link_allowed(source: Path, link: Path) -> bool:
+    """Whether the symbolic link ``link`` in ``source`` resolves into ``source`` or, for a
+    Hugging Face cache snapshot (``.../snapshots/<revision>``), into its repository's
+    ``blobs/``."""
+    real_source = source.resolve()
+    resolved = link.resolve()
+    allowed = [real_source]
+    if real_source.parent.name == "snapshots":
+        allowed.append(real_source.parent.parent / "blobs")
+    return any(resolved.is_relative_to(root) for root in allowed)
 
 
 def _front_matter(source: Path) -> dict:
@@ -522,9 +574,10 @@ def convert(hf_path: str | Path, mlx_path: str | Path = DEFAULT_MLX_PATH, *,
     _check_options(dtype=dtype, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
                    q_mode=q_mode, quant_predicate=quant_predicate, dequantize=dequantize,
                    max_shard_size=max_shard_size)
+    hf_path = str(hf_path)
+    _check_paths(hf_path, Path(mlx_path), revision)
     mlx_path = Path(mlx_path).expanduser()
     _check_target(mlx_path, force)
-    hf_path = str(hf_path)
     tensors, config, source, flags = _prepare(
         hf_path, dtype=dtype, quantize=quantize, q_bits=q_bits, q_group_size=q_group_size,
         q_mode=q_mode, quant_predicate=quant_predicate, dequantize=dequantize,
@@ -536,17 +589,16 @@ def convert(hf_path: str | Path, mlx_path: str | Path = DEFAULT_MLX_PATH, *,
     card = model_card(hf_path, source, config, mlx_path, flags)
     max_bytes = int((DEFAULT_SHARD_GB if max_shard_size is None else max_shard_size) * GB)
 
+    _remove_stale(mlx_path)
     try:
-        tmp = _sibling(mlx_path, "tmp")
+        tmp = _sibling(mlx_path, f"tmp-{os.getpid()}")
     except OSError as e:
         raise ConvertError(f"cannot create a directory beside it to write into ({e})",
                            path=mlx_path) from e
     try:
-        write_shards(tmp, tensors, max(1, max_bytes), progress)
-        (tmp / "config.json").write_text(config_text, encoding="utf-8")
-        copy_support_files(source, tmp)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
-        _swap_in(tmp, mlx_path, force)
+        with _terminate_as_exit():
+            _write(tmp, tensors, max_bytes, progress, config_text, source, card)
+            _swap_in(tmp, mlx_path, force)
     except MlxZooError:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -560,6 +612,84 @@ def convert(hf_path: str | Path, mlx_path: str | Path = DEFAULT_MLX_PATH, *,
     return mlx_path
 
 
+def _write(tmp: Path, tensors: list[tuple[str, Any]], max_bytes: int, progress: bool | None,
+           config_text: str, source: Path, card: str) -> None:
+    """Everything of the converted checkpoint, into ``tmp``."""
+    write_shards(tmp, tensors, max(1, max_bytes), progress)
+    (tmp / "config.json").write_text(config_text, encoding="utf-8")
+    if source.is_file():  # a GGUF file: its tokenizer and chat template as transformers' files
+        write_gguf_tokenizer(source, tmp)
+    else:
+        copy_support_files(source, tmp)
+    (tmp / "README.md").write_text(card, encoding="utf-8")
+
+
+def write_gguf_tokenizer(source: Path, target: Path) -> None:
+    """The GGUF file's tokenizer (vocabulary, merges, special tokens, chat template) saved as
+    transformers writes one -- tokenizer.json and tokenizer_config.json -- for mlx-lm and
+    transformers to read; the stop ids llama.cpp names go to generation_config.json."""
+    from .tokenizer import load_tokenizer
+
+    tokenizer = load_tokenizer(source)
+    tokenizer.hf.save_pretrained(str(target))
+    (target / "generation_config.json").write_text(json.dumps(
+        {"eos_token_id": sorted(tokenizer.eos_token_ids)}, indent=2) + "\n", encoding="utf-8")
+
+
+@contextlib.contextmanager
+def _terminate_as_exit():
+    """SIGTERM (``kill``, a job scheduler's stop) raises ``SystemExit(143)`` in the main thread
+    while converting, as SIGINT raises ``KeyboardInterrupt``: the cleanup of the half-written
+    folder runs either way. Elsewhere (another thread) the handler is left as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def terminated(signum, frame):
+        raise SystemExit(128 + signum)
+
+    previous = signal.signal(signal.SIGTERM, terminated)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+STALE_PATTERN = re.compile(r"tmp-(\d+)-[^-]*")
+"""The tag of a conversion's temporary folder, ``.NAME.tmp-<pid>-XXXX``: the pid of the process
+writing it."""
+
+
+def _remove_stale(mlx_path: Path) -> None:
+    """Delete the ``.NAME.tmp-<pid>-*`` folders beside ``mlx_path`` whose process is gone (a
+    conversion killed by SIGKILL or a power cut); a running conversion's folder is kept."""
+    prefix = f".{mlx_path.name}."
+    try:
+        siblings = list(mlx_path.parent.iterdir())
+    except OSError:
+        return
+    for item in siblings:
+        match = (STALE_PATTERN.fullmatch(item.name[len(prefix):])
+                 if item.name.startswith(prefix) else None)
+        if match is None or not item.is_dir() or item.is_symlink():
+            continue
+        pid = int(match.group(1))
+        if pid == os.getpid() or _process_alive(pid):
+            continue
+        log.info("removing %s, left by an interrupted conversion (process %d)", item, pid)
+        shutil.rmtree(item, ignore_errors=True)
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except (PermissionError, OverflowError, OSError):
+        return True  # another user's process, or not a pid at all: left alone
+    return True
+
+
 def _prepare(hf_path: str, *, dtype, quantize, q_bits, q_group_size, q_mode, quant_predicate,
              dequantize, revision, plugin) -> tuple[list[tuple[str, Any]], dict, Path, list[str]]:
     """Load lazily and transform: ``(tensors, config.json dict, source dir, flags)``; the
@@ -569,11 +699,11 @@ def _prepare(hf_path: str, *, dtype, quantize, q_bits, q_group_size, q_mode, qua
 
     import mlx_zoo
 
-    from .config import read_config
     from .fusion import checkpoint_parameters
+    from .sources import open_checkpoint
 
-    source = mlx_zoo.resolve_model_dir(hf_path, revision)
-    raw = read_config(source)
+    checkpoint = open_checkpoint(hf_path, revision)  # a model directory or a GGUF file
+    source, raw = checkpoint.where, checkpoint.raw
     is_quantized = bool(raw.get("quantization"))
     if dtype is None:
         dtype = _default_dtype(raw)

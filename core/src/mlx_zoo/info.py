@@ -15,11 +15,11 @@ def describe(path_or_repo: str | Path, plugin: str | None = None) -> Iterator[st
     and the cache each layer gets."""
     from . import registry
     from .cache import make_prompt_cache
-    from .config import read_config
-    from .loading import load, resolve_model_dir
+    from .loading import load
+    from .sources import open_checkpoint
 
-    model_dir = resolve_model_dir(path_or_repo)
-    raw = read_config(model_dir)
+    checkpoint = open_checkpoint(path_or_repo)  # a model directory or a GGUF file
+    model_dir, raw = checkpoint.where, checkpoint.raw
     # the checkpoint as stored: no dtype/dequantize policy, no fused projections
     model, config = load(model_dir, lazy=True, plugin=plugin, dtype=None, dequantize=False,
                          fuse=False)

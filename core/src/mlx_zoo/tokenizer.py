@@ -492,7 +492,7 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
 
     model_dir = resolve_reference(path_or_repo, revision)
     if is_gguf(model_dir):  # a GGUF file: vocabulary and template from its metadata
-        return _gguf_tokenizer(model_dir, eos_token_ids)
+        return _gguf_tokenizer(model_dir, eos_token_ids, str(path_or_repo))
     tokenizer_config = _read_json(model_dir / TOKENIZER_CONFIG_FILE)
     _check_no_custom_code(model_dir, tokenizer_config)
     tokenizer_json = _read_json(model_dir / TOKENIZER_FILE)
@@ -509,13 +509,19 @@ def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,
     return Tokenizer(hf, ids, tokenizer_json, model_dir)
 
 
-def _gguf_tokenizer(path: Path, eos_token_ids: Iterable[int] | None) -> Tokenizer:
+def _gguf_tokenizer(path: Path, eos_token_ids: Iterable[int] | None, reference: str
+                    ) -> Tokenizer:
     """The tokenizer of a GGUF file (:mod:`mlx_zoo.gguf.tokenizer`), its vocabulary checked
-    against the model's embedding (``token_embd.weight`` rows)."""
+    against the model's embedding (``token_embd.weight`` rows); for ``ollama:NAME``, the
+    model's ``stop`` parameters that are single tokens stop generation too."""
+    from .gguf.ollama import stop_token_ids
     from .gguf.reader import read_gguf
     from .gguf.tokenizer import gguf_tokenizer_parts
+    from .sources import OLLAMA_PREFIX
 
     hf, ids, count = gguf_tokenizer_parts(path)
+    if reference.startswith(OLLAMA_PREFIX):
+        ids |= stop_token_ids(reference[len(OLLAMA_PREFIX):], hf)
     embed = read_gguf(path).tensors.get("token_embd.weight")
     if embed is not None and count > embed.shape[0]:
         raise TokenizerError(f"{path}, key 'tokenizer.ggml.tokens': {count} tokens, but the "
