@@ -17,8 +17,10 @@ PLUGINS = sorted(p for p in (REPO / "plugins").iterdir() if (p / "pyproject.toml
 
 
 def declared(plugin_dir: Path) -> tuple[str, list[str]]:
+    """The distribution's name and the model types it declares (none for a bridge, whose
+    types ``mlx-zoo list`` shows in its own section)."""
     project = tomllib.loads((plugin_dir / "pyproject.toml").read_text())["project"]
-    return project["name"], sorted(project["entry-points"]["mlx_zoo.models"])
+    return project["name"], sorted(project["entry-points"].get("mlx_zoo.models", {}))
 
 
 def listed_model_types(distribution: str) -> set[str]:
@@ -47,6 +49,10 @@ def test_plugin_installs_and_uninstalls_on_its_own(plugin_dir, pip_run):
         assert listed_model_types(distribution) == set()
         pip(*install, str(plugin_dir))
         assert listed_model_types(distribution) == set(model_types)
+        if not model_types:  # a bridge: listed as one
+            assert f"Bridged by {distribution} " in subprocess.run(
+                [str(Path(sys.executable).parent / "mlx-zoo"), "list", "--no-check"],
+                capture_output=True, text=True, check=True).stdout
         pip("uninstall", "--quiet", "--yes", distribution)
         assert listed_model_types(distribution) == set()
     finally:  # leave the environment as it was
