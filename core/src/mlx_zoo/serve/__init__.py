@@ -96,8 +96,8 @@ def _check(args: argparse.Namespace) -> None:
         raise GenerationArgumentError(f"--port must be in [0, 65535], got {args.port}")
     if args.blas_threads < 0:
         raise GenerationArgumentError(f"--blas-threads must be >= 0, got {args.blas_threads}")
-    if args.prefix_cache_gb < 0:
-        raise GenerationArgumentError(f"--prefix-cache-gb must be >= 0, got "
+    if not 0 <= args.prefix_cache_gb < float("inf"):  # NaN fails this too
+        raise GenerationArgumentError(f"--prefix-cache-gb must be a number >= 0, got "
                                       f"{args.prefix_cache_gb}")
 
 
@@ -140,13 +140,45 @@ def run(args: argparse.Namespace) -> int:
 
         raise MlxZooError("mlx-zoo serve needs the serve extra: pip install "
                           "'mlx-zoo[serve]' (starlette, uvicorn)") from None
-    engine, app = build(args)
+    _check(args)
+    sock = _listen(args.host, args.port)  # before the model loads: a busy port fails at once
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level=args.log_level,
-                    timeout_graceful_shutdown=5)
+        engine, app = build(args)
+        try:
+            config = uvicorn.Config(app, host=args.host, port=args.port,
+                                    log_level=args.log_level, timeout_graceful_shutdown=5)
+            uvicorn.Server(config).run(sockets=[sock])
+        finally:
+            engine.stop()
     finally:
-        engine.stop()
+        sock.close()
     return 0
+
+
+def _listen(host: str, port: int):
+    """A socket listening on ``host:port``; an ``MlxZooError`` naming both when that fails
+    (the port in use, an address not of this machine)."""
+    import socket
+
+    from ..errors import MlxZooError
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+        family, kind, proto, _, address = infos[0]
+        sock = socket.socket(family, kind, proto)
+    except OSError as e:
+        raise MlxZooError(f"--host {host}: cannot resolve it ({e})") from None
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(2048)
+    except OSError as e:
+        sock.close()
+        raise MlxZooError(f"cannot listen on --host {host} --port {port}: "
+                          f"{e.strerror or e} (another server on that port? --port picks "
+                          f"another)") from None
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:

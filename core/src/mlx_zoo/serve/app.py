@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -55,6 +56,11 @@ class Server:
         except (json.JSONDecodeError, UnicodeDecodeError) as e:
             raise P.APIError(f"the request body is not valid JSON ({e})",
                              code="invalid_json") from None
+        except RecursionError:
+            body = None  # nested deeper than Python's parser goes: refused just below
+        if body is None or P.deeper_than(body, P.MAX_BODY_DEPTH):
+            raise P.APIError(f"the request body nests arrays and objects more than "
+                             f"{P.MAX_BODY_DEPTH} levels deep", code="invalid_json")
         if not isinstance(body, dict):
             raise P.APIError(f"the request body must be a JSON object, got "
                              f"{type(body).__name__}", code="invalid_json")
@@ -67,13 +73,14 @@ class Server:
                              code="model_not_found")
         return body
 
-    def _max_tokens(self, params, prompt_len: int, explicit: bool) -> None:
+    def _max_tokens(self, params, prompt_len: int, explicit: bool,
+                    prompt_param: str = "messages") -> None:
         limit = self.engine.context_length
         if limit is None:
             return
         if prompt_len >= limit and params.max_tokens > 0:
             raise P.APIError(f"the prompt has {prompt_len} tokens; this model's context length "
-                             f"is {limit}", param="messages", code="context_length_exceeded")
+                             f"is {limit}", param=prompt_param, code="context_length_exceeded")
         if prompt_len + params.max_tokens > limit:
             if explicit:
                 raise P.APIError(
@@ -102,7 +109,7 @@ class Server:
             else:
                 ids = P.token_ids(prompt, engine.vocab_size, "prompt")
                 texts.append(tok.decode(ids))
-            self._max_tokens(params, len(ids), body.get("max_tokens") is not None)
+            self._max_tokens(params, len(ids), body.get("max_tokens") is not None, "prompt")
             prompts.append(ids)
         self._response_format(body, params)
         return P.Parsed(prompts, params, n, stream, include_usage, echo, texts)
@@ -116,14 +123,14 @@ class Server:
         n = P.integer(body, "n", 1, lo=1, hi=P.MAX_N, expected=f"an integer in [1, {P.MAX_N}]")
         template_kwargs = P.chat_template_kwargs(body)
         tools, parse_calls, forced = self._tools(body)
-        ids = self._render_chat(messages, tools, template_kwargs)
+        ids = self._render_chat(messages, tools, template_kwargs, forced is not None)
         explicit = body.get("max_tokens") is not None or body.get(
             "max_completion_tokens") is not None
         self._max_tokens(params, len(ids), explicit)
         self._response_format(body, params)
         parsed = P.Parsed([ids], params, n, stream, include_usage)
         if tools:
-            from .tools import ForcedToolCalls, forced_schema, tool_parser
+            from .tools import ForcedToolCalls, forced_schema, tool_parameters, tool_parser
 
             parsed.tools = tools
             parsed.tool_parser = tool_parser(engine.model) if parse_calls else None
@@ -134,10 +141,14 @@ class Server:
                     raise P.APIError("'response_format' cannot be combined with a 'tool_choice' "
                                      "that forces a call", param="tool_choice")
                 name = forced or None  # "" (required): any of the tools
+                for tool in tools if name is None else ():  # each is checked on its own: an
+                    processor_factory({"type": "json_schema", "json_schema": {  # unusable one
+                        "schema": tool_parameters(tool)}},  # is not hidden in the anyOf
+                        engine.tokenizer, engine.vocab_size, "tools")
                 schema = {"type": "json_schema", "json_schema": {
                     "schema": forced_schema(tools, name)}}
                 params.processor_factory = processor_factory(schema, engine.tokenizer,
-                                                             engine.vocab_size)
+                                                             engine.vocab_size, "tools")
                 parsed.tool_parser = ForcedToolCalls(name)
         if params.processor_factory is None:  # a grammar writes the whole answer: no reasoning
             self._reasoning(parsed, ids)
@@ -155,7 +166,10 @@ class Server:
                 self.engine.tokenizer.decode(ids[-PROMPT_TAIL_TOKENS:]))
 
     def _render_chat(self, messages: list[dict], tools: list[dict] | None,
-                     template_kwargs: dict[str, Any]) -> list[int]:
+                     template_kwargs: dict[str, Any], forced: bool = False) -> list[int]:
+        """The prompt's token ids. Tools that the template leaves out of the prompt are refused
+        when the model is to choose a call (it would never see them); a forced call is still
+        answered (the grammar carries the schema), with a warning in the log."""
         tok = self.engine.tokenizer
         if not tools:
             return tok.apply_chat_template(messages, add_generation_prompt=True,
@@ -165,9 +179,19 @@ class Server:
         try:
             text = tok.hf.apply_chat_template(messages, tools=tools, tokenize=False,
                                               add_generation_prompt=True, **template_kwargs)
+            without = tok.hf.apply_chat_template(messages, tokenize=False,
+                                                 add_generation_prompt=True, **template_kwargs)
         except Exception as e:  # the template is the checkpoint's code
             raise P.APIError(f"rendering the chat template with tools failed "
                              f"({type(e).__name__}: {e})", param="tools") from None
+        if text == without and not forced:
+            raise P.APIError("this model's chat template does not show tools (the prompt is "
+                             "the same with and without them): the model would never see "
+                             "them; send the request without 'tools', or force a call with "
+                             "'tool_choice'", param="tools", code="unsupported_parameter")
+        if text == without:
+            log.warning("the chat template does not show tools: the forced call follows the "
+                        "tool's schema, but the model never saw its description")
         return tok.encode(text, add_special_tokens=False)
 
     def _tools(self, body: dict) -> tuple[list[dict] | None, bool, str | None]:
@@ -188,6 +212,7 @@ class Server:
                 and isinstance(t["function"].get("name"), str) for t in tools):
             raise P._bad("tools", "a list of {'type': 'function', 'function': {'name', ...}}",
                          tools)
+        _check_tool_parameters(tools)
         names = [t["function"]["name"] for t in tools]
         if choice in (None, "none", "auto"):
             return tools or None, choice != "none", None
@@ -271,9 +296,10 @@ class Server:
                                      media_type="text/event-stream",
                                      headers={"Cache-Control": "no-cache",
                                               "X-Accel-Buffering": "no"})
+        last_check = [time.monotonic()]
         try:
             while state.pending:
-                batch = await _next_events(request, events)
+                batch = await _next_events(request, events, last_check)
                 if batch is None:
                     return Response(status_code=499)
                 for event in batch:
@@ -286,11 +312,12 @@ class Server:
 
     async def _stream(self, request: Request, seqs: list[Seq], events: asyncio.Queue,
                       state: _Answer) -> AsyncIterator[str]:
+        last_check = [time.monotonic()]
         try:
             for chunk in state.opening_chunks():
                 yield _sse(chunk)
             while state.pending:
-                batch = await _next_events(request, events)
+                batch = await _next_events(request, events, last_check)
                 if batch is None:
                     return
                 out = []
@@ -311,9 +338,29 @@ class Server:
             self.engine.cancel([s for s in seqs if not s.finished])
 
 
-async def _next_events(request: Request, events: asyncio.Queue) -> list[dict] | None:
+def _check_tool_parameters(tools: list[dict]) -> None:
+    """Each tool's ``parameters``: absent, or a JSON schema of an object (as OpenAI requires) --
+    never silently replaced by an empty object."""
+    for i, tool in enumerate(tools):
+        schema = tool["function"].get("parameters")
+        if schema is None:
+            continue
+        if not isinstance(schema, dict) or schema.get("type", "object") != "object":
+            raise P._bad(f"tools[{i}].function.parameters", "a JSON schema of an object "
+                         "({'type': 'object', 'properties': ...})", schema)
+
+
+async def _next_events(request: Request, events: asyncio.Queue,
+                       last_check: list[float]) -> list[dict] | None:
     """Every event waiting in ``events`` (at least one, waited for); None when the client went
-    away meanwhile. Waiting goes through ``asyncio.wait_for`` only when nothing is there."""
+    away meanwhile. Waiting goes through ``asyncio.wait_for`` only when nothing is there; while
+    events keep coming the connection is still checked every ``POLL_DISCONNECT_S``
+    (``last_check`` holds the time of the last check)."""
+    now = time.monotonic()
+    if now - last_check[0] >= POLL_DISCONNECT_S:
+        last_check[0] = now
+        if await request.is_disconnected():
+            return None
     while events.empty():
         try:
             first = await asyncio.wait_for(events.get(), POLL_DISCONNECT_S)

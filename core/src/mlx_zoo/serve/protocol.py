@@ -40,7 +40,29 @@ class APIError(Exception):
 
 def error_body(message: str, type: str = "invalid_request_error", param: str | None = None,
                code: str | None = None) -> dict[str, Any]:
+    # a lone surrogate the client sent (quoted back in the message) cannot be encoded as UTF-8
+    message = message.encode("utf-8", "backslashreplace").decode("utf-8")
     return {"error": {"message": message, "type": type, "param": param, "code": code}}
+
+
+MAX_BODY_DEPTH = 64
+"""Nesting of a request body's arrays and objects (a JSON schema, template variables): deeper
+is a 400 before anything walks it."""
+
+
+def deeper_than(value: Any, limit: int) -> bool:
+    """Whether ``value`` nests lists and dicts more than ``limit`` levels (iterative: safe for
+    any depth)."""
+    stack = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            item = list(item.values())
+        if isinstance(item, list):
+            if depth >= limit:
+                return True
+            stack.extend((sub, depth + 1) for sub in item)
+    return False
 
 
 # -- field readers -----------------------------------------------------------------------------
@@ -286,6 +308,11 @@ TEMPLATE_RESERVED = frozenset({
 """Names ``chat_template_kwargs`` may not set: the server passes them to the template itself."""
 
 
+MAX_TEMPLATE_DEPTH = 8
+"""Nesting of a ``chat_template_kwargs`` value: templates read flags and small lists; deeper
+ones are refused here rather than failing inside the template (and blamed on it)."""
+
+
 def chat_template_kwargs(body: dict) -> dict[str, Any]:
     """``chat_template_kwargs`` (vLLM's field): extra variables for the chat template, e.g.
     ``{"enable_thinking": false}`` (Qwen3: answer without thinking)."""
@@ -294,6 +321,9 @@ def chat_template_kwargs(body: dict) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise _bad("chat_template_kwargs", "an object of chat template variables", value)
+    if deeper_than(value, MAX_TEMPLATE_DEPTH):
+        raise APIError(f"'chat_template_kwargs' nests values more than {MAX_TEMPLATE_DEPTH} "
+                       f"levels deep", param="chat_template_kwargs", code="invalid_value")
     reserved = sorted(TEMPLATE_RESERVED.intersection(value))
     if reserved:
         raise APIError(f"'chat_template_kwargs' cannot set {', '.join(reserved)} (the server "

@@ -99,20 +99,27 @@ class GrammarProcessor:
         return self.matcher.is_stopped()
 
 
-def processor_factory(fmt: dict, tokenizer: Any, vocab_size: int | None):
+def processor_factory(fmt: dict, tokenizer: Any, vocab_size: int | None,
+                      param: str = "response_format"):
     """A function making a fresh :class:`GrammarProcessor` per sequence; the grammar is checked
-    now (a 400 for a bad one)."""
+    now: a 400 naming ``param`` (the request field the schema came from) for one llguidance
+    rejects, and for one no JSON text satisfies -- a ``$ref`` cycle that never reaches a type,
+    such as ``{"$ref": "#"}``, which would otherwise end the answer at once with nothing."""
     try:
         import llguidance  # noqa: F401
     except ImportError:
-        raise APIError("response_format needs llguidance: pip install 'mlx-zoo[serve]'",
-                       param="response_format", code="unsupported_parameter") from None
+        raise APIError(f"{param} needs llguidance: pip install 'mlx-zoo[serve]'",
+                       param=param, code="unsupported_parameter") from None
     grammar = grammar_for(fmt)
     lltokenizer = _lltokenizer(tokenizer, vocab_size)
     probe = GrammarProcessor(lltokenizer, grammar)
     if probe.matcher.is_error():
-        raise APIError(f"response_format: the schema cannot be used "
-                       f"({probe.matcher.get_error()})", param="response_format",
+        raise APIError(f"{param}: the schema cannot be used ({probe.matcher.get_error()})",
+                       param=param, code="invalid_value")
+    probe.process(mx.zeros((1, probe.vocab)))  # the first token's mask
+    if probe.matcher.is_error() or probe.matcher.is_accepting():
+        raise APIError(f"{param}: no JSON value satisfies the schema (a '$ref' that only "
+                       f"refers to itself, such as {{\"$ref\": \"#\"}}?)", param=param,
                        code="invalid_value")
 
     def make() -> GrammarProcessor:

@@ -124,21 +124,58 @@ class ForcedToolCalls:
         return stream
 
 
+def tool_parameters(tool: dict[str, Any]) -> dict[str, Any]:
+    """The JSON schema of a tool's arguments: its ``parameters``, an object when it declares
+    none."""
+    schema = tool["function"].get("parameters")
+    return schema if isinstance(schema, dict) and schema else {"type": "object"}
+
+
 def forced_schema(tools: list[dict[str, Any]], name: str | None) -> dict[str, Any]:
     """The JSON schema a forced answer follows: the ``name``d tool's ``parameters`` (an object
     when it declares none), or -- ``name`` None, ``tool_choice: "required"`` -- an object naming
     one of ``tools`` with its arguments."""
-    def parameters(tool: dict[str, Any]) -> dict[str, Any]:
-        schema = tool["function"].get("parameters")
-        return schema if isinstance(schema, dict) and schema else {"type": "object"}
-
+    parameters = tool_parameters
     if name is not None:
         return parameters(next(t for t in tools if t["function"]["name"] == name))
-    return {"anyOf": [{"type": "object",
+    # each tool's schema moves to $defs/tool_<i>: its local $refs ("#", "#/$defs/City" as
+    # pydantic writes them) are rewritten to point there, not at the wrapper's root
+    defs = {f"tool_{i}": relocated(parameters(t), f"#/$defs/tool_{i}")
+            for i, t in enumerate(tools)}
+    return {"$defs": defs,
+            "anyOf": [{"type": "object",
                        "properties": {"name": {"const": t["function"]["name"]},
-                                      "arguments": parameters(t)},
+                                      "arguments": {"$ref": f"#/$defs/tool_{i}"}},
                        "required": ["name", "arguments"], "additionalProperties": False}
-                      for t in tools]}
+                      for i, t in enumerate(tools)]}
+
+
+_LITERAL_KEYWORDS = frozenset({"const", "enum", "default", "examples"})
+"""Keywords whose values are JSON data, not schemas: a ``"$ref"`` key inside them is data."""
+_SCHEMA_MAPS = frozenset({"properties", "patternProperties", "$defs", "definitions",
+                          "dependentSchemas"})
+"""Keywords whose values map names (any string, ``"const"`` too) to schemas."""
+
+
+def relocated(schema: Any, root: str) -> Any:
+    """``schema`` as it reads when placed at the JSON pointer ``root`` (``"#/$defs/x"``) of
+    another document: every local ``$ref`` (``"#"``, ``"#/..."``) is prefixed with ``root``;
+    other references (anchors, URLs) and literal values are kept."""
+    if isinstance(schema, list):
+        return [relocated(item, root) for item in schema]
+    if not isinstance(schema, dict):
+        return schema
+    out = {}
+    for key, value in schema.items():
+        if key == "$ref" and isinstance(value, str) and (value == "#" or value.startswith("#/")):
+            out[key] = root + value[1:]
+        elif key in _LITERAL_KEYWORDS:
+            out[key] = value
+        elif key in _SCHEMA_MAPS and isinstance(value, dict):  # names -> schemas
+            out[key] = {name: relocated(sub, root) for name, sub in value.items()}
+        else:
+            out[key] = relocated(value, root)
+    return out
 
 
 DEFAULT_PARSER = ToolCallParser()
