@@ -94,6 +94,7 @@ class BlasStatus:
     reason: str
     shim: str | None = None  # the gemv shim in front of the library's cblas_sgemm, if built
     too_late: bool = False  # a fast BLAS was there, but mlx.core had been imported first
+    threads: str = ""  # the thread policy in force, in words (:func:`apply_thread_policy`)
 
     @property
     def fast(self) -> bool:
@@ -253,6 +254,8 @@ def preload_fast_blas() -> BlasStatus:
         return _status
     try:
         _status = _preload()
+        if _status.fast:
+            _status.threads = apply_thread_policy()
     except Exception as e:  # runs at import of mlx_zoo: a surprise here must not stop it
         _status = BlasStatus(None, f"kept the reference BLAS: preloading failed with "
                              f"{type(e).__name__}: {e}")
@@ -291,6 +294,19 @@ def _preload() -> BlasStatus:
         return BlasStatus(None, f"no OpenBLAS found (install scipy-openblas32, a dependency of "
                           f"mlx-zoo on Linux, or libopenblas0-pthread, or set {BLAS_ENV})")
     failures = []
+    spin = THREAD_TIMEOUT_ENV not in os.environ  # read by OpenBLAS when it loads, below
+    if spin:
+        os.environ[THREAD_TIMEOUT_ENV] = THREAD_TIMEOUT
+    try:
+        return _load_first(candidates, failures)
+    finally:
+        if spin:  # this process's children choose for themselves
+            os.environ.pop(THREAD_TIMEOUT_ENV, None)
+
+
+def _load_first(candidates: list[str], failures: list[str]) -> BlasStatus:
+    """The first of ``candidates`` that can serve MLX, preloaded (``failures``: why the others
+    did not)."""
     for path in candidates:
         try:
             lib = ctypes.CDLL(path, mode=ctypes.RTLD_LOCAL)
@@ -328,16 +344,28 @@ GEMV_SHIM_SOURCE = r"""
    sgemm packs the whole matrix even for one row: 2.5x slower than its sgemv, which streams the
    matrix once. Everything else goes to OpenBLAS's own cblas_sgemm. The library's symbols may
    carry a prefix (scipy-openblas32: scipy_cblas_sgemm): this shim is then what gives MLX the
-   plain cblas_sgemm. */
+   plain cblas_sgemm.
+   Threads (mlx_zoo_blas_policy): a fixed count, or adaptive -- each product shape (m, n, k)
+   large enough to be split is timed on one thread and on `ceiling` threads (the cores this
+   process may use), twice each, then runs on the faster, and every EXPLORE-th call of the shape
+   times the other again (a busy machine makes the threads wait for each other: docs/
+   benchmarks.md, "Under load"). */
 #include <dlfcn.h>
 #include <stdio.h>
+#include <time.h>
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
+enum { SLOTS = 128, EXPLORE = 32, WARMUP = 4 };
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
                          int, float, float *, int);
 typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int,
                          float, float *, int);
+typedef void (*threads_fn)(int);
 static sgemm_fn real_sgemm;
 static sgemv_fn real_sgemv;
+static threads_fn set_threads;
+static int adaptive, ceiling = 1, current;
+struct shape { int m, n, k, calls, tried; double ns[2]; };
+static struct shape shapes[SLOTS];
 
 int mlx_zoo_gemv_shim_init(const char *path, const char *prefix) {
   char name[128];
@@ -347,12 +375,56 @@ int mlx_zoo_gemv_shim_init(const char *path, const char *prefix) {
   real_sgemm = (sgemm_fn)dlsym(blas, name);
   snprintf(name, sizeof name, "%scblas_sgemv", prefix);
   real_sgemv = (sgemv_fn)dlsym(blas, name);
+  snprintf(name, sizeof name, "%sopenblas_set_num_threads", prefix);
+  set_threads = (threads_fn)dlsym(blas, name);
   return real_sgemm && real_sgemv;
 }
 
-void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
-                 const float *a, int lda, const float *b, int ldb, float beta, float *c,
-                 int ldc) {
+static void use_threads(int t) {
+  if (t != current && set_threads) { set_threads(t); current = t; }
+}
+
+/* fixed > 0: that many threads; else adaptive between 1 and max_threads (> 1), else leave the
+   library's own count. Returns 0 where the library cannot set its threads. */
+int mlx_zoo_blas_policy(int fixed, int max_threads) {
+  if (!set_threads) return 0;
+  adaptive = fixed < 1 && max_threads > 1;
+  ceiling = max_threads > 1 ? max_threads : 1;
+  if (fixed > 0) use_threads(fixed);
+  return 1;
+}
+
+int mlx_zoo_blas_threads_now(void) { return current; }
+
+static struct shape *lookup(int m, int n, int k, int add) {
+  unsigned h = (unsigned)m * 2654435761u ^ (unsigned)n * 40503u ^ (unsigned)k * 97u;
+  for (int i = 0; i < SLOTS; i++) {
+    struct shape *s = &shapes[(h + i) % SLOTS];
+    if (s->m == m && s->n == n && s->k == k) return s;
+    if (!s->m) {
+      if (!add) return 0;
+      s->m = m; s->n = n; s->k = k;
+      return s;
+    }
+  }
+  return 0;  /* full: such a call runs on the ceiling, untimed */
+}
+
+/* Bit 0: the shape was timed on one thread, bit 1: on the ceiling; -1: never seen. */
+int mlx_zoo_blas_tried(int m, int n, int k) {
+  struct shape *s = lookup(m, n, k, 0);
+  return s ? s->tried : -1;
+}
+
+static double now_ns(void) {
+  struct timespec t;
+  clock_gettime(CLOCK_MONOTONIC, &t);
+  return t.tv_sec * 1e9 + t.tv_nsec;
+}
+
+static void product(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                    const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                    int ldc) {
   int ta = trans_a != NO_TRANS, tb = trans_b != NO_TRANS;
   if (order == ROW_MAJOR && m == 1 && n > 1) {
     /* c[0, :] = alpha * x op(B) + beta c; x = op(A)[0, :] has stride lda when A is transposed */
@@ -371,6 +443,33 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     return;
   }
   real_sgemm(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+
+void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float alpha,
+                 const float *a, int lda, const float *b, int ldb, float beta, float *c,
+                 int ldc) {
+  /* OpenBLAS runs products under ~64k multiply-adds on one thread whatever it is told */
+  struct shape *s = adaptive && (double)m * n * k >= 65536.0 ? lookup(m, n, k, 1) : 0;
+  if (!s) {
+    if (adaptive) use_threads(ceiling);
+    product(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+    return;
+  }
+  int best = s->ns[1] < s->ns[0], pick;
+  if (s->calls < WARMUP) pick = !(s->calls & 1);          /* ceiling, one, ceiling, one */
+  else pick = s->calls % EXPLORE == 0 ? !best : best;
+  use_threads(pick ? ceiling : 1);
+  double start = now_ns();
+  product(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+  double took = now_ns() - start;
+  if (s->calls < WARMUP || !(s->tried >> pick & 1))
+    s->ns[pick] = (s->tried >> pick & 1) && s->ns[pick] < took ? s->ns[pick] : took;
+  else if (pick != best)
+    s->ns[pick] = took;                                    /* a fresh look at the other */
+  else
+    s->ns[pick] += 0.25 * (took - s->ns[pick]);
+  s->tried |= 1 << pick;
+  s->calls++;
 }
 """
 
@@ -484,6 +583,8 @@ def _load_gemv_shim(blas_path: str, prefix: str = "") -> tuple[str | None, str]:
             continue
         if lib.mlx_zoo_gemv_shim_init(blas_path.encode(), prefix.encode()):
             ctypes.CDLL(str(shim), mode=ctypes.RTLD_GLOBAL)  # only now may MLX bind to it
+            global _shim
+            _shim = lib
             return str(shim), ""
         return None, f"the gemv shim found no {prefix}cblas_sgemm/sgemv in {blas_path}"
     log.debug("gemv shim not loaded: %s", why_not)
@@ -496,16 +597,107 @@ def blas_status() -> BlasStatus:
     return preload_fast_blas()
 
 
+# -- threads ------------------------------------------------------------------------------------
+
+THREADS_ENV = "MLX_ZOO_BLAS_THREADS"
+"""Environment variable: a fixed thread count for the fast BLAS, or ``auto`` (the default: the
+adaptive policy of :func:`apply_thread_policy`)."""
+
+THREAD_TIMEOUT_ENV = "OPENBLAS_THREAD_TIMEOUT"
+THREAD_TIMEOUT = "20"
+"""How long OpenBLAS's idle threads spin before they sleep, as log2 of CPU cycles (OpenBLAS reads
+it when the library loads; set only where the user has not). OpenBLAS's own 28 (~0.1 s) keeps a
+core busy after every multi-threaded product -- taken from the other processes on a busy machine,
+and from this one when the policy runs a shape on one thread; 2^20 cycles (~0.4 ms) still spans
+the gaps between one decode step's products."""
+
+_shim: ctypes.CDLL | None = None  # the gemv shim, once loaded: it carries the thread policy
+
+
+def _cgroup_cpu_limit() -> float | None:
+    """The CPU quota of this process's cgroup, in cores (v2 ``cpu.max``, v1
+    ``cpu.cfs_quota_us``); None where there is none or it cannot be read."""
+    try:
+        lines = Path("/proc/self/cgroup").read_text().splitlines()
+    except OSError:
+        return None
+    for line in lines:
+        _, controllers, path = line.split(":", 2)
+        try:
+            if controllers == "":  # v2: "max 100000" or "200000 100000"
+                for directory in (Path("/sys/fs/cgroup", path.lstrip("/")), Path("/sys/fs/cgroup")):
+                    if (directory / "cpu.max").exists():
+                        quota, period = (directory / "cpu.max").read_text().split()[:2]
+                        return None if quota == "max" else int(quota) / int(period)
+            elif "cpu" in controllers.split(","):
+                root = Path("/sys/fs/cgroup", controllers)
+                quota = int((root / "cpu.cfs_quota_us").read_text())
+                period = int((root / "cpu.cfs_period_us").read_text())
+                return None if quota < 0 else quota / period
+        except (OSError, ValueError, ZeroDivisionError):
+            continue
+    return None
+
+
+def available_cores() -> int:
+    """The cores this process may run on: its CPU affinity, capped by its cgroup's quota."""
+    import math
+
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    limit = _cgroup_cpu_limit()
+    return max(1, min(cores, math.ceil(limit))) if limit else max(1, cores)
+
+
+def apply_thread_policy() -> str:
+    """Set the fast BLAS's threads; returns the policy in words (:attr:`BlasStatus.threads`).
+
+    In order: ``MLX_ZOO_BLAS_THREADS=N`` fixes N threads; a user's ``OPENBLAS_NUM_THREADS``
+    stands (OpenBLAS applied it); with the gemv shim, the **adaptive** policy: each product
+    shape runs on one thread or on :func:`available_cores` threads, whichever its own calls
+    measured faster, looking again at the other every 32nd call (:data:`GEMV_SHIM_SOURCE`). A
+    decode step's products are memory-bound and short: when another process wants a core,
+    OpenBLAS's threads wait for each other and one thread is 2-3x faster than two; idle, two
+    are faster (docs/benchmarks.md, "Under load"). Without the shim: OpenBLAS's own count."""
+    requested = os.environ.get(THREADS_ENV, "").strip()
+    if requested.lower() not in ("", "auto"):
+        count = int(requested) if requested.isdigit() else 0
+        if count < 1:
+            return (f"{THREADS_ENV}={requested!r} is not a positive integer or 'auto': "
+                    f"{_adaptive()}")
+        done = set_blas_threads(count)
+        return f"{count} ({THREADS_ENV})" if done else "OpenBLAS's own: it cannot set threads"
+    if os.environ.get("OPENBLAS_NUM_THREADS", "").strip():
+        return f"OpenBLAS's own (OPENBLAS_NUM_THREADS={os.environ['OPENBLAS_NUM_THREADS']})"
+    return _adaptive()
+
+
+def _adaptive() -> str:
+    if _shim is None:
+        return "OpenBLAS's own (one per core): the adaptive policy lives in the gemv shim"
+    cores = available_cores()
+    if not _shim.mlx_zoo_blas_policy(0 if cores > 1 else 1, cores):
+        return "OpenBLAS's own: it has no openblas_set_num_threads"
+    return (f"adaptive: 1 or {cores} per product shape, whichever runs faster" if cores > 1
+            else "1 (one core available)")
+
+
 def set_blas_threads(count: int) -> bool:
-    """Run the fast BLAS serving MLX (:func:`blas_status`) on ``count`` threads, through
-    OpenBLAS's ``openblas_set_num_threads`` (any of :data:`PREFIXES`, 32- or 64-bit integer
-    builds). False when no fast BLAS serves or it has no such function. OpenBLAS's idle
-    threads spin: where other threads or processes share the cores (a server's event loop and
-    clients, parallel ranks on one host) fewer BLAS threads run faster (docs/benchmarks.md,
-    "Serving" and "Parallel"). Callers leave a user's ``OPENBLAS_NUM_THREADS`` alone."""
+    """Run the fast BLAS serving MLX (:func:`blas_status`) on ``count`` threads from now on
+    (the adaptive policy stops), through OpenBLAS's ``openblas_set_num_threads`` (any of
+    :data:`PREFIXES`, 32- or 64-bit integer builds). False when no fast BLAS serves or it has no
+    such function. OpenBLAS's idle threads spin: where other threads or processes share the
+    cores (a server's event loop and clients, parallel ranks on one host) fewer BLAS threads
+    run faster (docs/benchmarks.md, "Serving", "Parallel" and "Under load"). Callers leave a
+    user's ``OPENBLAS_NUM_THREADS`` alone."""
     library = blas_status().library
     if not library or count < 1:
         return False
+    if _shim is not None and _shim.mlx_zoo_blas_policy(count, count):
+        _status.threads = f"{count} (set_blas_threads)"
+        return True
     try:
         lib = ctypes.CDLL(library)
     except OSError:
@@ -515,6 +707,8 @@ def set_blas_threads(count: int) -> bool:
             setter = getattr(lib, name, None)
             if setter is not None:
                 setter(ctypes.c_int(count))
+                if _status is not None:
+                    _status.threads = f"{count} (set_blas_threads)"
                 return True
     return False
 
