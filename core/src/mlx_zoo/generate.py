@@ -66,6 +66,26 @@ def check_generation_args(max_tokens: int, prefill_step_size: int) -> None:
             f"prefill_step_size must be an integer >= 1, got {prefill_step_size!r}")
 
 
+def check_generation_hooks(sampler: Any, logits_processors: Any, stop: Any = None) -> None:
+    """Raise :class:`GenerationArgumentError` naming the argument unless ``sampler`` is None or
+    callable, ``logits_processors`` None or a list/tuple of callables, and ``stop`` None, a
+    string or a list/tuple of non-empty strings (before they fail deep inside generation)."""
+    if sampler is not None and not callable(sampler):
+        raise GenerationArgumentError(f"sampler must be a callable (logprobs -> token ids), "
+                                      f"got {type(sampler).__name__} {sampler!r:.60}")
+    if logits_processors is not None and (
+            not isinstance(logits_processors, (list, tuple))
+            or not all(callable(p) for p in logits_processors)):
+        raise GenerationArgumentError(f"logits_processors must be a list of callables "
+                                      f"(tokens, logits) -> logits, got {logits_processors!r:.60}")
+    if stop is None or isinstance(stop, str):
+        return
+    if (not isinstance(stop, (list, tuple))
+            or not all(isinstance(s, str) and s for s in stop)):
+        raise GenerationArgumentError(f"stop must be a string or a list of non-empty strings, "
+                                      f"got {stop!r:.60}")
+
+
 SEED_LIMIT = 2**64
 """Seeds are unsigned 64-bit integers (``mx.random.seed``): 0 .. 2**64 - 1."""
 
@@ -175,7 +195,7 @@ class ContextLengthWarning(UserWarning):
     """A generation may run past the model's ``max_position_embeddings``."""
 
 
-def _as_prompt_array(prompt: Any, vocab_size: int | None = None) -> mx.array:
+def as_prompt_array(prompt: Any, vocab_size: int | None = None) -> mx.array:
     """``prompt`` as a 1-D uint32 array of ids in ``[0, vocab_size)``, else
     :class:`GenerationArgumentError` naming the position and value. An ``mx.array`` is checked
     on the device with one synchronisation; a Python sequence element by element."""
@@ -270,9 +290,10 @@ def generate_step(prompt: mx.array | Sequence[int], model: nn.Module, *,
     (:func:`model_context_length`): quality degrades past it, but it is not refused here.
     """
     check_generation_args(max_tokens, prefill_step_size)
+    check_generation_hooks(sampler, logits_processors)
     check_kv_args(kv_bits, kv_group_size, quantized_kv_start)
     vocab = model_vocab_size(model)
-    tokens = _as_prompt_array(prompt, vocab)
+    tokens = as_prompt_array(prompt, vocab)
     if prompt_cache is not None:
         check_prompt_cache(model, prompt_cache)
     cache = prompt_cache if prompt_cache is not None else make_prompt_cache(model)
@@ -462,8 +483,8 @@ def _encode_prompt(tokenizer: Any, prompt: str | Sequence[int] | mx.array,
     already starts with one: :func:`mlx_zoo.tokenizer.encode_prompt`), or token ids: checked
     ids in ``[0, vocab_size)``."""
     if isinstance(prompt, str):
-        return _as_prompt_array(encode_prompt(tokenizer, prompt), vocab_size)
-    return _as_prompt_array(prompt, vocab_size)
+        return as_prompt_array(encode_prompt(tokenizer, prompt), vocab_size)
+    return as_prompt_array(prompt, vocab_size)
 
 
 def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int] | mx.array, *,
@@ -496,6 +517,7 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | Sequence[int
     """
     if prompt is None:
         raise GenerationArgumentError("the prompt is None: expected text or token ids")
+    check_generation_hooks(sampler, logits_processors, stop)
     if sampler is None:
         sampler = make_sampler(temp, top_p, top_k, min_p)
     if logits_processors is None:
