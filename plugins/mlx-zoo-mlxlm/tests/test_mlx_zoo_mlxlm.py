@@ -314,10 +314,14 @@ class FakeBridge:
         return mlx_zoo.ModelBridge("fake 1.0", lambda: types, self.architecture)
 
 
+def build_nothing(config):
+    """A model class stand-in: one object, so that unregister finds the Architecture again."""
+
+
 class FakeNative:
     @mlx_zoo.hookimpl
     def register_models(self):
-        return [mlx_zoo.Architecture("zoo_bridge_nat", mlx_zoo.BaseModelArgs, lambda c: None)]
+        return [mlx_zoo.Architecture("zoo_bridge_nat", mlx_zoo.BaseModelArgs, build_nothing)]
 
 
 def test_registry_contract_with_a_bridge_registered_in_process():
@@ -339,6 +343,8 @@ def test_registry_contract_with_a_bridge_registered_in_process():
         mlx_zoo.unregister(bridge)
     with pytest.raises(mlx_zoo.PluginNotFoundError):
         registry.resolve("zoo_bridge_ok")
+    with pytest.raises(mlx_zoo.PluginNotFoundError):
+        registry.resolve("zoo_bridge_nat")
 
 
 def edited(source: Path, target: Path, config=None, drop: str | None = None) -> Path:
