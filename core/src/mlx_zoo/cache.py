@@ -30,6 +30,7 @@ model decides which kind, see :class:`~mlx_zoo.hookspecs.MakesCache`). Every cac
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -487,8 +488,11 @@ def prompt_cache_mismatch(model: Any, cache: Any) -> str | None:
 
 def check_prompt_cache(model: Any, cache: Any) -> None:
     """Raise :class:`GenerationArgumentError` unless ``cache`` has ``model``'s layout
-    (:func:`prompt_cache_mismatch`). Checked once per generation, in Python only."""
+    (:func:`prompt_cache_mismatch`) and, when it holds positions, stored keys and values of the
+    model's heads and width. Checked once per generation, without evaluating anything."""
     problem = prompt_cache_mismatch(model, cache)
+    if problem is None and any(getattr(c, "offset", 0) for c in cache):
+        problem = _shape_mismatch(model, cache)
     if problem is not None:
         raise GenerationArgumentError(f"prompt_cache does not fit the model: {problem}")
 
@@ -534,7 +538,13 @@ def save_prompt_cache(path: str | Path, cache: list, metadata: dict[str, str] | 
               "user": json.dumps(metadata or {})}
     if model is not None:
         header["model"] = json.dumps(model_identity(model))
-    mx.save_safetensors(str(path), arrays, metadata=header)
+    try:
+        mx.save_safetensors(str(path), arrays, metadata=header)
+    except (RuntimeError, OSError) as e:  # MLX: "Failed to open file"
+        parent = Path(path).parent
+        why = ("the folder does not exist" if not parent.is_dir() else
+               "the folder is not writable" if not os.access(parent, os.W_OK) else str(e))
+        raise CacheFileError(f"{path}: cannot write the prompt cache ({why})") from e
 
 
 def _json_key(path: Path, header: dict[str, str], key: str, expected: type, default: Any) -> Any:
@@ -693,6 +703,26 @@ def _check_saved_for(path: Path, header: dict[str, str], model: Any, caches: lis
             if key in saved and saved[key] != value:
                 raise CacheFileError(f"{path}: key 'model': saved for {key} {saved[key]!r}, "
                                      f"the model given has {value!r}")
-    problem = prompt_cache_mismatch(model, caches)
+    problem = prompt_cache_mismatch(model, caches) or _shape_mismatch(model, caches)
     if problem is not None:
         raise CacheFileError(f"{path}: the cache does not fit the model given: {problem}")
+
+
+def _shape_mismatch(model: Any, caches: list) -> str | None:
+    """Which layer's stored keys or values have other heads or width than ``model`` writes
+    (found by a lazy one-token step on fresh caches: shapes only, nothing is evaluated); None
+    when they match, or for caches other than the plain, rotating and chunked ones."""
+    probe = make_prompt_cache(model)
+    try:
+        model(mx.array([[0]]), cache=probe)
+    except Exception:  # noqa: BLE001 - a model that cannot be probed this way is not checked
+        return None
+    for i, (got, want) in enumerate(zip(caches, probe, strict=True)):
+        if type(got) not in (KVCache, RotatingKVCache, ChunkedKVCache) or got.keys is None:
+            continue
+        for name in ("keys", "values"):
+            have, need = getattr(got, name).shape, getattr(want, name, None)
+            if need is not None and (have[1], have[3]) != (need.shape[1], need.shape[3]):
+                return (f"layer {i}: {name} of shape {tuple(have)}, the model writes "
+                        f"{need.shape[1]} heads of width {need.shape[3]}")
+    return None

@@ -90,6 +90,39 @@ def _as_dtype(dtype: str | mx.Dtype) -> mx.Dtype:
     return value
 
 
+def _check_load_args(path_or_repo: Any, revision: Any, dtype: Any, lazy: Any, plugin: Any,
+                     dequantize: Any, fuse: Any) -> None:
+    """A ``TypeError`` naming the argument of :func:`load` that has the wrong type (before it
+    fails deep inside); values are checked where they are used."""
+    if path_or_repo is not None and not isinstance(path_or_repo, (str, os.PathLike)):
+        raise TypeError(f"load: path_or_repo must be a directory, a repo id or demo:NAME (a "
+                        f"str or path), got {type(path_or_repo).__name__}")
+    for name, value in (("revision", revision), ("plugin", plugin)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"load: {name} must be a str or None, got {value!r:.60}")
+    if dtype is not None and not isinstance(dtype, (str, mx.Dtype)):
+        raise TypeError(f"load: dtype must be 'auto', None, a floating-point dtype name "
+                        f"('float32', 'bfloat16', 'float16') or an mx.Dtype, got {dtype!r:.60}")
+    if not (isinstance(dequantize, bool) or dequantize == AUTO):
+        raise ValueError(f"load: dequantize must be True, False or 'auto', got "
+                         f"{dequantize!r:.60}")
+    for name, value in (("lazy", lazy), ("fuse", fuse)):
+        if not isinstance(value, bool):
+            raise TypeError(f"load: {name} must be True or False, got {value!r:.60}")
+
+
+def _check_save_args(model: Any, config: Any, path: Any) -> None:
+    """A ``TypeError`` naming the argument of :func:`save` that has the wrong type."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"save: model must be an mlx.nn.Module (as load returns it), got "
+                        f"{type(model).__name__}")
+    if not (isinstance(config, dict) or callable(getattr(config, "to_dict", None))):
+        raise TypeError(f"save: config must be the config load returned, or a dict, got "
+                        f"{type(config).__name__}")
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"save: path must be a str or path, got {type(path).__name__}")
+
+
 def load(path_or_repo: str | Path, *, revision: str | None = None,
          dtype: str | mx.Dtype | None = "auto", lazy: bool = False, plugin: str | None = None,
          dequantize: bool | str = "auto", fuse: bool = True, parallel: str | None = None,
@@ -133,6 +166,7 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
     its ``shard`` applied (unfused). Impossible combinations raise
     :class:`~mlx_zoo.ShardingError` before any weight is read.
     """
+    _check_load_args(path_or_repo, revision, dtype, lazy, plugin, dequantize, fuse)
     if parallel is not None:
         return load_distributed(path_or_repo, parallel, group, revision=revision, dtype=dtype,
                                 lazy=lazy, plugin=plugin, dequantize=dequantize, fuse=fuse)
@@ -328,6 +362,7 @@ def save(model: nn.Module, config: Any, path: str | Path, *,
     ``path`` and swapped in once complete, so a failure leaves ``path`` as it was (raising
     :class:`~mlx_zoo.errors.SaveError`); saving over a model directory replaces its weights,
     index and config.json and keeps its other files (tokenizer, README, ...)."""
+    _check_save_args(model, config, path)
     path = Path(path)
     text = _config_text(config, path)  # fails here, before anything is written
     weights = dict(checkpoint_parameters(model))

@@ -161,6 +161,11 @@ def new_plugin(name: str, model_type: str, dest: str | os.PathLike | None = None
     ``./mlx-NAME``), which must not exist; returns it. ``force`` allows a model_type or a
     distribution name that is already installed (e.g. to write a replacement); it never
     overwrites a destination."""
+    if dest is not None and not isinstance(dest, (str, os.PathLike)):
+        raise TypeError(f"new_plugin: dest must be a folder path (str or os.PathLike) or None, "
+                        f"got {type(dest).__name__} {dest!r:.60}")
+    if not isinstance(force, bool):
+        raise TypeError(f"new_plugin: force must be True or False, got {force!r:.60}")
     files = render(name, model_type)
     short = check_name(name)
     dist = f"mlx-{short}"

@@ -15,7 +15,13 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ModelNotFoundError
-from ..registry import all_contributions, find_contribution
+from ..registry import (
+    PLUGINS_ENV,
+    all_contributions,
+    find_contribution,
+    installed_entries,
+    is_enabled,
+)
 
 __all__ = ["DEMO_HOOK", "DEMO_PREFIX", "PREFERRED_DEMOS", "README", "available_demos",
            "default_demo", "demo_dir", "is_demo_reference"]
@@ -29,7 +35,11 @@ README = Path(__file__).resolve().with_name("README.md")
 
 
 def _is_checkpoint(path: object) -> bool:
-    return isinstance(path, (str, Path)) and (Path(path) / "config.json").is_file()
+    """A model directory with config.json, or a GGUF file (a real model a package ships)."""
+    if not isinstance(path, (str, Path)):
+        return False
+    path = Path(path)
+    return (path / "config.json").is_file() or (path.suffix == ".gguf" and path.is_file())
 
 
 def available_demos() -> list[str]:
@@ -60,5 +70,18 @@ def demo_dir(name: str) -> Path:
     if not _is_checkpoint(path):
         available = ", ".join(DEMO_PREFIX + d for d in available_demos()) or "none installed"
         raise ModelNotFoundError(f"{DEMO_PREFIX}{name}: no such demo checkpoint (available: "
-                                 f"{available}; plugins ship them)")
+                                 f"{available}; plugins ship them){_switched_off()}")
     return Path(path)
+
+
+def _switched_off() -> str:
+    """The part of the error naming the installed plugins ``MLX_ZOO_PLUGINS`` switches off
+    (their demos are not looked at); empty when it switches none off."""
+    import os
+
+    off = sorted({e.distribution for e in installed_entries() if not is_enabled(e.distribution)})
+    if not off:
+        return ""
+    return (f"; {PLUGINS_ENV}={os.environ.get(PLUGINS_ENV, '')!r} switches off the installed "
+            f"plugin{'s' if len(off) > 1 else ''} {', '.join(off)}, whose demos are not looked "
+            f"at")
