@@ -111,6 +111,13 @@ def normalize_config(config: dict[str, Any], path: Path | str | None = None) -> 
             raise ConfigError(path, f"expected an object, got {type(params).__name__}",
                               key="rope_parameters")
         params = dict(params)
+        if params and all(isinstance(v, dict) for v in params.values()):
+            # one section per layer type (transformers >= 5's Gemma 3: {"full_attention": {...},
+            # "sliding_attention": {...}}): kept as it is, for the plugin to read
+            # (mlx_gemma.Gemma3TextArgs.from_dict)
+            config["rope_parameters"] = params
+            params = None
+    if params is not None:
         if "rope_theta" in params:
             config["rope_theta"] = params.pop("rope_theta")
         config[SCALING_KEY] = params

@@ -23,6 +23,7 @@ def register_models() -> list[Architecture]:
 
 @hookimpl
 def register_demos() -> dict[str, Path]:
-    """The demo checkpoint shipped in this package (``demo:qwen3``), if present."""
+    """The demo checkpoint shipped in this package (``demo:qwen3``), where the package holds it
+    (a wheel built without it offers none)."""
     demo = Path(__file__).resolve().parent / "demo"
     return {"qwen3": demo} if (demo / "config.json").is_file() else {}

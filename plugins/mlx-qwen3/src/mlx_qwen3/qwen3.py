@@ -18,9 +18,10 @@ a Qwen3-MoE layer is a mixture of experts unless listed in ``mlp_only_layers`` o
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Annotated
 
 from mlx_zoo import ConfigError
-from mlx_zoo.config import NonNegativeInt, PositiveInt
+from mlx_zoo.config import Divides, NonNegativeInt, PositiveInt
 from mlx_zoo.decoder import DecoderArgs, DecoderLM, SparseMoE, check_layer_types, layer_windows
 
 
@@ -62,12 +63,7 @@ class MoEArgs(DecoderArgs):
     """transformers' ``Qwen3MoeConfig``; the expert count is ``num_experts`` in published files
     and ``num_local_experts`` as transformers >= 5 saves it (either is read, as written)."""
 
-    hidden_size: PositiveInt = 2048
-    intermediate_size: PositiveInt = 6144  # the dense MLP of mlp_only_layers
-    num_hidden_layers: PositiveInt = 24
-    num_attention_heads: PositiveInt = 32
-    num_key_value_heads: PositiveInt | None = 4
-    vocab_size: PositiveInt = 151936
+    num_key_value_heads: Annotated[PositiveInt, Divides("num_attention_heads")] | None = 4
     max_position_embeddings: PositiveInt = 32768
     attention_bias: bool = False
     use_sliding_window: bool = False
