@@ -242,7 +242,8 @@ def register_demos() -> dict[str, Path]:
     """Return the demo checkpoints this plugin ships: ``{name: directory}``, each directory an
     ordinary checkpoint (``config.json``, ``model.safetensors``, tokenizer files) inside the
     plugin's package (declare it as package data), e.g.
-    ``{"myarch": Path(__file__).parent / "demo"}``; loaded as ``demo:myarch``."""
+    ``{"myarch": Path(__file__).parent / "demo"}``; loaded as ``demo:myarch``. A demo may also
+    be a GGUF file (a real model shipped by another package, ``demo:smollm2``)."""
 
 
 @hookspec

@@ -56,7 +56,8 @@ def _logical_size(name: str, array, quantization) -> int:
     if name_is_quant_aux(name):
         return 0
     if quantization and str(array.dtype).endswith("uint32"):
-        bits = quantization.get("bits", 4)
+        layer = quantization.get(name.rpartition(".")[0])  # a per-layer override, if any
+        bits = (layer if isinstance(layer, dict) else quantization).get("bits", 4)
         return math.prod(array.shape) * 32 // bits
     return math.prod(array.shape)
 

@@ -73,16 +73,18 @@ def resolve_reference(path_or_repo: str | Path, revision: str | None = None) -> 
         from .gguf.ollama import resolve_ollama
 
         return resolve_ollama(text[len(OLLAMA_PREFIX):])
+    from .loading import resolve_model_dir
+
     path = Path(path_or_repo).expanduser()
-    if path.is_file() and (path.suffix == GGUF_SUFFIX or has_gguf_magic(path)):
+    if is_gguf(path):
         return path
+    if not path.is_dir():  # a repo id, demo:NAME (a directory or a GGUF file), or an error
+        path = resolve_model_dir(path_or_repo, revision)
     if path.is_dir() and not (path / CONFIG_FILE).exists():
         found = gguf_file_in(path)
         if found is not None:
             return found
-    from .loading import resolve_model_dir
-
-    return resolve_model_dir(path_or_repo, revision)
+    return path
 
 
 def has_gguf_magic(path: Path) -> bool:

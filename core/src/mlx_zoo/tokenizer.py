@@ -519,12 +519,14 @@ def _gguf_tokenizer(path: Path, eos_token_ids: Iterable[int] | None, reference: 
     from .gguf.tokenizer import gguf_tokenizer_parts
     from .sources import OLLAMA_PREFIX
 
-    hf, ids, count = gguf_tokenizer_parts(path)
-    if reference.startswith(OLLAMA_PREFIX):
-        ids |= stop_token_ids(reference[len(OLLAMA_PREFIX):], hf)
-    embed = read_gguf(path).tensors.get("token_embd.weight")
+    gguf = read_gguf(path)
+    count = len(gguf.metadata.get("tokenizer.ggml.tokens") or ())
+    embed = gguf.tensors.get("token_embd.weight")
     if embed is not None and count > embed.shape[0]:
         raise TokenizerError(f"{path}, key 'tokenizer.ggml.tokens': {count} tokens, but the "
                              f"model embeds only {embed.shape[0]} (token_embd.weight)")
+    hf, ids = gguf_tokenizer_parts(path, gguf)
+    if reference.startswith(OLLAMA_PREFIX):
+        ids |= stop_token_ids(reference[len(OLLAMA_PREFIX):], hf)
     tokenizer_json = json.loads(hf.backend_tokenizer.to_str())
     return Tokenizer(hf, ids | set(eos_token_ids or ()), tokenizer_json, path)

