@@ -347,14 +347,15 @@ GEMV_SHIM_SOURCE = r"""
    plain cblas_sgemm.
    Threads (mlx_zoo_blas_policy): a fixed count, or adaptive -- each product shape (m, n, k)
    large enough to be split is timed on one thread and on `ceiling` threads (the cores this
-   process may use), twice each, then runs on the faster, and every EXPLORE-th call of the shape
-   times the other again (a busy machine makes the threads wait for each other: docs/
-   benchmarks.md, "Under load"). */
+   process may use), twice each, then runs on the faster, and times the other again after
+   EXPLORE calls of the shape -- after twice as many each time the other loses again, up to
+   EXPLORE_MAX (on a busy machine one look at `ceiling` threads can cost 10x a call: the
+   threads wait for each other; docs/benchmarks.md, "Under load"). */
 #include <dlfcn.h>
 #include <stdio.h>
 #include <time.h>
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
-enum { SLOTS = 128, EXPLORE = 32, WARMUP = 4 };
+enum { SLOTS = 128, EXPLORE = 32, EXPLORE_MAX = 1024, WARMUP = 4 };
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
                          int, float, float *, int);
 typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int,
@@ -364,7 +365,7 @@ static sgemm_fn real_sgemm;
 static sgemv_fn real_sgemv;
 static threads_fn set_threads;
 static int adaptive, ceiling = 1, current;
-struct shape { int m, n, k, calls, tried; double ns[2]; };
+struct shape { int m, n, k, calls, tried, next, interval; double ns[2]; };
 static struct shape shapes[SLOTS];
 
 int mlx_zoo_gemv_shim_init(const char *path, const char *prefix) {
@@ -457,17 +458,23 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
   }
   int best = s->ns[1] < s->ns[0], pick;
   if (s->calls < WARMUP) pick = !(s->calls & 1);          /* ceiling, one, ceiling, one */
-  else pick = s->calls % EXPLORE == 0 ? !best : best;
+  else pick = s->calls >= s->next ? !best : best;
   use_threads(pick ? ceiling : 1);
   double start = now_ns();
   product(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
   double took = now_ns() - start;
-  if (s->calls < WARMUP || !(s->tried >> pick & 1))
+  if (s->calls < WARMUP || !(s->tried >> pick & 1)) {
     s->ns[pick] = (s->tried >> pick & 1) && s->ns[pick] < took ? s->ns[pick] : took;
-  else if (pick != best)
-    s->ns[pick] = took;                                    /* a fresh look at the other */
-  else
+    s->interval = EXPLORE;
+    s->next = WARMUP + EXPLORE;
+  } else if (pick != best) {                              /* a fresh look at the other */
+    s->ns[pick] = took;
+    int lost = took >= s->ns[best];
+    s->interval = lost ? (s->interval < EXPLORE_MAX ? 2 * s->interval : EXPLORE_MAX) : EXPLORE;
+    s->next = s->calls + s->interval;
+  } else {
     s->ns[pick] += 0.25 * (took - s->ns[pick]);
+  }
   s->tried |= 1 << pick;
   s->calls++;
 }
@@ -657,7 +664,8 @@ def apply_thread_policy() -> str:
     In order: ``MLX_ZOO_BLAS_THREADS=N`` fixes N threads; a user's ``OPENBLAS_NUM_THREADS``
     stands (OpenBLAS applied it); with the gemv shim, the **adaptive** policy: each product
     shape runs on one thread or on :func:`available_cores` threads, whichever its own calls
-    measured faster, looking again at the other every 32nd call (:data:`GEMV_SHIM_SOURCE`). A
+    measured faster, looking again at the other after 32 calls, after twice as many each time
+    it loses again, up to 1024 (:data:`GEMV_SHIM_SOURCE`). A
     decode step's products are memory-bound and short: when another process wants a core,
     OpenBLAS's threads wait for each other and one thread is 2-3x faster than two; idle, two
     are faster (docs/benchmarks.md, "Under load"). Without the shim: OpenBLAS's own count."""
