@@ -11,9 +11,12 @@ import subprocess
 import sys
 import textwrap
 import warnings
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 import mlx_zoo
 from mlx_zoo.convert import ConvertError, convert
@@ -126,3 +129,71 @@ def test_overlong_path_is_an_error_not_a_traceback(tmp_path, flag):
     assert done.returncode == 2, done.stderr
     assert "Traceback" not in done.stderr and flag in done.stderr
     assert "File name too long" in done.stderr
+
+
+# -- fuzzing source folders ------------------------------------------------------------------
+
+FUZZ = settings(max_examples=max(5, int(os.environ.get("MLX_ZOO_FUZZ_EXAMPLES", "25")) // 2),
+                deadline=timedelta(seconds=30), derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+"""Half the fixed budget of tests/integration/test_fuzz_hostile.py (``MLX_ZOO_FUZZ_EXAMPLES``):
+each example converts."""
+
+NAMES = st.sampled_from(["merges.txt", "vocab.json", "notes.txt", "special_tokens_map.json",
+                         "chat_template.jinja", "x.tiktoken", "modeling_x.py", ".hidden",
+                         "added_tokens.json", "training_args.bin", "sub", "tokenizer.model"])
+KINDS = st.sampled_from(["file", "link-inside", "link-outside", "link-dangling", "link-dir",
+                         "dir"])
+SECRET = "do not publish: 8f3a"
+
+
+def _add(src: Path, outside: Path, name: str, kind: str) -> None:
+    path = src / name
+    if path.exists() or path.is_symlink():
+        return
+    if kind == "file":
+        path.write_text("{}")
+    elif kind == "dir":
+        path.mkdir()
+    elif kind == "link-inside":
+        path.symlink_to(src / "config.json")
+    elif kind == "link-outside":
+        path.symlink_to(outside / "secret.txt")
+    elif kind == "link-dangling":
+        path.symlink_to(src / "nowhere")
+    else:
+        path.symlink_to(outside)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_source_folders(tmp_path_factory, data):
+    """Extra files, links (inside, outside, dangling, to folders) and folders in the source:
+    the conversion succeeds or raises an MlxZooError; its output holds only support files
+    (no link, nothing from outside), and the source is unchanged."""
+    tmp = tmp_path_factory.mktemp("fuzz")
+    outside = tmp / "outside"
+    outside.mkdir()
+    (outside / "secret.txt").write_text(SECRET)
+    src = demo_copy(tmp)
+    for name, kind in data.draw(st.lists(st.tuples(NAMES, KINDS), max_size=5)):
+        _add(src, outside, name, kind)
+    before = {p.name: (p.is_symlink(), p.is_file() and p.read_bytes())
+              for p in src.iterdir() if not p.name.startswith("nowhere")}
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            out = convert(src, tmp / "out")
+    except mlx_zoo.MlxZooError as e:
+        event(f"refused: {type(e).__name__}")
+        assert names(tmp) == {"outside", "src"}
+        return
+    event("converted")
+    for p in out.iterdir():
+        assert not p.is_symlink() and p.is_file(), p
+        assert p.suffix == ".safetensors" or SECRET not in p.read_text(errors="replace"), p
+        assert not p.name.endswith((".py", ".bin")) and not p.name.startswith("."), p
+    assert {p.name: (p.is_symlink(), p.is_file() and p.read_bytes())
+            for p in src.iterdir() if not p.name.startswith("nowhere")} == before
+    assert names(tmp) == {"outside", "src", "out"}

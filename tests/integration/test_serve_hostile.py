@@ -7,12 +7,16 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import socket
 import subprocess
 import sys
 import time
+from datetime import timedelta
 
 import pytest
+from hypothesis import HealthCheck, event, given, settings
+from hypothesis import strategies as st
 
 pytest.importorskip("starlette")
 pytest.importorskip("llguidance")
@@ -249,3 +253,70 @@ def test_second_server_on_a_busy_port_exits_cleanly():
 def test_prefix_cache_gb_not_a_size(value, capsys):
     assert serve_main(["--prefix-cache-gb", value]) == 2
     assert "--prefix-cache-gb" in capsys.readouterr().err
+
+
+# -- fuzzing request bodies ------------------------------------------------------------------
+
+FUZZ = settings(max_examples=int(os.environ.get("MLX_ZOO_FUZZ_EXAMPLES", "25")),
+                deadline=timedelta(seconds=30), derandomize=True,
+                suppress_health_check=[HealthCheck.function_scoped_fixture,
+                                       HealthCheck.too_slow])
+"""The fixed budget of tests/integration/test_fuzz_hostile.py (``MLX_ZOO_FUZZ_EXAMPLES``)."""
+
+LEAF_SCHEMAS = st.sampled_from([
+    {}, {"type": "string", "maxLength": 4}, {"type": "integer"}, {"type": "boolean"},
+    {"type": "null"}, {"enum": ["a", "b"]}, {"type": "object"}, {"$ref": "#"},
+    {"$ref": "#/$defs/A"}, {"$ref": "#/$defs/missing"}, {"$ref": "#/definitions/A"},
+    {"type": "nonsense"}, {"const": {"$ref": "#"}}])
+
+
+def _extend(children):
+    props = st.dictionaries(st.sampled_from(["a", "b", "$ref", "const"]), children, max_size=3)
+    return st.one_of(
+        st.builds(lambda p, req: {"type": "object", "properties": p,
+                                  "required": sorted(p)[:req], "additionalProperties": False},
+                  props, st.integers(0, 3)),
+        st.builds(lambda xs: {"anyOf": xs}, st.lists(children, min_size=1, max_size=3)),
+        st.builds(lambda x: {"type": "array", "items": x, "maxItems": 2}, children),
+        st.builds(lambda d, root: {"$defs": {"A": d}, "definitions": {"A": d}, **root},
+                  children, children))
+
+
+SCHEMAS = st.recursive(LEAF_SCHEMAS, _extend, max_leaves=8)
+JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers() | st.text(max_size=4),
+                           lambda c: st.lists(c, max_size=3)
+                           | st.dictionaries(st.text(max_size=3), c, max_size=3), max_leaves=6)
+
+
+@FUZZ
+@given(data=st.data())
+def test_fuzzed_request_bodies(server, data):
+    """Schemas with $defs, $ref, recursion and anyOf, as response_format or tool parameters,
+    and hostile values of other fields: a 400/404 naming a field, or a 200 whose structured
+    answer parses -- never a 500."""
+    schema = data.draw(SCHEMAS, label="schema")
+    body: dict = {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 12}
+    use = data.draw(st.sampled_from(["response_format", "tool", "field"]), label="use")
+    if use == "response_format":
+        body["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "x", "schema": schema}}
+    elif use == "tool":
+        body["tools"] = [tool("f", schema), tool("g", {"type": "object", "properties": {
+            "z": {"enum": [1, 2]}}, "required": ["z"], "additionalProperties": False})]
+        body["tool_choice"] = data.draw(st.sampled_from(
+            ["required", "auto", {"type": "function", "function": {"name": "f"}}]))
+    else:
+        field = data.draw(st.sampled_from(["n", "max_tokens", "chat_template_kwargs", "model",
+                                           "stop", "seed", "logit_bias", "messages"]))
+        body[field] = data.draw(JSON_VALUES, label=field)
+    status, reply = answered(server, json.dumps(body).encode())
+    event(f"{use}: {status}")
+    assert status in (200, 400, 404), reply
+    if status != 200:
+        assert reply["error"]["message"]
+        return
+    answer = reply["choices"][0]
+    if use == "response_format" and answer["finish_reason"] == "stop":
+        json.loads(answer["message"]["content"])
+    for call in answer["message"].get("tool_calls") or []:
+        json.loads(call["function"]["arguments"])

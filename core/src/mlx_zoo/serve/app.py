@@ -67,6 +67,8 @@ class Server:
         if not self.engine.ready.is_set() or self.engine.load_error is not None:
             raise P.APIError("the model is not loaded yet", status=503)
         model = body.get("model")
+        if model is not None and not isinstance(model, str):
+            raise P._bad("model", "a string (the served model's id)", model)
         if model is not None and model not in self.names:
             raise P.APIError(f"The model '{model}' does not exist: this server serves "
                              f"'{self.model_name}'", status=404, param="model",
