@@ -179,13 +179,14 @@ class Server:
         if not tok.has_chat_template:
             tok.apply_chat_template(messages)  # raises the TokenizerError naming the problem
         try:
-            text = tok.hf.apply_chat_template(messages, tools=tools, tokenize=False,
+            text = tok.apply_chat_template(messages, tools=tools, tokenize=False,
+                                           add_generation_prompt=True, **template_kwargs)
+            without = tok.apply_chat_template(messages, tokenize=False,
                                               add_generation_prompt=True, **template_kwargs)
-            without = tok.hf.apply_chat_template(messages, tokenize=False,
-                                                 add_generation_prompt=True, **template_kwargs)
-        except Exception as e:  # the template is the checkpoint's code
+        except MlxZooError as e:  # the template is the checkpoint's code
+            cause = e.__cause__ or e
             raise P.APIError(f"rendering the chat template with tools failed "
-                             f"({type(e).__name__}: {e})", param="tools") from None
+                             f"({type(cause).__name__}: {cause})", param="tools") from None
         if text == without and not forced:
             raise P.APIError("this model's chat template does not show tools (the prompt is "
                              "the same with and without them): the model would never see "
