@@ -347,7 +347,9 @@ GEMV_SHIM_SOURCE = r"""
    plain cblas_sgemm.
    Threads (mlx_zoo_blas_policy): a fixed count, or adaptive -- each product shape (m, n, k)
    large enough to be split is timed on one thread and on `ceiling` threads (the cores this
-   process may use), twice each, then runs on the faster, and times the other again after
+   process may use), twice each, then runs on the faster -- `ceiling` only where it measured
+   1.25x faster than one thread (the noise of a shared machine must not buy the costlier
+   choice) -- and times the other again after
    EXPLORE calls of the shape -- after twice as many each time the other loses again, up to
    EXPLORE_MAX (on a busy machine one look at `ceiling` threads can cost 10x a call: the
    threads wait for each other; docs/benchmarks.md, "Under load"). */
@@ -356,6 +358,7 @@ GEMV_SHIM_SOURCE = r"""
 #include <time.h>
 enum { ROW_MAJOR = 101, NO_TRANS = 111, TRANS = 112 };
 enum { SLOTS = 128, EXPLORE = 32, EXPLORE_MAX = 1024, WARMUP = 4 };
+#define MARGIN 0.8
 typedef void (*sgemm_fn)(int, int, int, int, int, int, float, const float *, int, const float *,
                          int, float, float *, int);
 typedef void (*sgemv_fn)(int, int, int, int, float, const float *, int, const float *, int,
@@ -456,7 +459,7 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     product(order, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
     return;
   }
-  int best = s->ns[1] < s->ns[0], pick;
+  int best = s->ns[1] < MARGIN * s->ns[0], pick;
   if (s->calls < WARMUP) pick = !(s->calls & 1);          /* ceiling, one, ceiling, one */
   else pick = s->calls >= s->next ? !best : best;
   use_threads(pick ? ceiling : 1);
@@ -469,7 +472,7 @@ void cblas_sgemm(int order, int trans_a, int trans_b, int m, int n, int k, float
     s->next = WARMUP + EXPLORE;
   } else if (pick != best) {                              /* a fresh look at the other */
     s->ns[pick] = took;
-    int lost = took >= s->ns[best];
+    int lost = pick ? took >= MARGIN * s->ns[0] : MARGIN * took >= s->ns[1];
     s->interval = lost ? (s->interval < EXPLORE_MAX ? 2 * s->interval : EXPLORE_MAX) : EXPLORE;
     s->next = s->calls + s->interval;
   } else {
@@ -664,8 +667,8 @@ def apply_thread_policy() -> str:
     In order: ``MLX_ZOO_BLAS_THREADS=N`` fixes N threads; a user's ``OPENBLAS_NUM_THREADS``
     stands (OpenBLAS applied it); with the gemv shim, the **adaptive** policy: each product
     shape runs on one thread or on :func:`available_cores` threads, whichever its own calls
-    measured faster, looking again at the other after 32 calls, after twice as many each time
-    it loses again, up to 1024 (:data:`GEMV_SHIM_SOURCE`). A
+    measured faster (the cores only if 1.25x faster), looking again at the other after 32
+    calls, after twice as many each time it loses again, up to 1024 (:data:`GEMV_SHIM_SOURCE`). A
     decode step's products are memory-bound and short: when another process wants a core,
     OpenBLAS's threads wait for each other and one thread is 2-3x faster than two; idle, two
     are faster (docs/benchmarks.md, "Under load"). Without the shim: OpenBLAS's own count."""
