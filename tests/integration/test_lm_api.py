@@ -225,3 +225,8 @@ def test_load_returns_the_config_and_takes_tokenizer_options(checkpoints):
     assert config["model_type"] == "qwen2" and config["vocab_size"] == 151680
     assert tokenizer.hf.eos_token == "<|endoftext|>" and 151643 in tokenizer.eos_token_ids
     assert isinstance(tokenizer, mlx_zoo.Tokenizer)
+    # what mlx-lm's TokenizerWrapper forwards to transformers' tokenizer, this does too
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") == 151645
+    assert tokenizer.chat_template == tokenizer.hf.chat_template
+    with pytest.raises(AttributeError, match="no_such_attribute"):
+        tokenizer.no_such_attribute  # noqa: B018

@@ -172,6 +172,15 @@ class Tokenizer:
         self.eos_token_ids: frozenset[int] = frozenset(ids)
         self._token_bytes = _byte_level_table(tokenizer_json, len(hf_tokenizer))
 
+    def __getattr__(self, name: str) -> Any:
+        """Any other attribute is the wrapped transformers tokenizer's (``convert_tokens_to_ids``,
+        ``chat_template``, ``pad_token_id``, ...), as mlx-lm's ``TokenizerWrapper`` forwards
+        them: code written for either keeps working."""
+        hf = self.__dict__.get("hf")
+        if hf is None or name.startswith("__"):
+            raise AttributeError(f"{type(self).__name__!r} object has no attribute {name!r}")
+        return getattr(hf, name)
+
     @property
     def vocab_size(self) -> int:
         return len(self.hf)
