@@ -23,6 +23,7 @@ A plugin maps its GGUF architectures with the ``register_gguf_architectures`` ho
 
 from .mapping import (
     DECODER_TENSORS,
+    GEMMA_SHIFTED,
     LLAMA_PERMUTED,
     GGUFArchitecture,
     Metadata,
@@ -33,5 +34,5 @@ from .reader import GGUFFile, TensorInfo, read_gguf
 
 GGUF_SUFFIX = ".gguf"
 
-__all__ = ["DECODER_TENSORS", "GGUF_SUFFIX", "LLAMA_PERMUTED", "GGUFArchitecture", "GGUFFile",
-           "Metadata", "TensorInfo", "decoder_config", "read_gguf", "unpermute_rows"]
+__all__ = ["DECODER_TENSORS", "GEMMA_SHIFTED", "GGUF_SUFFIX", "LLAMA_PERMUTED", "GGUFArchitecture",
+           "GGUFFile", "Metadata", "TensorInfo", "decoder_config", "read_gguf", "unpermute_rows"]

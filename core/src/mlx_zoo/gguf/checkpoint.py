@@ -116,16 +116,21 @@ class GGUFCheckpoint:
 
     def read_weights(self, headers: Any = None, dtype: mx.Dtype | None = None
                      ) -> dict[str, mx.array]:
-        """Every mapped tensor, under its checkpoint name, llama.cpp's row permutation undone;
+        """Every mapped tensor, under its checkpoint name, llama.cpp's row permutation and
+        constant offsets (``GGUFArchitecture.shifted``) undone;
         types MLX cannot hold quantized are dequantized to ``dtype`` (float16 if None)."""
         weights: dict[str, mx.array] = {}
         for name, (module, suffix) in self.names.items():
             value = read_tensor(self.gguf.tensors[name], dtype)
             parts = value.parts() if isinstance(value, Quantized) else {suffix: value}
             heads = self._permuted_heads(name)
+            shift = self.architecture.shifted.get(split_name(name)[0])
             for part, array in parts.items():
                 if heads:
                     array = self._unpermute(name, array, heads)
+                if shift and part == ("biases" if isinstance(value, Quantized) else "weight"):
+                    # w = s * q + b: a constant comes off the bias of a quantized tensor
+                    array = (array - shift).astype(array.dtype)
                 weights[f"{module}.{part}"] = array
         return weights
 

@@ -190,7 +190,10 @@ class GGUFArchitecture:
     :data:`DECODER_TENSORS`); ``permuted`` maps the stems whose rows llama.cpp permuted to the
     config key holding their head count (:data:`LLAMA_PERMUTED` for the Llama family);
     ``ignored`` lists stems the config already consumed (``rope_freqs``, read by
-    :func:`llama3_scaling`), dropped from the weights."""
+    :func:`llama3_scaling`), dropped from the weights; ``shifted`` maps stems whose values
+    llama.cpp's converter offset by a constant to that constant, subtracted on reading (Gemma's
+    RMSNorm weights, stored as ``1 + w`` where the checkpoint holds ``w``: :data:`GEMMA_SHIFTED`).
+    """
 
     architecture: str
     model_type: str
@@ -198,12 +201,21 @@ class GGUFArchitecture:
     tensors: Mapping[str, str] = field(default_factory=lambda: dict(DECODER_TENSORS))
     permuted: Mapping[str, str] = field(default_factory=dict)
     ignored: tuple[str, ...] = ("rope_freqs",)
+    shifted: Mapping[str, float] = field(default_factory=dict)
 
 
 LLAMA_PERMUTED: Mapping[str, str] = {"blk.{i}.attn_q": "num_attention_heads",
                                      "blk.{i}.attn_k": "num_key_value_heads"}
 """The stems llama.cpp's ``LlamaModel`` permutes (query and key projections), each with the
 config key of its head count."""
+
+
+GEMMA_NORMS = ("output_norm", "blk.{i}.attn_norm", "blk.{i}.post_attention_norm",
+               "blk.{i}.ffn_norm", "blk.{i}.post_ffw_norm", "blk.{i}.attn_q_norm",
+               "blk.{i}.attn_k_norm")
+GEMMA_SHIFTED: Mapping[str, float] = {stem: 1.0 for stem in GEMMA_NORMS}
+"""The RMSNorm weights llama.cpp's ``GemmaModel``/``Gemma2Model``/``Gemma3Model`` store plus one
+(``name.endswith("norm.weight")``: its kernel scales by the weight, Gemma's by ``1 + weight``)."""
 
 
 def split_name(name: str) -> tuple[str, str, str | None]:
