@@ -78,6 +78,14 @@ def checkpoints(npm_tokenizer, tmp_path_factory) -> dict[str, Path]:
     return out
 
 
+@pytest.fixture(scope="module")
+def llama(checkpoints):
+    """The tiny Llama loaded by mlx_zoo.lm and by mlx-lm: (model, tokenizer, mlx-lm's model,
+    mlx-lm's tokenizer)."""
+    path = str(checkpoints["llama"])
+    return (*lm.load(path), *mlx_lm.load(path))
+
+
 def readme_examples() -> list[str]:
     """The Python examples of the installed mlx-lm's README that use load / generate /
     stream_generate (not ``convert``, which mlx_zoo.lm does not offer: ``mlx-zoo convert``)."""
@@ -118,10 +126,8 @@ def test_mlx_lm_readme_examples_run_with_only_the_import_changed(checkpoints):
             assert 2 <= len(printed.strip()) and printed.endswith("\n")
 
 
-def test_generate_returns_mlx_lms_text_and_stream_generate_its_responses(checkpoints):
-    path = str(checkpoints["llama"])
-    model, tokenizer = lm.load(path)
-    ref_model, ref_tokenizer = mlx_lm.load(path)
+def test_generate_returns_mlx_lms_text_and_stream_generate_its_responses(llama):
+    model, tokenizer, ref_model, ref_tokenizer = llama
     messages = [{"role": "user", "content": "Tell me about MLX"}]
     prompt = tokenizer.apply_chat_template(messages, add_generation_prompt=True)
     assert prompt == ref_tokenizer.apply_chat_template(messages, add_generation_prompt=True)
@@ -143,10 +149,8 @@ def test_generate_returns_mlx_lms_text_and_stream_generate_its_responses(checkpo
     assert next(lm.stream_generate(model, tokenizer, as_text)).prompt_tokens == len(prompt)
 
 
-def test_batch_generate_gives_mlx_lms_results(checkpoints):
-    path = str(checkpoints["llama"])
-    model, tokenizer = lm.load(path)
-    ref_model, ref_tokenizer = mlx_lm.load(path)
+def test_batch_generate_gives_mlx_lms_results(llama):
+    model, tokenizer, ref_model, ref_tokenizer = llama
     prompts = [tokenizer.apply_chat_template([{"role": "user", "content": c}],
                                              add_generation_prompt=True)
                for c in ("hi", "a much longer question about physics, light and time", "x")]
@@ -167,8 +171,8 @@ def test_batch_generate_gives_mlx_lms_results(checkpoints):
     assert ours.stats.generation_tokens >= sum(map(len, ours.token_ids))
 
 
-def test_batch_generate_continues_prompt_caches_without_changing_them(checkpoints):
-    model, tokenizer = lm.load(str(checkpoints["llama"]))
+def test_batch_generate_continues_prompt_caches_without_changing_them(llama):
+    model, tokenizer, *_ = llama
     prompt = tokenizer.encode_prompt("The history of physics")
     cache = mlx_zoo.make_prompt_cache(model)
     model(mx.array(prompt[:-2])[None], cache=cache)
@@ -209,9 +213,9 @@ def test_signatures_are_mlx_lms():
     (lambda m, t, p: lm.batch_generate(m, t, [[1, 2]], no_such_option=1), TypeError,
      "no_such_option"),
 ])
-def test_what_mlx_zoo_cannot_do_is_refused_by_name(checkpoints, call, error, match):
+def test_what_mlx_zoo_cannot_do_is_refused_by_name(checkpoints, llama, call, error, match):
     path = str(checkpoints["llama"])
-    model, tokenizer = lm.load(path)
+    model, tokenizer, *_ = llama
     with pytest.raises(error, match=match):
         result = call(model, tokenizer, path)
         if inspect.isgenerator(result):
