@@ -14,7 +14,8 @@ The switches are keyword options of :class:`DecoderLM`, handed down to every lay
 sliding-window or full attention, RoPE or none, dense or MoE. What each option does:
 
 * attention (:class:`Attention`): ``qkv_bias``, ``o_bias`` (Llama's ``attention_bias`` sets
-  both), ``qk_norm`` (an RMSNorm over each query and key head before RoPE: Qwen3, Gemma 3),
+  both), ``qk_norm`` (an RMSNorm over each query and key head before RoPE: Qwen3, Gemma 3;
+  ``"all"``: one over all heads' features at once, OLMo 2),
   ``scale`` (of the scores; default ``head_dim ** -0.5``), ``softcap`` (scores soft-capped,
   Gemma 2), ``rope`` (``True``: from the config; ``False``: none on the layer, SmolLM3; a dict:
   :func:`~mlx_zoo.get_rope` overrides ``base`` / ``scaling``, Gemma 3's local layers);
@@ -26,10 +27,12 @@ sliding-window or full attention, RoPE or none, dense or MoE. What each option d
   Gemma; :func:`~mlx_zoo.layers.rms_norm`); ``activation`` (``"silu"`` or ``"gelu_tanh"``);
   ``mlp_bias``; ``mlp`` (a factory ``mlp(args) -> module`` replacing the dense MLP, e.g. a
   :class:`SparseMoE`); ``sliding_window`` (the layer sees that many positions and gets a
-  :class:`~mlx_zoo.RotatingKVCache`; Mistral, Gemma's local layers);
+  :class:`~mlx_zoo.RotatingKVCache`; Mistral, Gemma's local layers); ``residual_scale`` (each
+  branch times a constant before the residual sum, Granite's ``residual_multiplier``);
 * the stack (:class:`Decoder`): ``embed_scale`` (embeddings times a constant in their dtype:
   Gemma's ``sqrt(hidden_size)``);
-* the head (:class:`DecoderLM`): ``logit_softcap`` (final logits soft-capped, Gemma 2).
+* the head (:class:`DecoderLM`): ``logit_scale`` (final logits times a constant, Granite),
+  ``logit_softcap`` (final logits soft-capped, Gemma 2).
 
 Config fields the family shares are in :class:`DecoderArgs`; a plugin derives its config from
 it, redeclaring the defaults its ``transformers`` config class uses. The per-layer state lives
@@ -52,7 +55,7 @@ import mlx.nn as nn
 
 from .cache import KVCache, RotatingKVCache
 from .config import BaseModelArgs, Divides, PositiveFloat, PositiveInt, RopeScaling
-from .errors import ConfigError, GenerationArgumentError
+from .errors import ConfigError, GenerationArgumentError, ShardingError
 from .fusion import project, unfuse_projections
 from .layers import (
     CausalLM,
@@ -106,7 +109,7 @@ class Attention(nn.Module):
         "qkv_proj": ("q_proj", "k_proj", "v_proj")}
 
     def __init__(self, args: DecoderArgs, *, qkv_bias: bool = False, o_bias: bool = False,
-                 qk_norm: bool = False, scale: float | None = None,
+                 qk_norm: bool | str = False, scale: float | None = None,
                  softcap: float | None = None, rope: bool | dict[str, Any] = True,
                  norm_offset: float = 0.0):
         super().__init__()
@@ -119,9 +122,14 @@ class Attention(nn.Module):
         self.k_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=qkv_bias)
         self.v_proj = nn.Linear(dim, self.n_kv_heads * head_dim, bias=qkv_bias)
         self.o_proj = nn.Linear(self.n_heads * head_dim, dim, bias=o_bias)
-        if qk_norm:  # per head, before RoPE (Qwen3, Gemma 3)
-            self.q_norm = rms_norm(head_dim, args.rms_norm_eps, norm_offset)
-            self.k_norm = rms_norm(head_dim, args.rms_norm_eps, norm_offset)
+        if qk_norm not in (False, True, "heads", "all"):
+            raise ValueError(f"qk_norm must be a bool, 'heads' or 'all', got {qk_norm!r}")
+        self.qk_norm_all = qk_norm == "all"  # over all heads' features at once (OLMo 2)
+        if qk_norm:  # before RoPE: per head (Qwen3, Gemma 3) or over all heads (OLMo 2)
+            q_width = self.n_heads * head_dim if self.qk_norm_all else head_dim
+            k_width = self.n_kv_heads * head_dim if self.qk_norm_all else head_dim
+            self.q_norm = rms_norm(q_width, args.rms_norm_eps, norm_offset)
+            self.k_norm = rms_norm(k_width, args.rms_norm_eps, norm_offset)
         if rope is not False:
             options = {"base": args.rope_theta, "scaling": args.rope_scaling,
                        **(rope if isinstance(rope, dict) else {})}
@@ -134,10 +142,12 @@ class Attention(nn.Module):
             q, k, v = self._one_position_qkv(x, offset)
         else:
             q, k, v = project(self, "qkv_proj", x)
+            if self.qk_norm_all:
+                q, k = self.q_norm(q), self.k_norm(k)
             q = split_heads(q, self.n_heads)  # (B, heads, L, head_dim)
             k = split_heads(k, self.n_kv_heads)
             v = split_heads(v, self.n_kv_heads)
-            if "q_norm" in self:
+            if "q_norm" in self and not self.qk_norm_all:
                 q, k = self.q_norm(q), self.k_norm(k)
             if "rope" in self:
                 q, k = self.rope(q, offset=offset), self.rope(k, offset=offset)
@@ -177,12 +187,14 @@ class DecoderLayer(nn.Module):
     def __init__(self, args: DecoderArgs, *, mlp_bias: bool = False, activation: str = "silu",
                  norm_placement: str = "pre", norm_offset: float = 0.0,
                  mlp: Callable[[DecoderArgs], nn.Module] | None = None,
-                 sliding_window: int | None = None, **attention_options: Any):
+                 sliding_window: int | None = None, residual_scale: float | None = None,
+                 **attention_options: Any):
         super().__init__()
         if norm_placement not in NORM_PLACEMENTS:
             raise ValueError(f"norm_placement must be one of {sorted(NORM_PLACEMENTS)}, "
                              f"got {norm_placement!r}")
         self.norm_placement, self.sliding_window = norm_placement, sliding_window
+        self.residual_scale = residual_scale
         self.self_attn = Attention(args, norm_offset=norm_offset, **attention_options)
         self.mlp = (mlp(args) if mlp is not None else
                     SwiGLU(args.hidden_size, args.intermediate_size, mlp_bias, activation))
@@ -190,15 +202,18 @@ class DecoderLayer(nn.Module):
             setattr(self, name, rms_norm(args.hidden_size, args.rms_norm_eps, norm_offset))
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
+        scale = self.residual_scale
+        branch = (lambda y: y) if scale is None else (lambda y: y * scale)
         if self.norm_placement == "pre":
-            h = x + self.self_attn(self.input_layernorm(x), mask, cache)
-            return h + self.mlp(self.post_attention_layernorm(h))
+            h = x + branch(self.self_attn(self.input_layernorm(x), mask, cache))
+            return h + branch(self.mlp(self.post_attention_layernorm(h)))
         if self.norm_placement == "sandwich":
             attn = self.self_attn(self.input_layernorm(x), mask, cache)
-            h = x + self.post_attention_layernorm(attn)
-            return h + self.post_feedforward_layernorm(self.mlp(self.pre_feedforward_layernorm(h)))
-        h = x + self.post_attention_layernorm(self.self_attn(x, mask, cache))
-        return h + self.post_feedforward_layernorm(self.mlp(h))
+            h = x + branch(self.post_attention_layernorm(attn))
+            mlp = self.mlp(self.pre_feedforward_layernorm(h))
+            return h + branch(self.post_feedforward_layernorm(mlp))
+        h = x + branch(self.post_attention_layernorm(self.self_attn(x, mask, cache)))
+        return h + branch(self.post_feedforward_layernorm(self.mlp(h)))
 
 
 def check_cache(cache: Any, layers: int) -> list:
@@ -269,17 +284,20 @@ class Decoder(nn.Module):
 class DecoderLM(CausalLM):
     """A :class:`Decoder` and its head (:class:`~mlx_zoo.CausalLM`), with ``sanitize``,
     ``make_cache`` and ``shard``; a plugin's ``Model`` passes the options that differ (the
-    module docstring lists them). ``logit_softcap`` soft-caps the final logits:
-    ``cap * tanh(logits / cap)``."""
+    module docstring lists them). ``logit_scale`` multiplies the final logits (Granite's
+    ``1 / logits_scaling``), ``logit_softcap`` then soft-caps them: ``cap * tanh(logits / cap)``.
+    """
 
     def __init__(self, args: DecoderArgs, *, logit_softcap: float | None = None,
-                 **options: Any):
+                 logit_scale: float | None = None, **options: Any):
         super().__init__(args, Decoder(args, **options))
-        self.logit_softcap = logit_softcap
+        self.logit_softcap, self.logit_scale = logit_softcap, logit_scale
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
         logits = super().__call__(inputs, cache)
-        cap = getattr(self, "logit_softcap", None)
+        if self.logit_scale is not None:
+            logits = logits * self.logit_scale
+        cap = self.logit_softcap
         return logits if cap is None else mx.tanh(logits / cap) * cap
 
     def sanitize(self, weights: dict[str, mx.array]) -> dict[str, mx.array]:
@@ -303,6 +321,9 @@ class DecoderLM(CausalLM):
         one all-reduce after attention and one after the MLP. Head counts shrink accordingly.
         Fused projections are split first: each part is sharded by its own heads. An MLP with
         its own ``shard`` (:class:`SparseMoE`) shards itself."""
+        if any(layer.self_attn.qk_norm_all for layer in self.layers):
+            raise ShardingError(f"{type(self).__name__} normalises queries and keys over all "
+                                "heads at once (qk_norm='all'): its heads cannot be split")
         unfuse_projections(self)
         group = group or mx.distributed.init()
         for layer in self.layers:
