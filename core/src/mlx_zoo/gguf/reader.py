@@ -133,7 +133,37 @@ class _Cursor:
             raise GGUFError(self.path, f"a string is not valid UTF-8 ({e})", key) from e
 
 
-def _value(cur: _Cursor, type_id: int, key: str, depth: int = 0) -> Any:
+@dataclass(frozen=True)
+class SkippedStrings:
+    """A metadata array of ``count`` strings, walked (and its lengths checked) but not decoded:
+    loading weights needs no vocabulary (``read_gguf(path, strings=False)``)."""
+
+    count: int
+
+    def __len__(self) -> int:
+        return self.count
+
+
+LENGTH = struct.Struct("<Q")
+
+
+def _skip_strings(cur: _Cursor, count: int, key: str) -> SkippedStrings:
+    """Step over ``count`` strings (a tight loop: a vocabulary has 10^5 of them); a length
+    running past the end stops the walk at the next string, as a truncated file."""
+    buf, pos, size, unpack = cur.buf, cur.pos, cur.size, LENGTH.unpack_from
+    for _ in range(count):
+        if pos + 8 > size:
+            break
+        pos += 8 + unpack(buf, pos)[0]
+    else:
+        if pos <= size:
+            cur.pos = pos
+            return SkippedStrings(count)
+    raise GGUFError(cur.path, f"truncated: an array of {count} strings runs past the end of "
+                    "the file", key)
+
+
+def _value(cur: _Cursor, type_id: int, key: str, depth: int = 0, strings: bool = True) -> Any:
     if type_id in SCALARS:
         return cur.scalar(type_id, key)
     if type_id == STRING:
@@ -150,6 +180,8 @@ def _value(cur: _Cursor, type_id: int, key: str, depth: int = 0) -> Any:
         raise GGUFError(cur.path, f"array of value type {item_type} (nested {depth + 1} deep) "
                         "is not a GGUF value", key)
     cur.need(count * 8, f"an array of {count} strings or arrays", key)  # >= 8 bytes each
+    if item_type == STRING and not strings:
+        return _skip_strings(cur, count, key)
     return [_value(cur, item_type, key, depth + 1) for _ in range(count)]
 
 
@@ -182,8 +214,9 @@ def _tensor_entry(cur: _Cursor, sizes: dict[int, tuple[int, int]]) -> tuple[str,
     return name, tuple(reversed(dims)), ggml_type, offset
 
 
-def read_header(path: Path) -> GGUFFile:
-    """Parse and validate one GGUF file's header (no tensor data is read)."""
+def read_header(path: Path, strings: bool = True) -> GGUFFile:
+    """Parse and validate one GGUF file's header (no tensor data is read); ``strings=False``
+    leaves arrays of strings (the vocabulary, the merges) undecoded."""
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -194,12 +227,12 @@ def read_header(path: Path) -> GGUFFile:
     except OSError as e:
         raise GGUFError(path, f"cannot be read ({e})") from e
     try:
-        return _parse(buf, path)
+        return _parse(buf, path, strings)
     finally:
         buf.close()
 
 
-def _parse(buf: mmap.mmap, path: Path) -> GGUFFile:
+def _parse(buf: mmap.mmap, path: Path, strings: bool) -> GGUFFile:
     cur = _Cursor(buf, path)
     magic = bytes(buf[:4])
     if magic != MAGIC:
@@ -219,7 +252,7 @@ def _parse(buf: mmap.mmap, path: Path) -> GGUFFile:
         key = cur.string()
         if key in metadata:
             raise GGUFError(path, "metadata key repeated", key)
-        metadata[key] = _value(cur, cur.scalar(4, key), key)
+        metadata[key] = _value(cur, cur.scalar(4, key), key, strings=strings)
     sizes = quant_sizes()
     entries = [_tensor_entry(cur, sizes) for _ in range(n_tensors)]
     alignment = metadata.get(ALIGNMENT_KEY, DEFAULT_ALIGNMENT)
@@ -273,17 +306,18 @@ def split_files(path: Path) -> list[Path]:
     return files
 
 
-def read_gguf(path: Path) -> GGUFFile:
+def read_gguf(path: Path, strings: bool = True) -> GGUFFile:
     """Read a GGUF file, or every shard of a split one: metadata from the first shard (where
-    llama.cpp writes it), tensors from all, each name in one shard only."""
+    llama.cpp writes it), tensors from all, each name in one shard only. ``strings=False``:
+    arrays of strings are checked but not decoded (:class:`SkippedStrings`)."""
     files = split_files(Path(path))
-    first = read_header(files[0])
+    first = read_header(files[0], strings)
     declared = first.metadata.get(SPLIT_COUNT_KEY, 1 if len(files) == 1 else None)
     if declared != len(files):
         raise GGUFError(files[0], f"expected {len(files)} (the shards beside it), got "
                         f"{declared!r}", SPLIT_COUNT_KEY)
     for shard in files[1:]:
-        part = read_header(shard)
+        part = read_header(shard, strings)
         for name, info in part.tensors.items():
             if name in first.tensors:
                 raise GGUFError(shard, f"tensor also stored in {first.tensors[name].path.name}: "
