@@ -18,7 +18,8 @@ sliding-window or full attention, RoPE or none, dense or MoE. What each option d
   ``"all"``: one over all heads' features at once, OLMo 2),
   ``scale`` (of the scores; default ``head_dim ** -0.5``), ``softcap`` (scores soft-capped,
   Gemma 2), ``rope`` (``True``: from the config; ``False``: none on the layer, SmolLM3; a dict:
-  :func:`~mlx_zoo.get_rope` overrides ``base`` / ``scaling``, Gemma 3's local layers);
+  :func:`~mlx_zoo.get_rope` overrides ``dims`` (partial rotary, Phi-4-mini) / ``base`` /
+  ``scaling``, Gemma 3's local layers);
 * the block (:class:`DecoderLayer`): ``norm_placement`` -- ``"pre"`` (above), ``"sandwich"``
   (Gemma 2/3: a norm before *and* after attention and MLP: ``input_layernorm``,
   ``post_attention_layernorm``, ``pre_feedforward_layernorm``, ``post_feedforward_layernorm``)
@@ -130,11 +131,11 @@ class Attention(nn.Module):
             k_width = self.n_kv_heads * head_dim if self.qk_norm_all else head_dim
             self.q_norm = rms_norm(q_width, args.rms_norm_eps, norm_offset)
             self.k_norm = rms_norm(k_width, args.rms_norm_eps, norm_offset)
-        if rope is not False:
-            options = {"base": args.rope_theta, "scaling": args.rope_scaling,
+        if rope is not False:  # overrides: dims (partial rotary), base, scaling
+            options = {"dims": head_dim, "base": args.rope_theta, "scaling": args.rope_scaling,
                        **(rope if isinstance(rope, dict) else {})}
-            self.rope = get_rope(head_dim, max_position_embeddings=args.max_position_embeddings,
-                                 **options)
+            self.rope = get_rope(options.pop("dims"),
+                                 max_position_embeddings=args.max_position_embeddings, **options)
 
     def __call__(self, x: mx.array, mask: Any = None, cache: Any = None) -> mx.array:
         offset = cache.offset if cache is not None else 0
