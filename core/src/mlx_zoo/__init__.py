@@ -30,7 +30,8 @@ from .hookspecs import (SPEC_VERSION, Architecture, MakesCache, Model, PipelineS
 from .hookspecs import ModelBridge
 from .layers import (CausalLM, SwiGLU, SwitchGLU, SwitchLinear, attention, mask_for,
                      merge_heads, split_heads)
-from .loading import ModelNotFoundError, load, resolve_model_dir, save
+from .errors import ModelNotFoundError
+from .loading import load, resolve_model_dir, save
 from .pipeline import PipelineLM
 from .registry import list_plugins, register, unregister
 from .rope import RoPE, default_periods, get_rope, validate_rope_scaling

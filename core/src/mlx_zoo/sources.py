@@ -22,8 +22,15 @@ from typing import Any
 import mlx.core as mx
 
 from .config import CONFIG_FILE, read_config
+from .demos import DEMO_PREFIX, demo_dir, is_demo_reference
 from .errors import GGUFError, ModelNotFoundError
-from .weights import checkpoint_headers, load_safetensors
+from .weights import (
+    DTYPE_BYTES,
+    checkpoint_headers,
+    load_safetensors,
+    read_safetensors_header,
+    weight_files,
+)
 
 GGUF_SUFFIX = ".gguf"
 OLLAMA_PREFIX = "ollama:"
@@ -46,9 +53,64 @@ class SafetensorsCheckpoint:
         return load_safetensors(self.directory, headers)
 
     def dense_nbytes(self, bits: int | None) -> int:
-        from .loading import dense_nbytes
-
         return dense_nbytes(self.directory, bits)
+
+
+DOWNLOAD_PATTERNS = ["*.json", "*.safetensors", "*.jinja", "tokenizer.model", "*.tiktoken",
+                     "*.txt"]
+"""Files fetched from the Hub: configs, weights and tokenizer files -- never code."""
+
+
+def resolve_model_dir(path_or_repo: str | Path, revision: str | None = None) -> Path:
+    """A local model directory for a path, a Hub repo id fetched with ``snapshot_download``
+    (only :data:`DOWNLOAD_PATTERNS`; honours the HF cache and ``HF_HUB_OFFLINE``), or
+    ``demo:NAME`` for a demo checkpoint shipped with a plugin (:mod:`mlx_zoo.demos`)."""
+    if is_demo_reference(path_or_repo):  # "demo:qwen2": a checkpoint shipped with mlx-qwen2
+        return demo_dir(str(path_or_repo)[len(DEMO_PREFIX):])
+    path = Path(path_or_repo).expanduser()
+    if path.is_dir():
+        return path
+    text = str(path_or_repo)
+    if path.exists() or text.startswith((".", "/", "~")) or text.count("/") != 1:
+        raise ModelNotFoundError(f"{text}: no such model directory (and not a Hugging Face repo "
+                                 "id of the form 'org/name')")
+    import huggingface_hub  # imported only when a repo id is given
+
+    try:
+        return Path(huggingface_hub.snapshot_download(text, revision=revision,
+                                                      allow_patterns=DOWNLOAD_PATTERNS))
+    except Exception as e:
+        raise ModelNotFoundError(f"{text}: not a local directory, and the Hugging Face repo could "
+                                 f"not be fetched ({type(e).__name__}: {e})") from e
+
+
+PACKED_BITS = 32
+"""Quantized weights are packed into uint32 words: ``32 / bits`` values per element."""
+
+
+def dense_nbytes(model_dir: Path, bits: int | None, itemsize: int = 4) -> int:
+    """Bytes the checkpoint's weights take as dense arrays of ``itemsize`` bytes (float32 by
+    default), read from the safetensors headers only: a packed quantized ``X.weight`` (uint32,
+    with an ``X.scales`` beside it) holds ``32 / bits`` values per element; its scales and biases
+    disappear once dequantized."""
+    entries: dict[str, dict] = {}
+    for path in weight_files(Path(model_dir)):
+        entries.update({k: v for k, v in read_safetensors_header(path).items()
+                        if k != "__metadata__"})
+    total = 0
+    for name, entry in entries.items():
+        count = 1
+        for dim in entry["shape"]:
+            count *= dim
+        stem = name.rsplit(".", 1)[0]
+        quantized = bits and f"{stem}.scales" in entries
+        if quantized and name.endswith(".weight"):
+            total += count * PACKED_BITS // bits * itemsize
+        elif quantized:
+            continue  # scales / biases
+        else:
+            total += count * max(itemsize, DTYPE_BYTES.get(entry["dtype"], itemsize))
+    return total
 
 
 def gguf_file_in(directory: Path) -> Path | None:
@@ -73,8 +135,6 @@ def resolve_reference(path_or_repo: str | Path, revision: str | None = None) -> 
         from .gguf.ollama import resolve_ollama
 
         return resolve_ollama(text[len(OLLAMA_PREFIX):])
-    from .loading import resolve_model_dir
-
     path = Path(path_or_repo).expanduser()
     if is_gguf(path):
         return path

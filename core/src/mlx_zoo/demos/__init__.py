@@ -35,15 +35,19 @@ README = Path(__file__).resolve().with_name("README.md")
 
 
 def _is_checkpoint(path: object) -> bool:
-    """A model directory with config.json, or a GGUF file (a real model a package ships)."""
-    if not isinstance(path, (str, Path)):
-        return False
-    path = Path(path)
-    return (path / "config.json").is_file() or (path.suffix == ".gguf" and path.is_file())
+    """A tiny demo checkpoint: a model directory with config.json."""
+    return isinstance(path, (str, Path)) and (Path(path) / "config.json").is_file()
+
+
+def _is_real_model(path: object) -> bool:
+    """A real model another package ships, as its GGUF file (``demo:smollm2``)."""
+    return isinstance(path, (str, Path)) and Path(path).suffix == ".gguf" \
+        and Path(path).is_file()
 
 
 def available_demos() -> list[str]:
-    """Names of the demos the enabled plugins provide (every installed plugin is imported)."""
+    """Names of the tiny demo checkpoints the enabled plugins provide (every installed plugin is
+    imported); the real models some register (``demo:smollm2``, a GGUF file) are not listed."""
     return sorted(name for name, path in all_contributions(DEMO_HOOK).items()
                   if _is_checkpoint(path))
 
@@ -64,10 +68,10 @@ def is_demo_reference(reference: object) -> bool:
 
 
 def demo_dir(name: str) -> Path:
-    """The directory of demo ``name``, from the plugin that provides it; raises
-    :class:`~mlx_zoo.ModelNotFoundError` listing the available demos."""
+    """The directory of demo ``name`` (for a real model, its GGUF file), from the plugin that
+    provides it; raises :class:`~mlx_zoo.ModelNotFoundError` listing the available demos."""
     path = find_contribution(DEMO_HOOK, name) if name and "/" not in name else None
-    if not _is_checkpoint(path):
+    if not (_is_checkpoint(path) or _is_real_model(path)):
         available = ", ".join(DEMO_PREFIX + d for d in available_demos()) or "none installed"
         raise ModelNotFoundError(f"{DEMO_PREFIX}{name}: no such demo checkpoint (available: "
                                  f"{available}; plugins ship them){_switched_off()}")
