@@ -22,7 +22,8 @@ Q = gguf.GGMLQuantizationType
 IDS = [[3, 17, 42, 7, 99, 5, 64, 12, 8, 120, 33, 2]]
 ARCHS = {"hunyuan-dense": gguf.MODEL_ARCH.HUNYUAN_DENSE, "hunyuan-moe": gguf.MODEL_ARCH.HUNYUAN_MOE,
          "llama4": gguf.MODEL_ARCH.LLAMA4, "gemma2": gguf.MODEL_ARCH.GEMMA2,
-         "gemma3": gguf.MODEL_ARCH.GEMMA3}
+         "gemma3": gguf.MODEL_ARCH.GEMMA3, "qwen3": gguf.MODEL_ARCH.QWEN3,
+         "qwen3moe": gguf.MODEL_ARCH.QWEN3MOE}
 TINY = dict(vocab_size=128, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
             num_attention_heads=4, num_key_value_heads=2, head_dim=16,
             max_position_embeddings=256, rms_norm_eps=1e-6)
@@ -296,3 +297,35 @@ def test_gemma_norm_offset_is_what_makes_it_right(tmp_path, gguf_writer):
     path = to_gguf(hf, tmp_path / "plain.gguf", "gemma3", gemma_metadata(hf, "gemma3"),
                    gguf_writer)
     assert not close(zoo_logits(path, dtype="float32"), hf_logits(hf), 0.1)
+
+
+# -- Qwen3 ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("moe", [False, True], ids=["qwen3", "qwen3moe"])
+def test_qwen3_gguf_matches_transformers(tmp_path, gguf_writer, moe):
+    """llama.cpp's qwen3 / qwen3moe files (q/k norms; the MoE's router and stacked experts,
+    top-k renormalised) give transformers' logits, float32 and Q8_0."""
+    import transformers
+
+    torch.manual_seed(0)
+    if moe:
+        config = transformers.Qwen3MoeConfig(**TINY, moe_intermediate_size=32, num_experts=4,
+                                             num_experts_per_tok=2, norm_topk_prob=True,
+                                             tie_word_embeddings=False)
+        hf = sharpen_torch_model(transformers.Qwen3MoeForCausalLM(config).eval())
+    else:
+        config = transformers.Qwen3Config(**TINY, tie_word_embeddings=True)
+        hf = sharpen_torch_model(transformers.Qwen3ForCausalLM(config).eval())
+    arch = "qwen3moe" if moe else "qwen3"
+    metadata = base_metadata(config, arch, config.rope_parameters["rope_theta"])
+    if moe:
+        metadata.update({"qwen3moe.expert_count": 4, "qwen3moe.expert_used_count": 2,
+                         "qwen3moe.expert_feed_forward_length": 32})
+    ref = hf_logits(hf)
+    for qtype, tolerance in ((Q.F32, 1e-4), (Q.Q8_0, 5e-2)):
+        path = to_gguf(hf, tmp_path / f"{arch}-{qtype.name}.gguf", arch, metadata, gguf_writer,
+                       qtype, tensors=hunyuan_experts)
+        assert close(zoo_logits(path, dtype="float32"), ref, tolerance), qtype.name
+    _, loaded = mlx_zoo.load(path)
+    assert loaded.model_type == ("qwen3_moe" if moe else "qwen3")

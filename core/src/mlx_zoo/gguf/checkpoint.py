@@ -37,8 +37,10 @@ def _native_parts(arrays: dict[str, mx.array], name: str, suffix: str) -> dict[s
 
 HOOK = "register_gguf_architectures"
 ARCH_KEY = "general.architecture"
-KNOWN_GGUF_PACKAGES = {"gemma3": "mlx-gemma", "gemma2": "mlx-gemma", "gemma": "mlx-gemma",
-                       "qwen3": "mlx-qwen3", "qwen3moe": "mlx-qwen3", "phi3": "mlx-phi3"}
+KNOWN_GGUF_PACKAGES = {"llama": "mlx-llama", "qwen2": "mlx-qwen2", "qwen3": "mlx-qwen3",
+                       "qwen3moe": "mlx-qwen3", "gemma2": "mlx-gemma", "gemma3": "mlx-gemma",
+                       "hunyuan-dense": "mlx-hunyuan", "hunyuan-moe": "mlx-hunyuan",
+                       "llama4": "mlx-llama4"}
 """Plugins that would add a GGUF architecture no installed plugin maps (install hints)."""
 
 

@@ -117,9 +117,9 @@ def decoder_config(gguf: GGUFFile, model_type: str) -> dict[str, Any]:
     context = meta.int("context_length")
     if context is not None:
         config["max_position_embeddings"] = context
-    head_dim = meta.int("attention.key_length")
-    if head_dim is not None and head_dim * heads != hidden:
-        config["head_dim"] = head_dim
+    # always written: families differ in the default they assume (Qwen3's is 128, not
+    # hidden / heads), while llama.cpp's is hidden / heads where the file has no key_length
+    config["head_dim"] = meta.int("attention.key_length", hidden // heads)
     scaling = _rope_scaling(meta)
     if ROPE_FREQS in gguf.tensors:
         scaling = llama3_scaling(gguf, config)
