@@ -214,3 +214,17 @@ def test_cli_generate_and_info_on_the_gguf(smollm2_gguf):
                           capture_output=True, text=True, env=env, timeout=600)
     assert info.returncode == 0, info.stderr
     assert "llama" in info.stdout and "134,5" in info.stdout.replace(".", ",")
+
+
+def test_served_through_the_openai_client(smollm2_gguf, local_server):
+    """`mlx-zoo serve --model x.gguf`, asked by the official openai client: the greedy answer."""
+    from openai import OpenAI
+
+    command = [sys.executable, "-m", "mlx_zoo.cli", "serve", "--model", str(smollm2_gguf),
+               "--port", "{port}"]
+    with local_server(command, "/health", 600) as url:
+        client = OpenAI(base_url=url + "/v1", api_key="unused")
+        reply = client.chat.completions.create(model=str(smollm2_gguf), messages=QUESTION,
+                                               max_tokens=GREEDY_TOKENS, temperature=0)
+    assert "Paris" in reply.choices[0].message.content
+    assert reply.choices[0].finish_reason == "stop"
