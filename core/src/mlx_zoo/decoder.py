@@ -58,6 +58,7 @@ from .cache import KVCache, RotatingKVCache
 from .config import BaseModelArgs, Divides, PositiveFloat, PositiveInt, RopeScaling
 from .errors import ConfigError, GenerationArgumentError, ShardingError
 from .fusion import project, unfuse_projections
+from .hookspecs import Shards
 from .layers import (
     CausalLM,
     SwiGLU,
@@ -329,7 +330,7 @@ class DecoderLM(CausalLM):
         group = group or mx.distributed.init()
         for layer in self.layers:
             shard_attention(layer.self_attn, group)
-            if hasattr(layer.mlp, "shard"):
+            if isinstance(layer.mlp, Shards):  # a block that splits itself (SparseMoE)
                 layer.mlp.shard(group)
             else:
                 shard_mlp(layer.mlp, group)
