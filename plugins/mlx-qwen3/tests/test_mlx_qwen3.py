@@ -4,6 +4,11 @@ does not cover: a checkpoint transformers writes with per-expert tensors, and th
 
 from __future__ import annotations
 
+import json
+import shutil
+
+import pytest
+
 import mlx_zoo
 from mlx_zoo.testing import (
     TOLERANCE,
@@ -52,3 +57,28 @@ class TestQwen3Moe(PluginConformance):
         assert config.num_experts == 4 and "switch_mlp" in model.layers[0].mlp
         err = relative_error(logits(model, base.ids), torch_logits(hf, base.ids))
         assert err < TOLERANCE, err
+
+
+PROMPT = "<|endoftext|>Repeatedly issue a prompt, accept input,"
+PASSAGE = (" parse an initial prefix off the received input, and dispatch to action methods, "
+           "passing them the remainder of the line as")
+"""cmd.Cmd.cmdloop's docstring (CPython 3.11), which the demo learned by heart."""
+
+
+@pytest.mark.parametrize("theta_factor", [1, 100])
+def test_demo_reproduces_a_passage_only_with_its_rope(theta_factor, tmp_path):
+    """demo:qwen3 (scripts/train_demo.py) continues a docstring of its training text from its
+    first words, end to end through tokenizer, QK-norm, RoPE and cache; with RoPE's base 100x
+    too large (config.json edited) it does not."""
+    from mlx_zoo.demos import demo_dir
+
+    path = tmp_path / "demo"
+    shutil.copytree(demo_dir("qwen3"), path)
+    config = json.loads((path / "config.json").read_text())
+    config["rope_theta"] *= theta_factor
+    (path / "config.json").write_text(json.dumps(config))
+    model, args = mlx_zoo.load(path)
+    text = mlx_zoo.generate(model, mlx_zoo.load_tokenizer(path), PROMPT,
+                            max_tokens=len(PASSAGE)).text[:len(PASSAGE)]
+    assert args.model_type == "qwen3"
+    assert (text == PASSAGE) == (theta_factor == 1), text
