@@ -43,6 +43,12 @@ HUNYUAN_CLA = dict(
     moe_intermediate_size=[32, 64, 32, 64], use_mixed_mlp_moe=True,
     num_shared_expert=[1, 2, 1, 2], tie_word_embeddings=True)
 
+# Gemma 2: embeddings scaled, logits soft-capped after the head, alternating sliding windows
+GEMMA2 = dict(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=4,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=16, sliding_window=8,
+              query_pre_attn_scalar=16, final_logit_softcapping=30.0, rope_theta=10000.0,
+              max_position_embeddings=256)
+
 SCRIPT = textwrap.dedent(f"""
     import os, sys
     import mlx_zoo  # before mlx.core: the fast BLAS
@@ -94,6 +100,7 @@ def checkpoints(tmp_path_factory) -> dict[str, Path]:
     return {
         "llama": write_tiny_checkpoint(root / "llama", "llama", LLAMA),
         "hunyuan_cla": write_tiny_checkpoint(root / "hunyuan_cla", "hunyuan", HUNYUAN_CLA),
+        "gemma2": write_tiny_checkpoint(root / "gemma2", "gemma2", GEMMA2),
         "one_layer": write_tiny_checkpoint(root / "one_layer", "llama",
                                            {**LLAMA, "num_hidden_layers": 1}),
         "three_heads": write_tiny_checkpoint(root / "three_heads", "llama",
@@ -107,7 +114,7 @@ def test_two_way_pipeline_and_tensor_match_single_process(checkpoints, tmp_path)
     script = tmp_path / "pipeline_check.py"
     script.write_text(SCRIPT)
     refs = ["demo:qwen2", "demo:hunyuan", "demo:llama4", str(checkpoints["llama"]),
-            str(checkpoints["hunyuan_cla"])]
+            str(checkpoints["hunyuan_cla"]), str(checkpoints["gemma2"])]
     out = launch(str(script), *refs, python=True)
     rows = [dict(item.split("=", 1) for item in line.split())
             for line in out.stdout.splitlines() if line.startswith("rank=")]

@@ -296,7 +296,11 @@ class DecoderLM(CausalLM):
         self.logit_softcap, self.logit_scale = logit_softcap, logit_scale
 
     def __call__(self, inputs: mx.array, cache: list | None = None) -> mx.array:
-        logits = super().__call__(inputs, cache)
+        return self.finish_logits(super().__call__(inputs, cache))
+
+    def finish_logits(self, logits: mx.array) -> mx.array:
+        """What follows the head: ``logit_scale``, then ``logit_softcap`` (a pipeline's last
+        stage, :class:`~mlx_zoo.PipelineLM`, applies it to the head's output too)."""
         if self.logit_scale is not None:
             logits = logits * self.logit_scale
         cap = self.logit_softcap

@@ -384,6 +384,8 @@ class PipelineLM(nn.Module):
             logits = self.head.as_linear(h)
         else:
             logits = self.head(h)
+        if self.is_last and hasattr(self.lm, "finish_logits"):  # a scale, a soft-cap (Gemma 2)
+            logits = self.lm.finish_logits(logits)
         if self.broadcast == "logits":
             logits = mx.distributed.all_sum(logits, group=group)
         if invalid is not None:
