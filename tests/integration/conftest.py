@@ -76,8 +76,9 @@ def write_gguf(path: Path, arch: str, metadata: dict, tensors: dict, *,
 
 
 def tiny_tokenizer_metadata(vocab: int) -> dict:
-    """A byte-level BPE vocabulary of ``vocab`` tokens (no merges): enough for loaders."""
-    tokens = [f"<t{i}>" for i in range(vocab)]
+    """A byte-level BPE vocabulary of ``vocab`` tokens with one merge (``a b`` -> ``ab``): a
+    tokenizer transformers builds, enough for loaders and convert."""
+    tokens = ["a", "b", "ab"] + [f"<t{i}>" for i in range(3, vocab)]
     return {"tokenizer.ggml.model": "gpt2", "tokenizer.ggml.tokens": tokens,
             "tokenizer.ggml.token_type": [1] * vocab, "tokenizer.ggml.merges": ["a b"],
             "tokenizer.ggml.bos_token_id": 0, "tokenizer.ggml.eos_token_id": 1}

@@ -124,3 +124,19 @@ def test_quantization_block_is_mlx_lm_layout(tmp_path, hf_to_gguf):
     assert reader.tensors["blk.0.attn_q.weight"].ggml_type == g.GGMLQuantizationType.Q4_1
     _, config = mlx_zoo.load(path, dtype=None, dequantize=False)
     assert config.quantization["bits"] == 4 and config.quantization["group_size"] == 32
+
+
+def test_convert_requantizes_a_gguf_on_request(tmp_path, hf_to_gguf):
+    """convert -q on a GGUF: every block type dequantized, then quantized as asked (8-bit,
+    group 32): the model mlx_zoo.quantize makes of the file's values, written and read back."""
+    from mlx_zoo.convert import convert
+
+    path = hf_to_gguf(tiny_hf("llama"), tmp_path / "q5.gguf", "llama", Q.Q5_1, permute=True)
+    out = convert(path, tmp_path / "q8", quantize=True, q_bits=8, q_group_size=32)
+    model, config = mlx_zoo.load(out, dtype=None, dequantize=False)
+    assert config.quantization["bits"] == 8 and config.quantization["group_size"] == 32
+    expected, expected_config = mlx_zoo.load(path, dtype=None, dequantize=False)
+    mlx_zoo.quantize(expected, expected_config, bits=8, group_size=32)
+    ours = np.array(model(mx.array(IDS))[0].astype(mx.float32))
+    ref = np.array(expected(mx.array(IDS))[0].astype(mx.float32))
+    assert np.abs(ours - ref).max() < 1e-5 * np.abs(ref).max()

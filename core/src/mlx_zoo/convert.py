@@ -704,13 +704,16 @@ def _prepare(hf_path: str, *, dtype, quantize, q_bits, q_group_size, q_mode, qua
 
     checkpoint = open_checkpoint(hf_path, revision)  # a model directory or a GGUF file
     source, raw = checkpoint.where, checkpoint.raw
-    is_quantized = bool(raw.get("quantization"))
+    # a GGUF file mixes block types (Q4_K beside Q8_0 beside F32): -q re-quantizes all of it
+    # from its values, the blocks MLX could have kept included
+    requantize = quantize and source.is_file()
+    is_quantized = bool(raw.get("quantization")) and not requantize
     if dtype is None:
         dtype = _default_dtype(raw)
     flags = [f"--dtype {dtype}"] if dtype else []
     # the checkpoint as stored: no dtype/dequantize policy, no fused projections
-    model, config = mlx_zoo.load(source, lazy=True, plugin=plugin, dtype=None, dequantize=False,
-                                 fuse=False)
+    model, config = mlx_zoo.load(source, lazy=True, plugin=plugin, dtype=None,
+                                 dequantize=requantize, fuse=False)
     target = getattr(mx, dtype) if dtype else None
     if quantize:
         if is_quantized:

@@ -270,7 +270,10 @@ class Tokenizer:
     @property
     def chat_template_source(self) -> str:
         """Where the chat template comes from, for error messages: chat_template.jinja when the
-        model directory has one, else tokenizer_config.json."""
+        model directory has one, else tokenizer_config.json; for a GGUF file, its
+        ``tokenizer.chat_template`` metadata."""
+        if self.model_dir is not None and self.model_dir.is_file():
+            return f"{self.model_dir} (metadata tokenizer.chat_template)"
         if self.model_dir is not None and (self.model_dir / CHAT_TEMPLATE_FILE).is_file():
             return str(self.model_dir / CHAT_TEMPLATE_FILE)
         if self.model_dir is not None:
