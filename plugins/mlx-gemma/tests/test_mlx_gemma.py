@@ -8,9 +8,9 @@ import json
 
 import numpy as np
 import pytest
-from mlx_gemma import Gemma3TextArgs
 
 import mlx_zoo
+from mlx_gemma import Gemma3TextArgs
 from mlx_zoo.testing import (
     PLAIN,
     TOLERANCE,
@@ -103,3 +103,32 @@ def test_gemma3_wrapper_errors_name_the_nested_key(wrapped, tmp_path):
     (tmp_path / "model.safetensors").symlink_to(path / "model.safetensors")
     with pytest.raises(mlx_zoo.ConfigError, match="text_config.sliding_window_pattern"):
         mlx_zoo.load(tmp_path)
+
+
+PROMPT = "<|endoftext|>Repeatedly issue a prompt, accept input,"
+PASSAGE = (" parse an initial prefix off the received input, and dispatch to action methods, "
+           "passing them the remainder of the line as")
+"""cmd.Cmd.cmdloop's docstring (CPython 3.11), which the demo learned by heart: ~60 tokens, past
+its local layers' 32-position window."""
+
+
+@pytest.mark.parametrize("theta_factor", [1, 100])
+def test_demo_reproduces_a_passage_only_with_its_rope(theta_factor, tmp_path):
+    """demo:gemma3 (scripts/train_demo.py) continues a docstring of its training text from its
+    first words, end to end through tokenizer, windows, QK-norm, RoPE and caches; with both RoPE
+    bases 100x too large (config.json edited) it does not."""
+    import shutil
+
+    from mlx_zoo.demos import demo_dir
+
+    path = tmp_path / "demo"
+    shutil.copytree(demo_dir("gemma3"), path)
+    config = json.loads((path / "config.json").read_text())
+    config["rope_theta"] *= theta_factor
+    config["rope_local_base_freq"] *= theta_factor
+    (path / "config.json").write_text(json.dumps(config))
+    model, args = mlx_zoo.load(path)
+    text = mlx_zoo.generate(model, mlx_zoo.load_tokenizer(path), PROMPT,
+                            max_tokens=len(PASSAGE)).text[:len(PASSAGE)]
+    assert args.model_type == "gemma3_text"
+    assert (text == PASSAGE) == (theta_factor == 1), text
