@@ -53,6 +53,26 @@ LLAMA4_SCOUT_TEXT = {
                      "high_freq_factor": 1.0, "original_max_position_embeddings": 8192},
 }  # https://huggingface.co/meta-llama/Llama-4-Scout-17B-16E-Instruct/blob/main/config.json
 
+QWEN3_06B = {
+    "model_type": "qwen3", "architectures": ["Qwen3ForCausalLM"],
+    "hidden_size": 1024, "num_hidden_layers": 28, "intermediate_size": 3072,
+    "num_attention_heads": 16, "num_key_value_heads": 8, "head_dim": 128, "vocab_size": 151936,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "max_position_embeddings": 40960,
+    "tie_word_embeddings": True,
+}  # https://huggingface.co/Qwen/Qwen3-0.6B/blob/main/config.json
+
+GEMMA3_270M = {
+    "model_type": "gemma3_text", "architectures": ["Gemma3ForCausalLM"],
+    "hidden_size": 640, "num_hidden_layers": 18, "intermediate_size": 2048,
+    "num_attention_heads": 4, "num_key_value_heads": 1, "head_dim": 256, "vocab_size": 262144,
+    "rms_norm_eps": 1e-6, "rope_theta": 1000000.0, "rope_local_base_freq": 10000.0,
+    "max_position_embeddings": 32768, "query_pre_attn_scalar": 256, "sliding_window": 512,
+    "sliding_window_pattern": 6, "hidden_activation": "gelu_pytorch_tanh",
+    "layer_types": ["full_attention" if (i + 1) % 6 == 0 else "sliding_attention"
+                    for i in range(18)],
+    "tie_word_embeddings": True,
+}  # https://huggingface.co/google/gemma-3-270m/blob/main/config.json
+
 NOPE_LAYER_INTERVAL = 4
 """Llama 4: every 4th layer uses no RoPE (and global attention); the others chunked RoPE."""
 
@@ -77,6 +97,8 @@ FULL = {
     "qwen2-7b": QWEN2_7B,
     "hunyuan-7b": HUNYUAN_7B,
     "llama4-scout-4l": llama4(LLAMA4_SCOUT_4L),
+    "qwen3-0.6b": QWEN3_06B,
+    "gemma3-270m": GEMMA3_270M,
 }
 
 CPU = {
@@ -86,6 +108,8 @@ CPU = {
     "llama4-scout-4l": llama4({**LLAMA4_SCOUT_4L, "hidden_size": 2048, "intermediate_size": 2048,
                                "intermediate_size_mlp": 4096, "num_attention_heads": 16,
                                "num_key_value_heads": 4}),
+    "qwen3-0.6b": QWEN3_06B,
+    "gemma3-270m": GEMMA3_270M,
 }
 """Real widths with fewer layers: a CPU run in minutes. Names keep the real shape's name; the
 table prints the layer count."""
@@ -191,6 +215,14 @@ def tensor_layout(config: dict) -> dict[str, tuple]:
                              qk_norm_names=("query_layernorm", "key_layernorm"))
     if model_type == "llama4":
         return _llama4(config)
+    if model_type == "qwen3":
+        return _decoder_only(config, qkv_bias=False, qk_norm_names=("q_norm", "k_norm"))
+    if model_type == "gemma3_text":  # QK-norm and Gemma's norms around attention and MLP
+        t = _decoder_only(config, qkv_bias=False, qk_norm_names=("q_norm", "k_norm"))
+        for i in range(config["num_hidden_layers"]):
+            for name in ("pre_feedforward_layernorm", "post_feedforward_layernorm"):
+                t[f"model.layers.{i}.{name}.weight"] = (config["hidden_size"],)
+        return t
     raise ValueError(f"no tensor layout for model_type {model_type!r}")
 
 
