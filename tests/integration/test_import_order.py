@@ -201,7 +201,8 @@ def test_the_core_ships_no_demo_and_the_plugins_package_theirs():
     core = REPO / "core" / "src" / "mlx_zoo"
     assert not list(core.rglob("*.safetensors"))
     for plugin, name in (("mlx-qwen2", "qwen2"), ("mlx-hunyuan", "hunyuan"),
-                         ("mlx-llama4", "llama4")):
+                         ("mlx-llama4", "llama4"), ("mlx-qwen3", "qwen3"),
+                         ("mlx-gemma", "gemma3")):
         package = plugin.replace("-", "_")
         # the plugin's own package directory, wherever it is installed (editable or a wheel)
         installed = Path(importlib.import_module(package).__file__).parent
