@@ -415,8 +415,11 @@ def stack_experts(weights: dict[str, mx.array],
             out[key.removesuffix(".experts.down_proj") + ".switch_mlp.down_proj.weight"] = value
         else:
             out[key] = value
+    experts: dict[str, int] = {}  # a layer's expert count: its largest set of projections
+    for (prefix, _, _), by_expert in groups.items():
+        experts[prefix] = max(experts.get(prefix, 0), len(by_expert))
     for (prefix, proj, part), by_expert in groups.items():
-        if sorted(by_expert) == list(range(len(by_expert))):
+        if sorted(by_expert) == list(range(experts[prefix])):
             out[f"{prefix}.switch_mlp.{proj}.{part}"] = mx.stack(
                 [weights[by_expert[e]] for e in range(len(by_expert))])
         else:
