@@ -291,8 +291,10 @@ def test_support_files_copied_code_not(tmp_path):
 
 def test_card_names_a_hub_repo_as_base_model(tmp_path, monkeypatch):
     import mlx_zoo.loading
+    import mlx_zoo.sources
 
     demo = mlx_zoo.resolve_model_dir("demo:qwen2")
+    monkeypatch.setattr(mlx_zoo.sources, "resolve_model_dir", lambda p, r=None: demo)
     monkeypatch.setattr(mlx_zoo.loading, "resolve_model_dir", lambda p, r=None: demo)
     monkeypatch.setattr(mlx_zoo, "resolve_model_dir", lambda p, r=None: demo)
     out = convert("Qwen/Qwen2.5-0.5B", tmp_path / "out", dtype="float16")
