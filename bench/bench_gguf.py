@@ -16,7 +16,8 @@ round by round (``--runs``), medians reported:
 Prefill: a real prompt (``--prompt-tokens`` tokens of the Apache License text, repeated) /
 time to the first new token; decode: ``--gen-tokens`` greedy tokens, (tokens - 1) / time after
 the first; load: seconds inside ``load`` (imports excluded); peak: the process's maximum
-resident memory (``ru_maxrss``) after generating.
+resident memory (``ru_maxrss``) after generating -- the prompt is tokenised by the parent, so
+no worker imports transformers.
 
     python bench/bench_gguf.py --runs 3 --json bench/results/cpu-gguf-smollm2.json
 """
@@ -44,7 +45,7 @@ warnings.simplefilter("ignore")
 import mlx_zoo
 import mlx.core as mx
 kind, path, prompt_tokens, gen_tokens, text = sys.argv[1], sys.argv[2], int(sys.argv[3]), \\
-    int(sys.argv[4]), sys.argv[5]
+    int(sys.argv[4]), sys.argv[5]  # text: the prompt's token ids, as JSON
 if kind == "lm":
     from pathlib import Path
     from mlx_lm.utils import load_model
@@ -57,8 +58,7 @@ else:
     start = time.perf_counter()
     model, _ = mlx_zoo.load(path, **eval(kind))
 load_s = time.perf_counter() - start
-tokenizer = mlx_zoo.load_tokenizer(sys.argv[6])
-ids = tokenizer.encode(text * (1 + prompt_tokens // 40))[:prompt_tokens]
+ids = json.loads(text)[:prompt_tokens]  # tokenised by the parent: no tokenizer import here
 prompt = mx.array(ids, dtype=mx.uint32)
 for _ in step(prompt[:16], model, max_tokens=4):
     pass
@@ -97,20 +97,23 @@ def main() -> None:
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
     gguf = args.gguf or default_gguf()
+    import mlx_zoo
     from mlx_zoo.convert import convert
 
     work = Path(tempfile.mkdtemp(prefix="bench-gguf-"))
     q4, f32 = work / "q4", work / "f32"
     convert(gguf, q4, progress=False)
     convert(gguf, f32, dequantize=True, dtype="float32", progress=False)
+    tokenizer = mlx_zoo.load_tokenizer(gguf)
+    ids = json.dumps(tokenizer.encode(TEXT * (1 + args.prompt_tokens // 40)))
     chosen = {k: v for k, v in configs(gguf, q4, f32).items()
               if args.only is None or k in args.only}
     results: dict[str, list[dict]] = {name: [] for name in chosen}
     for run in range(args.runs):
         for name, (kind, path) in chosen.items():
             out = subprocess.run([sys.executable, "-c", WORKER, kind, str(path),
-                                  str(args.prompt_tokens), str(args.gen_tokens), TEXT,
-                                  str(gguf)], capture_output=True, text=True, check=True)
+                                  str(args.prompt_tokens), str(args.gen_tokens), ids],
+                                 capture_output=True, text=True, check=True)
             results[name].append(json.loads(out.stdout.strip().splitlines()[-1]))
             print(f"run {run + 1} {name}: {results[name][-1]}", flush=True)
     summary = {name: {key: statistics.median(r[key] for r in rows) for key in rows[0]}
