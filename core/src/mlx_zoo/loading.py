@@ -29,7 +29,7 @@ from mlx.utils import tree_map
 
 from . import blas, registry
 from .config import CONFIG_FILE
-from .errors import SaveError
+from .errors import MlxZooError, SafetensorsError, SaveError
 from .fusion import checkpoint_parameters, fuse_projections
 from .hookspecs import Sanitizes
 from .sources import (  # noqa: F401 (resolve_model_dir, dense_nbytes: public here too)
@@ -159,7 +159,7 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
 
     weights = source.read_weights(headers, target)
     if isinstance(model, Sanitizes):
-        weights = model.sanitize(weights)
+        weights = _sanitized(model, weights, source.where)
     if quantization:
         apply_quantization(model, quantization, weights, config_path)
     check_weights(model, weights, source.where)
@@ -182,6 +182,20 @@ def load(path_or_repo: str | Path, *, revision: str | None = None,
         evaluate_all(model)
     model.eval()
     return model, config
+
+
+def _sanitized(model: nn.Module, weights: dict[str, mx.array], where: Path) -> dict:
+    """The plugin's ``sanitize`` of the checkpoint's tensors. A checkpoint it cannot map (a
+    tensor missing or misshapen where it stacks experts or splits a fused projection: its
+    KeyError, IndexError, ValueError...) is a :class:`SafetensorsError` naming the file, as
+    the strict check after it would name the tensors."""
+    try:
+        return model.sanitize(weights)
+    except MlxZooError:
+        raise
+    except (KeyError, IndexError, ValueError, TypeError, AttributeError) as e:
+        raise SafetensorsError(where, f"{type(model).__name__}.sanitize could not map the "
+                               f"checkpoint's tensors ({type(e).__name__}: {e})") from e
 
 
 def evaluate_all(model: nn.Module) -> None:

@@ -418,14 +418,16 @@ QUANT_MODES = {
 
 def quant_params_problem(params: dict[str, Any]) -> tuple[str, str] | None:
     """``(key, what is wrong)`` for the first invalid ``mode``/``group_size``/``bits``/
-    ``quantize_input`` in ``params``, or ``None``. Omitted or null sizes are MLX's defaults."""
+    ``quantize_input`` in ``params``, or ``None``. An omitted size is MLX's default for the
+    mode; one given as null is refused (MLX would silently put its default in its place, which
+    need not be what wrote the weights)."""
     mode = params.get("mode", DEFAULT_QUANT_MODE)
     if not isinstance(mode, str) or mode not in QUANT_MODES:
         return "mode", f"{mode!r} is not a quantization mode (one of {', '.join(QUANT_MODES)})"
     allowed = QUANT_MODES[mode]
     for key, choices in (("group_size", allowed.group_sizes), ("bits", allowed.bits)):
         value = params.get(key)
-        if value is not None and (not _is_int(value) or value not in choices):
+        if key in params and (not _is_int(value) or value not in choices):
             return key, (f"{value!r} is not supported by MLX for mode {mode!r} "
                          f"(one of {', '.join(map(str, choices))})")
     if not isinstance(params.get("quantize_input", False), bool):
