@@ -43,7 +43,10 @@ def assert_same_settings(hf_config, original: dict) -> None:
             assert type(got) is type(value), (key, got, value)
         compared += 1
     assert compared >= 8  # the sizes, head counts, vocabulary, context, norm epsilon ...
-    assert hf_config.rope_parameters["rope_theta"] == original["rope_theta"]
+    rope = hf_config.rope_parameters
+    if "rope_theta" not in rope:  # per layer type (Gemma 3): the global layers' base
+        rope = rope["full_attention"]
+    assert rope["rope_theta"] == original["rope_theta"]
 
 
 @pytest.mark.parametrize("name", DEMOS)
