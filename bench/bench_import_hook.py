@@ -1,11 +1,11 @@
 """The start-up hook of the core's wheel (issue 32): what it costs a program that never imports
 MLX, and what it gives one that imports ``mlx.core`` before ``mlx_zoo``.
 
-Builds the wheels of the core and of mlx-qwen2 from clean copies of this checkout (no build
-isolation), and two fresh virtual environments: *with* mlx-zoo (both wheels installed, so the
-hook's ``.pth`` is in site-packages) and *without* it; in both the third-party packages (mlx,
-mlx-lm, the OpenBLAS wheel, ...) are this environment's, through a plain path entry (its own
-``.pth`` files are not read). Then:
+Builds the wheels of the core and of mlx-qwen2 (``--plugin``) from clean copies of this checkout
+(no build isolation), and two fresh virtual environments: *with* mlx-zoo (the wheels installed,
+so the hook's ``.pth`` is in site-packages) and *without* it; in both the third-party packages
+(mlx, mlx-lm, the OpenBLAS wheel, ...) are this environment's, through a plain path entry (its
+own ``.pth`` files are not read). Then:
 
 1. start-up: ``python -c pass`` in each environment -- without, with, with
    ``MLX_ZOO_BLAS_HOOK=0`` -- alternating, ``--startup-runs`` times each, wall time of the whole
@@ -127,12 +127,16 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--runs", type=int, default=3, help="speed rounds (0: start-up only)")
     p.add_argument("--startup-runs", type=int, default=40)
     p.add_argument("--json", help="write every figure to this file")
+    p.add_argument("--plugin", action="append", default=None,
+                   help="plugin distributions to install beside the core (default mlx-qwen2; "
+                        "mlx-llama for SmolLM2)")
     args = p.parse_args(argv)
+    args.plugin = args.plugin or ["mlx-qwen2"]
 
     with tempfile.TemporaryDirectory(prefix="mlx-zoo-hook-bench-") as tmp_name:
         tmp = Path(tmp_name)
-        wheels = [build_wheel(REPO / "core", tmp / "dist", tmp),
-                  build_wheel(REPO / "plugins" / "mlx-qwen2", tmp / "dist", tmp)]
+        wheels = [build_wheel(REPO / "core", tmp / "dist", tmp)] + [
+            build_wheel(REPO / "plugins" / plugin, tmp / "dist", tmp) for plugin in args.plugin]
         with_zoo = make_venv(tmp / "with", wheels)
         without = make_venv(tmp / "without", [])
         pythons = {"without mlx-zoo": (without, clean_env()),
