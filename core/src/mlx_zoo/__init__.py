@@ -18,7 +18,7 @@ from .checks import (Divides, NonNegativeFloat, NonNegativeInt, PositiveFloat, P
                      check_value)
 from .config import (QUANTIZATION_CONFIG_KEY, QUANTIZATION_KEY, BaseModelArgs, RopeScaling,
                      internal_field, normalize_config, read_config)
-from .errors import (CacheFileError, ConfigError, GenerationArgumentError, MlxZooError,
+from .errors import (CacheFileError, ConfigError, GenerationArgumentError, GGUFError, MlxZooError,
                      PluginConflictError, PluginError, PluginLoadError, PluginNotFoundError,
                      QuantizationError, SafetensorsError, SaveError, ShardingError,
                      TokenizerError, WeightMismatchError, WeightsError)
@@ -46,7 +46,7 @@ __all__ = [
     "Architecture", "BaseModelArgs", "CacheFileError", "CausalLM", "ChunkedKVCache", "ConfigError",
     "SwiGLU", "merge_heads", "split_heads",
     "FusedLinear", "fuse_projections", "project", "unfuse_projections",
-    "GenerationArgumentError", "KVCache", "MlxZooError", "Model", "ModelNotFoundError",
+    "GenerationArgumentError", "GGUFError", "KVCache", "MlxZooError", "Model", "ModelNotFoundError",
     "PluginConflictError", "PluginError", "PluginLoadError", "PluginNotFoundError",
     "QuantizedKVCache", "RoPE", "RopeScaling", "RotatingKVCache", "SPEC_VERSION",
     "SafetensorsError", "SwitchGLU", "SwitchLinear", "TokenizerError", "WeightMismatchError",

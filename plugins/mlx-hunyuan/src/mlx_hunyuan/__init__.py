@@ -73,7 +73,7 @@ def gguf_moe_config(gguf, model_type: str) -> dict:
     the experts and the shared MLP the one width ``intermediate_size``, so a file whose
     ``expert_feed_forward_length``, ``expert_shared_feed_forward_length`` or
     ``expert_shared_count`` says otherwise is refused, naming the key."""
-    from mlx_zoo.errors import GGUFError
+    from mlx_zoo import GGUFError
     from mlx_zoo.gguf import Metadata
 
     meta, config = Metadata(gguf), gguf_dense_config(gguf, model_type)
