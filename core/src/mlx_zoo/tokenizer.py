@@ -21,12 +21,12 @@ from __future__ import annotations
 
 import codecs
 import json
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 from .errors import GenerationArgumentError, TokenizerError
+from .hf import quiet_transformers
 
 TOKENIZER_FILE = "tokenizer.json"
 TOKENIZER_CONFIG_FILE = "tokenizer_config.json"
@@ -456,26 +456,13 @@ def _check_no_custom_code(model_dir: Path, tokenizer_config: dict[str, Any]) -> 
             "plain tokenizer.json.")
 
 
-ADVISORY_WARNINGS_ENV = "TRANSFORMERS_NO_ADVISORY_WARNINGS"
-"""Set (unless the user set it) before transformers is imported: its import-time advice ("PyTorch
-was not found ...") is noise here, where only the tokenizer is used."""
-
-
 def _auto_tokenizer(model_dir: Path) -> Any:
     """transformers' AutoTokenizer on ``model_dir``, its warnings about the *model* config
     (which it reads to pick a tokenizer class) silenced."""
-    os.environ.setdefault(ADVISORY_WARNINGS_ENV, "1")
-    try:
-        from transformers import AutoTokenizer, PretrainedConfig
-        from transformers.utils import logging as hf_logging
-    except ImportError as e:
-        raise TokenizerError("loading a tokenizer needs transformers: pip install "
-                             "'mlx-zoo[generate]'") from e
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
+    with quiet_transformers() as transformers:
         try:
-            return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False)
+            return transformers.AutoTokenizer.from_pretrained(str(model_dir),
+                                                              trust_remote_code=False)
         except Exception as e:  # transformers raises ValueError/OSError/... on unusable files
             error = e
         # AutoTokenizer parses config.json with the model's transformers config class only to
@@ -483,13 +470,11 @@ def _auto_tokenizer(model_dir: Path) -> Any:
         # unknown model_type) must not make the tokenizer unusable: retry with
         # tokenizer_config.json alone.
         try:
-            return AutoTokenizer.from_pretrained(str(model_dir), trust_remote_code=False,
-                                                 config=PretrainedConfig())
+            return transformers.AutoTokenizer.from_pretrained(
+                str(model_dir), trust_remote_code=False, config=transformers.PretrainedConfig())
         except Exception:
             raise TokenizerError(f"{model_dir}: transformers' AutoTokenizer could not load the "
                                  f"tokenizer ({type(error).__name__}: {error})") from error
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def load_tokenizer(path_or_repo: str | Path, *, revision: str | None = None,

@@ -10,11 +10,11 @@ ids are llama.cpp's: ``eos_token_id`` plus the end-of-turn and end-of-message id
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 from ..errors import TokenizerError
+from ..hf import quiet_transformers
 from .reader import GGUFFile, read_gguf
 
 STOP_KEYS = ("tokenizer.ggml.eos_token_id", "tokenizer.ggml.eot_token_id",
@@ -33,28 +33,17 @@ def hf_tokenizer(path: Path) -> Any:
     """transformers' tokenizer for the GGUF file at ``path``. AutoTokenizer first (it picks the
     family's tokenizer class from the file's config); where transformers cannot read that
     architecture's config, the generic fast tokenizer built from the same metadata."""
-    os.environ.setdefault("TRANSFORMERS_NO_ADVISORY_WARNINGS", "1")
-    try:
-        from transformers import AutoTokenizer, PreTrainedTokenizerFast
-        from transformers.utils import logging as hf_logging
-    except ImportError as e:
-        raise TokenizerError("loading a tokenizer needs transformers: pip install "
-                             "'mlx-zoo[generate]'") from e
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
     where = {"pretrained_model_name_or_path": str(path.parent), "gguf_file": path.name}
-    try:
+    with quiet_transformers() as transformers:
         try:
-            return AutoTokenizer.from_pretrained(**where, trust_remote_code=False)
+            return transformers.AutoTokenizer.from_pretrained(**where, trust_remote_code=False)
         except Exception as e:  # transformers raises ValueError/KeyError/... on what it lacks
             error = e
         try:
-            return PreTrainedTokenizerFast.from_pretrained(**where)
+            return transformers.PreTrainedTokenizerFast.from_pretrained(**where)
         except Exception:
             raise TokenizerError(f"{path}: transformers could not build a tokenizer from the "
                                  f"GGUF metadata ({type(error).__name__}: {error})") from error
-    finally:
-        hf_logging.set_verbosity(verbosity)
 
 
 def gguf_tokenizer_parts(path: Path, gguf: GGUFFile | None = None) -> tuple[Any, set[int]]:
