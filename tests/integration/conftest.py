@@ -5,6 +5,7 @@ lays them out, and the real SmolLM2-135M-Instruct GGUF shipped by the ``llm-smol
 from __future__ import annotations
 
 import importlib.util
+import math
 from collections.abc import Callable
 from pathlib import Path
 
@@ -114,6 +115,31 @@ def hf_model_to_gguf(model, path: Path, arch: str, qtype, *, permute: bool,
         kind = qtype if array.ndim == 2 else gguf.GGMLQuantizationType.F32
         tensors[gguf_name(name)] = (array, kind)
     return write_gguf(path, arch, metadata, tensors, split_max_tensors=split_max_tensors)
+
+
+# -- comparing a real model with its transformers reference -------------------------------------
+
+
+def torch_logits(model, ids: list[int]) -> np.ndarray:
+    """A transformers model's float logits for one sequence of ids."""
+    import torch
+
+    with torch.no_grad():
+        return model(torch.tensor([ids])).logits[0].float().numpy()
+
+
+def zoo_logits(model, ids: list[int]) -> np.ndarray:
+    """An mlx-zoo model's logits for one sequence of ids, as float32 NumPy."""
+    import mlx.core as mx
+
+    return np.array(model(mx.array([ids]))[0].astype(mx.float32))
+
+
+def perplexity(logits: np.ndarray, ids: list[int]) -> float:
+    """exp of the mean negative log-likelihood of ``ids[1:]`` under ``logits[:-1]``."""
+    shifted = logits[:-1] - logits[:-1].max(-1, keepdims=True)
+    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
+    return math.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
 
 
 @pytest.fixture(scope="session")

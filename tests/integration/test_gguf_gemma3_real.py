@@ -7,12 +7,11 @@ perplexity on a real text, tokenizer ids and the chat prompt."""
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
-import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import perplexity, torch_logits, zoo_logits
 
 import mlx_zoo
 
@@ -65,23 +64,6 @@ def reference(gemma_gguf):
 def zoo(gemma_gguf):
     model, config = mlx_zoo.load(gemma_gguf, dtype="float32")
     return model, config, mlx_zoo.load_tokenizer(gemma_gguf)
-
-
-def torch_logits(model, ids) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
-
-
-def zoo_logits(model, ids) -> np.ndarray:
-    return np.array(model(mx.array([ids]))[0].astype(mx.float32))
-
-
-def perplexity(logits: np.ndarray, ids: list[int]) -> float:
-    shifted = logits[:-1] - logits[:-1].max(-1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return math.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
 
 
 def test_config_is_gemma3_270m(zoo, reference):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import os
 import subprocess
 import sys
@@ -15,6 +14,7 @@ import sys
 import mlx.core as mx
 import numpy as np
 import pytest
+from conftest import perplexity, torch_logits, zoo_logits
 
 import mlx_zoo
 from mlx_zoo.convert import convert
@@ -58,23 +58,6 @@ def zoo(smollm2_gguf):
 def chat_ids(tokenizer_hf) -> list[int]:
     return tokenizer_hf.apply_chat_template(QUESTION, add_generation_prompt=True, tokenize=True,
                                             return_dict=False)
-
-
-def torch_logits(model, ids) -> np.ndarray:
-    import torch
-
-    with torch.no_grad():
-        return model(torch.tensor([ids])).logits[0].numpy()
-
-
-def zoo_logits(model, ids) -> np.ndarray:
-    return np.array(model(mx.array([ids]))[0].astype(mx.float32))
-
-
-def perplexity(logits: np.ndarray, ids: list[int]) -> float:
-    shifted = logits[:-1] - logits[:-1].max(-1, keepdims=True)
-    logp = shifted - np.log(np.exp(shifted).sum(-1, keepdims=True))
-    return math.exp(-logp[np.arange(len(ids) - 1), ids[1:]].mean())
 
 
 def test_tokenizer_ids_and_chat_prompt_match_transformers(zoo, reference):
